@@ -1,0 +1,45 @@
+"""File helpers shared by every stage: content hashes and all-or-nothing output folders."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+COMPLETE = ".complete"  # written last: a folder without it is an interrupted attempt
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dir_digest(folder: Path, pattern: str = "*") -> dict[str, Any]:
+    """Total size and one sha256 over the matching files (names and contents, in name order)."""
+    h = hashlib.sha256()
+    size = 0
+    for path in sorted(p for p in folder.glob(pattern) if p.is_file()):
+        h.update(path.name.encode() + b"\0" + file_sha256(path).encode())
+        size += path.stat().st_size
+    return {"size_bytes": size, "sha256": h.hexdigest()}
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / COMPLETE).exists()
+
+
+@contextmanager
+def building(folder: Path) -> Iterator[Path]:
+    """Yield a scratch folder that becomes `folder` only if the block succeeds (never half-written)."""
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    (tmp / COMPLETE).write_text("")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)

@@ -1,0 +1,166 @@
+"""Training configuration: one dataclass per concern, presets, and the seed's Python API.
+
+Every field is documented once, in its `help`; the Dagster config classes and the CLI flags are derived
+from these dataclasses, so a new knob is added here and nowhere else.
+
+    from kto_pipeline.config import get_7b_config
+    config = get_7b_config()
+    config.training.learning_rate = 1e-6
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    model_name: str = _f("tiny", "Hub id or local path of the base model; 'tiny' builds a small local Llama.")
+    max_seq_length: int = _f(2048, "Longest prompt+completion in tokens; longer rows are truncated.")
+    load_in_4bit: bool = _f(True, "Load the base model in 4-bit NF4 (QLoRA); CUDA only, ignored on CPU.")
+    dtype: str = _f("auto", "Compute dtype: auto (bf16 where supported, else fp32 on CPU), bfloat16, float16, float32.")
+    use_unsloth: str = _f("auto", "auto: use Unsloth when CUDA and unsloth are present; 'always' or 'never'.")
+    trust_remote_code: bool = _f(False, "Run model code shipped in the Hub repo. Off unless you trust it.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(16, "LoRA alpha (scale = alpha / r).")
+    dropout: float = _f(0.0, "LoRA dropout (0 lets Unsloth use its fast path).")
+    target_modules: list[str] = _f(ALL_LINEAR, "Module names that get LoRA adapters.")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in backward to save memory.")
+
+
+@dataclass
+class TrainingConfig:
+    per_device_train_batch_size: int = _f(4, "Micro-batch size per device.")
+    gradient_accumulation_steps: int = _f(8, "Micro-batches per optimizer step (effective batch = product).")
+    learning_rate: float = _f(5e-7, "Peak learning rate.")
+    num_train_epochs: float = _f(1.0, "Passes over the training set (ignored when max_steps > 0).")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps; -1 means use num_train_epochs.")
+    warmup_ratio: float = _f(0.1, "Share of steps spent warming the learning rate up.")
+    lr_scheduler_type: str = _f("cosine", "Learning-rate schedule (transformers name).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    optim: str = _f("auto", "Optimizer: auto (adamw_8bit on CUDA, adamw_torch elsewhere) or a transformers name.")
+    beta: float = _f(0.1, "KTO beta: how far the policy may move from the reference model.")
+    desirable_weight: float | None = _f(None, "Weight of desirable examples; None: derived from label balance.")
+    undesirable_weight: float | None = _f(None, "Weight of undesirable examples; None: derived from label balance.")
+    logging_steps: int = _f(1, "Log metrics every N optimizer steps.")
+    eval_steps: int = _f(0, "Evaluate every N steps; 0 evaluates only at the end.")
+    save_steps: int = _f(50, "Checkpoint every N optimizer steps (a killed run resumes from the last one).")
+    seed: int = _f(42, "Random seed for training.")
+    wandb: bool = _f(False, "Log to Weights & Biases (WANDB_API_KEY from the environment).")
+    wandb_project: str = _f("kto-pipeline", "W&B project name.")
+    wandb_run_name: str | None = _f(None, "W&B run name.")
+
+
+@dataclass
+class Config:
+    """The seed's `Config()`: model, lora and training sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return cls(**{s.name: s.type_cls(**d.get(s.name, {})) for s in _SECTIONS})
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the trained weights (keys checkpoints and outputs)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _Section:
+    name: str
+    type_cls: type
+
+
+_SECTIONS = (_Section("model", ModelConfig), _Section("lora", LoraConfig), _Section("training", TrainingConfig))
+SECTIONS = {s.name: s.type_cls for s in _SECTIONS}
+
+# The seed's tiers (models, micro-batch x accumulation = effective batch 32), plus `tiny` for CPU.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "model": {"model_name": "tiny", "max_seq_length": 256},
+        "lora": {"r": 8, "alpha": 16, "gradient_checkpointing": False},
+        "training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+                     "learning_rate": 5e-4, "num_train_epochs": 1.0, "max_steps": 12, "warmup_ratio": 0.0,
+                     "lr_scheduler_type": "constant", "save_steps": 4},
+    },
+    "3b": {
+        "model": {"model_name": "unsloth/Qwen2.5-3B-Instruct-bnb-4bit"},
+        "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 4},
+    },
+    "7b": {
+        "model": {"model_name": "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"},
+        "training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 8},
+    },
+    "13b": {
+        "model": {"model_name": "unsloth/llama-2-13b-bnb-4bit"},
+        "training": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 16},
+    },
+    "20b": {
+        "model": {"model_name": "unsloth/gpt-oss-20b-unsloth-bnb-4bit"},
+        "training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 8},
+    },
+}
+
+
+def apply_overrides(config: Config, overrides: dict[str, dict[str, Any]]) -> Config:
+    """Return a copy of config with the non-None values of overrides[section][field] set."""
+    d = config.to_dict()
+    for section, values in overrides.items():
+        if section not in SECTIONS:
+            raise ValueError(f"unknown config section {section!r}; expected one of {sorted(SECTIONS)}")
+        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        for key, value in (values or {}).items():
+            if key not in known:
+                raise ValueError(f"unknown field {section}.{key}; expected one of {sorted(known)}")
+            if value is not None:
+                d[section][key] = value
+    return Config.from_dict(d)
+
+
+def get_config(preset: str = "tiny", overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    return apply_overrides(apply_overrides(Config(), PRESETS[preset]), overrides or {})
+
+
+def get_tiny_config() -> Config:
+    return get_config("tiny")
+
+
+def get_3b_config() -> Config:
+    return get_config("3b")
+
+
+def get_7b_config() -> Config:
+    return get_config("7b")
+
+
+def get_13b_config() -> Config:
+    return get_config("13b")
+
+
+def get_20b_config() -> Config:
+    return get_config("20b")

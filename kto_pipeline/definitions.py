@@ -1,0 +1,19 @@
+"""The one Definitions object: `dagster dev` (workspace.yaml) and `dagster asset materialize -m` load it."""
+
+import dagster as dg
+
+from kto_pipeline.defs.checks import eval_loss, label_balance
+from kto_pipeline.defs.data import kto_dataset, raw_preferences
+from kto_pipeline.defs.export import merged_model
+from kto_pipeline.defs.resources import ArtifactStore, QualityGates
+from kto_pipeline.defs.training import lora_adapter
+
+defs = dg.Definitions(
+    assets=[raw_preferences, kto_dataset, lora_adapter, merged_model],
+    asset_checks=[label_balance, eval_loss],
+    resources={
+        "artifacts": ArtifactStore(),
+        "quality_gates": QualityGates(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    },
+)

@@ -1,0 +1,51 @@
+"""lora_adapter: KTO training in its own process (Dagster Pipes), one at a time (pool "gpu")."""
+
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from kto_pipeline.artifacts import is_complete
+from kto_pipeline.defs.config import TrainConfig
+from kto_pipeline.defs.lineage import upstream
+from kto_pipeline.defs.resources import ArtifactStore
+
+NUMERIC = ("steps", "train_loss", "final_loss", "eval_loss", "rewards_chosen", "rewards_rejected",
+           "rewards_margins", "kl", "tokens", "tokens_per_s", "wall_s", "train_rows", "eval_rows",
+           "desirable_weight", "undesirable_weight")
+
+
+def adapter_metadata(out: Path, version: str) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    meta: dict = {"path": str(out), "data_version": version, "backend": metrics["backend"],
+                  "base_model": metrics["base_model"]}
+    meta.update({k: float(metrics[k]) for k in NUMERIC if metrics.get(k) is not None})
+    plot = out / "training_curves.png"
+    if plot.exists():
+        b64 = base64.b64encode(plot.read_bytes()).decode()
+        meta["training_curves"] = dg.MetadataValue.md(f"![loss and rewards](data:image/png;base64,{b64})")
+    return meta
+
+
+@dg.asset(group_name="training", kinds={"pytorch", "peft"}, deps=["kto_dataset"], pool="gpu",
+          description="LoRA adapter trained with TRL's KTOTrainer in a subprocess; resumes from checkpoints.")
+def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, artifacts: ArtifactStore,
+                 pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    dataset_dir, data_version = upstream(context, "kto_dataset")
+    train_config = config.resolve()
+    version = f"{data_version}-{train_config.fingerprint()}"
+    out = artifacts.dir_for("lora_adapter", version)
+    if is_complete(out):
+        context.log.info(f"already trained for this data and config: {out}")
+        return dg.MaterializeResult(metadata=adapter_metadata(out, version), data_version=dg.DataVersion(version))
+    result = pipes_subprocess_client.run(
+        command=[sys.executable, "-m", "kto_pipeline.training.run"],
+        context=context,
+        extras={"config": train_config.to_dict(), "dataset_dir": str(dataset_dir), "output_dir": str(out),
+                "cache_dir": str(artifacts.cache_dir)},
+    ).get_materialize_result()
+    return dg.MaterializeResult(metadata={**result.metadata, **adapter_metadata(out, version)},
+                                data_version=dg.DataVersion(version))

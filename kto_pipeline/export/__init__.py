@@ -1,0 +1,1 @@
+"""Merging and exporting trained weights. Plain modules, no Dagster."""
