@@ -447,7 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
         route = next(((k, m) for meth, rx, k in ROUTES if meth == self.command and (m := rx.match(url.path))), None)
         kind = route[0] if route else "unknown"
         record = {"method": self.command, "path": url.path, "kind": kind, "status": None,
-                  "headers": dict(self.headers.items())}
+                  "headers": {k.lower(): v for k, v in self.headers.items()}}
         with hub.lock:
             hub.requests.append(record)
         auth = self.headers.get("Authorization", "")
