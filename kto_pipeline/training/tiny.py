@@ -7,6 +7,7 @@ byte-fallback BPE SentencePiece model: llama.cpp's GGUF converter accepts it as 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -59,11 +60,11 @@ def build_tokenizer(out_dir: Path) -> None:
     from transformers import LlamaTokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    corpus = out_dir / "corpus.txt"
-    corpus.write_text("\n".join(_corpus_lines([])) + "\n", encoding="utf-8")
+    model = io.BytesIO()
+    # From memory, not files: the model proto would otherwise record the (varying) input and output paths.
     spm.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(out_dir / "tokenizer"),
+        sentence_iterator=iter(_corpus_lines([])),
+        model_writer=model,
         model_type="bpe",
         vocab_size=VOCAB_SIZE,
         byte_fallback=True,
@@ -74,8 +75,7 @@ def build_tokenizer(out_dir: Path) -> None:
         split_digits=True,
         minloglevel=2,
     )
-    corpus.unlink()
-    (out_dir / "tokenizer.vocab").unlink()
+    (out_dir / "tokenizer.model").write_bytes(model.getvalue())
     # transformers 5: LlamaTokenizer(vocab_file=...) silently gives a 3-token vocabulary;
     # from_pretrained on a folder holding tokenizer.model converts it properly.
     tok = LlamaTokenizer.from_pretrained(str(out_dir), legacy=False)

@@ -1,0 +1,148 @@
+"""`kto train`: the seed's train_kto.py flags, executed as `dagster asset materialize` on this project.
+
+    kto train                              # the whole graph on the tiny preset and data/raw
+    kto train --model-size 7b --local-file my_data.jsonl --wandb
+    kto train --select kto_dataset         # just validate the data
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+from typing import Any
+
+from kto_pipeline.cli.home import child_env, dagster_home
+from kto_pipeline.config import PRESETS, SECTIONS, get_config
+
+# seed flag -> (config section, field); the help text comes from the field's own documentation.
+FLAGS: dict[str, tuple[str, str]] = {
+    "model_name": ("model", "model_name"),
+    "max_seq_length": ("model", "max_seq_length"),
+    "batch_size": ("training", "per_device_train_batch_size"),
+    "gradient_accumulation": ("training", "gradient_accumulation_steps"),
+    "learning_rate": ("training", "learning_rate"),
+    "num_epochs": ("training", "num_train_epochs"),
+    "max_steps": ("training", "max_steps"),
+    "wandb": ("training", "wandb"),
+    "wandb_project": ("training", "wandb_project"),
+    "wandb_run_name": ("training", "wandb_run_name"),
+}
+MODULE = "kto_pipeline.definitions"
+
+
+def _field(section: str, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="materialize the pipeline (validate data, train, merge, export)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-size", default="tiny", choices=sorted(PRESETS), help="preset (default: tiny)")
+    for flag, (section, name) in FLAGS.items():
+        f = _field(section, name)
+        opt = "--" + flag.replace("_", "-")
+        if f.type in (bool, "bool"):
+            p.add_argument(opt, action="store_true", default=None, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(opt, type=kind, default=None, help=f.metadata["help"])
+    p.add_argument("--raw-dir", default=None, help="folder of raw feedback files (default: data/raw)")
+    p.add_argument("--local-file", default=None, help="path to one local JSONL file to train on")
+    p.add_argument("--split-dataset", action="store_true", default=None,
+                   help="hold out an eval split (on by default; needed by the eval_loss check)")
+    p.add_argument("--no-split-dataset", dest="split_dataset", action="store_false",
+                   help="train on every row, no eval split (the eval_loss check then fails)")
+    p.add_argument("--output-dir", default=None, help="artifact root (default: $KTO_ARTIFACT_ROOT or ./artifacts)")
+    p.add_argument("--hf-token", default=None,
+                   help="Hugging Face token (prefer the HF_TOKEN environment variable: flags end up in shell history)")
+    p.add_argument("--select", default="*", help="Dagster asset selection (default: the whole graph)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="set up without training: validate the data and print the config and memory plan")
+    p.set_defaults(func=run)
+
+
+def overrides(args) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for flag, (section, name) in FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def selected_assets(select: str) -> set[str]:
+    import dagster as dg
+
+    from kto_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys: set[str] = set()
+    for part in select.split(","):
+        keys |= {k.to_user_string() for k in dg.AssetSelection.from_string(part.strip()).resolve(graph)}
+    return keys
+
+
+def run_config(args) -> dict[str, Any]:
+    """Run config for the selected assets only (Dagster rejects config for ops outside the run)."""
+    source = {k: v for k, v in {"raw_dir": args.raw_dir, "local_file": args.local_file}.items() if v is not None}
+    split = {} if args.split_dataset is None else {"split_dataset": args.split_dataset}
+    ops = {
+        "raw_preferences": source,
+        "kto_dataset": split,
+        "lora_adapter": {"preset": args.model_size, **overrides(args)},
+    }
+    chosen = selected_assets(args.select)
+    return {"ops": {name: {"config": cfg} for name, cfg in ops.items() if name in chosen and cfg}}
+
+
+def run(args) -> int:
+    config = get_config(args.model_size, overrides(args))  # fails early on a bad preset or value
+    if args.dry_run:
+        args.select = "raw_preferences,kto_dataset"
+    env = child_env(args.output_dir, args.hf_token or None)
+    cmd = ["dagster", "asset", "materialize", "-m", MODULE, "--select", args.select,
+           "--config-json", json.dumps(run_config(args))]
+    print(f"DAGSTER_HOME={dagster_home()} KTO_ARTIFACT_ROOT={env['KTO_ARTIFACT_ROOT']}", flush=True)
+    code = subprocess.call(cmd, env=env)
+    if code == 0:
+        os.environ.update(DAGSTER_HOME=env["DAGSTER_HOME"])
+        print(summary(), flush=True)
+    if args.dry_run:
+        print(dry_run_text(config))
+    return code
+
+
+def dry_run_text(config) -> str:
+    lines = ["", "Dry run: data validated, no training. Resolved config:",
+             json.dumps(config.to_dict(), indent=2)]
+    try:
+        from kto_pipeline.training.memory import dry_run_report
+    except ImportError:
+        lines.append("(memory planning is not available in this build)")
+    else:
+        lines.append(dry_run_report(config))
+    return "\n".join(lines)
+
+
+def summary() -> str:
+    """One line per asset: where its latest output is and its headline numbers."""
+    import dagster as dg
+
+    from kto_pipeline.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    lines = ["", "Results:"]
+    for key in defs.resolve_asset_graph().toposorted_asset_keys:
+        event = instance.get_latest_materialization_event(key)
+        if event is None or event.asset_materialization is None:
+            continue
+        meta = event.asset_materialization.metadata
+        shown = {k: meta[k].value for k in ("valid", "quarantined", "eval_loss", "steps", "tokens_per_s",
+                                             "size_bytes") if k in meta}
+        nums = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        lines.append(f"  {key.to_user_string():<20} {meta['path'].value if 'path' in meta else ''}  {nums}")
+    return "\n".join(lines)
+

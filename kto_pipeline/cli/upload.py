@@ -1,0 +1,121 @@
+"""`kto upload PATH REPO`: release a model folder, like the seed's upload_to_hf.py.
+
+    kto upload artifacts/merged_model/<v> me/my-kto-model                      # local registry
+    HF_TOKEN=hf_... kto upload artifacts/merged_model/<v> me/my-kto-model --target hub \\
+        --create-gguf --gguf-quantizations Q4_K_M Q5_K_M Q8_0
+
+PATH is a merged model folder or a LoRA adapter folder (merged on the fly for merged_* save methods).
+The token is read from HF_TOKEN; --token exists for the seed's habit but leaks into shell history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_QUANTS = ["Q4_K_M", "Q5_K_M", "Q8_0"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("upload", help="release a model (local registry by default, or the Hugging Face Hub)",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("path", help="merged model folder, or LoRA adapter folder")
+    p.add_argument("repo", help="repo id, e.g. username/model-name")
+    p.add_argument("--save-method", default="merged_16bit", choices=["merged_16bit", "lora", "merged_4bit"],
+                   help="merged_16bit: merged 16-bit safetensors (default); lora: the adapter only; "
+                        "merged_4bit: bitsandbytes NF4 (needs CUDA)")
+    p.add_argument("--create-gguf", action="store_true", help="also export, verify and release GGUF files")
+    p.add_argument("--gguf-quantizations", nargs="+", default=DEFAULT_QUANTS, metavar="TYPE",
+                   help="GGUF types to release (default: %(default)s); F16/BF16 adds the unquantized file")
+    p.add_argument("--target", choices=["local", "hub"], default="local",
+                   help="local: content-addressed registry under --root (default); hub: Hugging Face Hub")
+    p.add_argument("--root", default=None,
+                   help="local registry root (default: $KTO_ARTIFACT_ROOT or ./artifacts); files go to ROOT/registry/")
+    vis = p.add_mutually_exclusive_group()
+    vis.add_argument("--private", dest="private", action="store_true", default=True,
+                     help="create the Hub repo private (default)")
+    vis.add_argument("--public", dest="private", action="store_false", help="create the Hub repo public")
+    p.add_argument("--endpoint", default=None, help="Hub endpoint URL (default: $HF_ENDPOINT or huggingface.co)")
+    p.add_argument("--tag", default=None, help="version tag (default: release-<content hash>)")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--base-model", default=None, help="base model id for the card (default: read from PATH)")
+    p.add_argument("--card-info", default=None, metavar="JSON",
+                   help="JSON file with extra model card facts (dataset, training, eval, lineage)")
+    p.add_argument("--token", default=None, help="DISCOURAGED: leaks into shell history; set HF_TOKEN instead")
+    p.set_defaults(func=run)
+
+
+def _card_info(path: Path, args) -> dict:
+    info: dict = {}
+    if args.card_info:
+        try:
+            info = json.loads(Path(args.card_info).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            from kto_pipeline.release import ReleaseError
+
+            raise ReleaseError(f"cannot read --card-info {args.card_info}: {exc}") from None
+    base = args.base_model
+    for name, key in (("merge_info.json", "base_model"), ("adapter_config.json", "base_model_name_or_path")):
+        if not base and (path / name).is_file():
+            base = json.loads((path / name).read_text()).get(key)
+    if base:
+        info.setdefault("base_model", base)
+    return info
+
+
+def _gguf(path: Path, types: list[str], work: Path) -> tuple[list[Path], list[dict]]:
+    from kto_pipeline.release import ReleaseError
+    from kto_pipeline.release.save import is_adapter_dir, merge_adapter_dir
+
+    try:
+        from kto_pipeline.export.gguf import BASE_TYPES, GGUFExportError, export_gguf
+    except ImportError as exc:
+        raise ReleaseError(f"--create-gguf needs kto_pipeline.export.gguf.export_gguf, which is missing ({exc})")
+    model_dir = path
+    if is_adapter_dir(path):  # GGUF needs full weights: merge the adapter first
+        model_dir = merge_adapter_dir(path, None, work / "merged")
+    types = [t.upper() for t in types]
+    bases = [t for t in types if t in BASE_TYPES]
+    base = bases[0] if bases else "F16"
+    try:
+        results = export_gguf(model_dir, work / "gguf", [t for t in types if t not in BASE_TYPES], base=base,
+                              log=lambda m: print(f"gguf: {m}", flush=True))
+    except (GGUFExportError, ValueError) as exc:
+        raise ReleaseError(f"GGUF export failed: {exc}") from None
+    keep = [r for r in results if r["type"] in types]
+    return [Path(r["path"]) for r in keep], keep
+
+
+def run(args) -> int:
+    from kto_pipeline.release import ReleaseError, make_target, release_model
+
+    if args.token:
+        print("kto upload: warning: --token puts the token in your shell history and the process list; "
+              "export HF_TOKEN instead", file=sys.stderr)
+        os.environ["HF_TOKEN"] = args.token
+    path = Path(args.path)
+    if not path.is_dir():
+        print(f"kto upload: {path} is not a folder", file=sys.stderr)
+        return 2
+    root = args.root or os.environ.get("KTO_ARTIFACT_ROOT", "artifacts")
+    try:
+        target = make_target(args.target, root=root, endpoint=args.endpoint, private=args.private)
+        info = _card_info(path, args)
+        with tempfile.TemporaryDirectory(prefix="kto-upload-") as tmp:
+            files: list[Path] = []
+            if args.create_gguf:
+                files, rows = _gguf(path, args.gguf_quantizations, Path(tmp))
+                info["gguf"] = rows
+            result = release_model(path, args.repo, target=target, save_method=args.save_method,
+                                   gguf_files=files, card_info=info, tag=args.tag, message=args.message,
+                                   base_model=info.get("base_model"))
+    except ReleaseError as exc:
+        print(f"kto upload: {exc}", file=sys.stderr)
+        return 1
+    state = "new version" if result.created else "unchanged (already released; nothing uploaded)"
+    print(f"{result.target}: {result.repo_id} {result.tag} -> {result.revision} [{state}]")
+    print(f"  {result.files} files, {result.size_bytes:,} bytes at {result.location}")
+    return 0

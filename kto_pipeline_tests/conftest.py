@@ -1,0 +1,84 @@
+"""Shared fixtures: the tiny model (built once per session) and throwaway Dagster projects."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RAW_SAMPLES = REPO / "data" / "raw"
+SHIPPED_DAGSTER_YAML = REPO / "kto_pipeline" / "dagster.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from kto_pipeline.training.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+@dataclass
+class Project:
+    """A Dagster home + artifact root in a temp folder, as `kto` would create them."""
+
+    root: Path
+    home: Path
+    artifacts: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, DAGSTER_HOME=str(self.home), KTO_ARTIFACT_ROOT=str(self.artifacts),
+                    PYTHONUNBUFFERED="1")
+
+    def instance(self):
+        import dagster as dg
+
+        return dg.DagsterInstance.from_config(str(self.home))
+
+    def materialize_cli(self, select: str, config: dict | None = None, **popen) -> subprocess.Popen:
+        """`dagster asset materialize` as a user runs it, in a subprocess."""
+        cmd = ["dagster", "asset", "materialize", "-m", "kto_pipeline.definitions", "--select", select]
+        if config:
+            cmd += ["--config-json", json.dumps(config)]
+        return subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, **popen)
+
+    def latest(self, asset: str) -> dict:
+        import dagster as dg
+
+        with self.instance() as instance:
+            event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+            if event is None:
+                return {}
+            return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, tiny_model_dir) -> Project:
+    home, artifacts = tmp_path / "dagster_home", tmp_path / "artifacts"
+    home.mkdir()
+    shutil.copyfile(SHIPPED_DAGSTER_YAML, home / "dagster.yaml")
+    # Reuse the session's tiny model: every project would otherwise build the same files again.
+    (artifacts / "cache").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, artifacts / "cache" / "tiny")
+    shutil.copytree(RAW_SAMPLES, tmp_path / "data" / "raw")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("KTO_ARTIFACT_ROOT", str(artifacts))
+    monkeypatch.chdir(tmp_path)
+    return Project(tmp_path, home, artifacts)
+
+
+def run_ok(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+PYTHON = sys.executable

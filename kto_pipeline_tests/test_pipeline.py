@@ -1,0 +1,98 @@
+"""The whole asset graph, run for real: Dagster instance, Pipes subprocess, TRL training, merge."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import dagster as dg
+from kto_pipeline_tests.conftest import run_ok
+
+from kto_pipeline.definitions import defs
+
+GRAPH = ["raw_preferences", "kto_dataset", "lora_adapter", "merged_model"]
+
+
+def _check_results(instance, asset: str) -> dict[str, bool]:
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey(asset), "label_balance" if asset == "kto_dataset" else "eval_loss"), limit=1)
+    return {r.run_id: r.evaluation.passed for r in records if r.evaluation is not None}
+
+
+def test_full_graph_in_a_real_instance(project):
+    with project.instance() as instance:
+        job = defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert result.success
+        for asset in GRAPH:
+            assert project.latest(asset), f"{asset} not materialized"
+        data = project.latest("kto_dataset")
+        assert data["valid"] == 66 and data["quarantined"] == 0
+        assert data["records_in"] == data["valid"] + data["quarantined"] + data["duplicates_dropped"]
+        adapter = project.latest("lora_adapter")
+        assert adapter["steps"] == 12 and math.isfinite(adapter["eval_loss"]) and adapter["tokens_per_s"] > 0
+        assert "data:image/png;base64," in adapter["training_curves"]
+        adapter_dir = project.artifacts / "lora_adapter" / adapter["data_version"]
+        assert (adapter_dir / "adapter_model.safetensors").stat().st_size > 0
+        assert list((adapter_dir / "tensorboard").glob("events.out.tfevents.*"))
+        merged = project.latest("merged_model")
+        assert merged["size_bytes"] > 0 and len(merged["sha256"]) == 64
+        for asset in ("kto_dataset", "lora_adapter"):
+            assert list(_check_results(instance, asset).values()) == [True], asset
+
+
+def test_label_balance_failure_blocks_training(project):
+    one_class = project.root / "only_yes.jsonl"
+    one_class.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": True}) + "\n"
+                                 for i in range(20)))
+    proc = project.materialize_cli("*", {"ops": {"raw_preferences": {"config": {"local_file": str(one_class)}}}})
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "outside [0.2, 0.8]" in out
+    assert project.latest("kto_dataset")["n_undesirable"] == 0
+    assert project.latest("lora_adapter") == {} and project.latest("merged_model") == {}
+
+
+def test_rematerializing_skips_finished_training(project):
+    run_ok(project.materialize_cli("raw_preferences,kto_dataset,lora_adapter"))
+    first = project.latest("lora_adapter")
+    metrics = project.artifacts / "lora_adapter" / first["data_version"] / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    out = run_ok(project.materialize_cli("lora_adapter"))
+    assert "already trained for this data and config" in out
+    assert metrics.stat().st_mtime_ns == stamp
+    assert project.latest("lora_adapter")["eval_loss"] == first["eval_loss"]
+
+
+def test_gpu_pool_runs_one_training_at_a_time(project):
+    """Two runs started together, each with real training to do: the pool makes one wait."""
+    run_ok(project.materialize_cli("raw_preferences,kto_dataset"))
+    procs = [project.materialize_cli("lora_adapter", {"ops": {"lora_adapter": {"config": {
+        "training": {"seed": seed}}}}}) for seed in (1, 2)]
+    for p in procs:
+        run_ok(p)
+    spans = sorted((m["started_at"], m["finished_at"]) for m in (
+        json.loads(f.read_text()) for f in (project.artifacts / "lora_adapter").glob("*/metrics.json")))
+    assert len(spans) == 2
+    (s1, e1), (s2, e2) = spans
+    assert e1 <= s2, f"trainings overlapped: {spans}"
+
+
+def test_dagster_cli_materializes_whole_graph(project):
+    """`dagster asset materialize --select '*'`, and the merge is real: merged = base + a non-zero LoRA delta."""
+    import torch
+    from safetensors.torch import load_file
+
+    started = time.time()
+    out = run_ok(project.materialize_cli("*"))
+    assert "RUN_SUCCESS" in out
+    for asset in GRAPH:
+        meta = project.latest(asset)
+        assert meta and meta["path"].startswith(str(project.artifacts)), asset
+    assert project.latest("lora_adapter")["wall_s"] < time.time() - started
+    merged = load_file(next((project.artifacts / "merged_model").glob("*/model.safetensors")))
+    base = load_file(project.artifacts / "cache" / "tiny" / "model.safetensors")
+    changed = [k for k in base if "proj" in k and not torch.equal(base[k], merged[k])]
+    assert changed, "no projection changed: the adapter was not merged"
+    assert all(torch.equal(base[k], merged[k]) for k in base if "norm" in k)  # LoRA leaves norms alone
