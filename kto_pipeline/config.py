@@ -59,13 +59,21 @@ class TrainingConfig:
     beta: float = _f(0.1, "KTO beta: how far the policy may move from the reference model.")
     desirable_weight: float | None = _f(None, "Weight of desirable examples; None: derived from label balance.")
     undesirable_weight: float | None = _f(None, "Weight of undesirable examples; None: derived from label balance.")
-    logging_steps: int = _f(1, "Log metrics every N optimizer steps.")
-    eval_steps: int = _f(0, "Evaluate every N steps; 0 evaluates only at the end.")
-    save_steps: int = _f(50, "Checkpoint every N optimizer steps (a killed run resumes from the last one).")
+    group_by_length: bool = _f(True, "Put rows of similar length in the same micro-batch (less padding, faster).")
+    precompute_ref_log_probs: bool = _f(
+        True, "Score the reference model once before training instead of twice in every step.")
+    precompute_ref_batch_size: int | None = _f(
+        None, "Batch size of that scoring pass; None: twice the micro-batch (no gradients, so it fits).")
+    logging_steps: int = _f(1, "Log metrics every N optimizer steps.", weights=False)
+    eval_steps: int = _f(0, "Evaluate every N steps; 0 evaluates only at the end.", weights=False)
+    save_steps: int = _f(50, "Checkpoint every N optimizer steps (a killed run resumes from the last one).",
+                         weights=False)
     seed: int = _f(42, "Random seed for training.")
-    wandb: bool = _f(False, "Log to Weights & Biases (WANDB_API_KEY from the environment).")
-    wandb_project: str = _f("kto-pipeline", "W&B project name.")
-    wandb_run_name: str | None = _f(None, "W&B run name.")
+    dataloader_num_workers: int = _f(0, "Data-loading worker processes (0 on Windows).", weights=False)
+    dataloader_pin_memory: bool = _f(True, "Pin host memory for faster copies to the GPU.", weights=False)
+    wandb: bool = _f(False, "Log to Weights & Biases (WANDB_API_KEY from the environment).", weights=False)
+    wandb_project: str = _f("kto-pipeline", "W&B project name.", weights=False)
+    wandb_run_name: str | None = _f(None, "W&B run name.", weights=False)
 
 
 @dataclass
@@ -84,8 +92,17 @@ class Config:
         return cls(**{s.name: s.type_cls(**d.get(s.name, {})) for s in _SECTIONS})
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the trained weights (keys checkpoints and outputs)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of everything that changes the trained weights (keys checkpoints and outputs).
+
+        Fields marked weights=False (logging, W&B, checkpoint cadence, data-loader workers) are left out, so
+        turning on W&B for a re-run still resumes the crashed run's checkpoints.
+        """
+        d = self.to_dict()
+        for s in _SECTIONS:
+            for f in dataclasses.fields(s.type_cls):
+                if not f.metadata.get("weights", True):
+                    d[s.name].pop(f.name)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,9 @@ class _Section:
 _SECTIONS = (_Section("model", ModelConfig), _Section("lora", LoraConfig), _Section("training", TrainingConfig))
 SECTIONS = {s.name: s.type_cls for s in _SECTIONS}
 
-# The seed's tiers (models, micro-batch x accumulation = effective batch 32), plus `tiny` for CPU.
+# The seed's tiers. Micro-batch x accumulation (effective batch 32) are the seed README's; the Hub ids,
+# sequence lengths, LoRA rank/alpha and the 20b beta are those of the seed's configs/training_config.py.
+# LoRA dropout stays 0 (the seed: 0.05) because Unsloth's fast LoRA kernels need it off.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "model": {"model_name": "tiny", "max_seq_length": 256},
@@ -107,20 +126,24 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                      "lr_scheduler_type": "constant", "save_steps": 4},
     },
     "3b": {
-        "model": {"model_name": "unsloth/Qwen2.5-3B-Instruct-bnb-4bit"},
+        "model": {"model_name": "unsloth/Qwen2.5-3B-Instruct-bnb-4bit", "max_seq_length": 2048},
+        "lora": {"r": 32, "alpha": 64},
         "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 4},
     },
     "7b": {
-        "model": {"model_name": "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"},
+        "model": {"model_name": "unsloth/mistral-7b-v0.3-bnb-4bit", "max_seq_length": 2048},
+        "lora": {"r": 64, "alpha": 128},
         "training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 8},
     },
     "13b": {
-        "model": {"model_name": "unsloth/llama-2-13b-bnb-4bit"},
+        "model": {"model_name": "unsloth/llama-2-13b-bnb-4bit", "max_seq_length": 2048},
+        "lora": {"r": 64, "alpha": 128},
         "training": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 16},
     },
     "20b": {
-        "model": {"model_name": "unsloth/gpt-oss-20b-unsloth-bnb-4bit"},
-        "training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 8},
+        "model": {"model_name": "unsloth/gpt-oss-20b-unsloth-bnb-4bit", "max_seq_length": 4096},
+        "lora": {"r": 128, "alpha": 256},
+        "training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 8, "beta": 0.05},
     },
 }
 
