@@ -14,11 +14,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from kto_pipeline.config import PRESETS
 from kto_pipeline_tests.conftest import REPO, SHIPPED_DAGSTER_YAML
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LOCATION = "kto_pipeline.definitions"
 CORE_ASSETS = {"raw_preferences", "kto_dataset", "lora_adapter", "merged_model"}
+
+TINY_STEPS = PRESETS["tiny"]["training"]["max_steps"]
 
 
 @dataclass
@@ -141,7 +144,7 @@ def test_graphql_launch_and_read_back_metadata(webserver, materialized):
     run_id, data = _metadata(webserver, "kto_dataset")
     assert run_id == materialized and data["valid"] == 66 and data["quarantined"] == 0
     _, adapter = _metadata(webserver, "lora_adapter")
-    assert math.isfinite(adapter["eval_loss"]) and adapter["steps"] == 12
+    assert math.isfinite(adapter["eval_loss"]) and adapter["steps"] == TINY_STEPS
     assert adapter["training_curves"].startswith("![loss and rewards](data:image/png;base64,")
     _, merged = _metadata(webserver, "merged_model")
     assert len(merged["sha256"]) == 64
