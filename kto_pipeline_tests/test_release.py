@@ -326,3 +326,77 @@ def test_model_card_has_every_section_and_is_deterministic():
     local = render_model_card({"base_model": "/tmp/cache/tiny", "save_method": "lora", "repo_id": REPO})
     assert "base_model" not in yaml.safe_load(local.split("---")[1])  # the Hub rejects local paths there
     assert "AutoPeftModelForCausalLM" in local and "ollama" not in local
+
+
+# ------------------------------------------------------------------------------------------- Dagster
+
+def _hub_run_config(server: FakeHub, gates: dict | None = None) -> dict:
+    resources = {"release_target": {"config": {"target": "hub", "endpoint": server.endpoint, "repo_id": REPO,
+                                               "backoff_s": 0.01}}}
+    if gates:
+        resources["quality_gates"] = {"config": gates}
+    return {"resources": resources}
+
+
+def _step_failure(result, step: str) -> str:
+    return "\n".join(e.event_specific_data.error.message for e in result.all_events
+                     if e.is_step_failure and e.step_key == step)
+
+
+def test_dagster_release_to_the_hub_is_gated_idempotent_and_keeps_the_token_out(project, hub):
+    import dagster as dg
+
+    from kto_pipeline.definitions import defs
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    with project.instance() as instance:
+        assert job.execute_in_process(instance=instance, run_config=_hub_run_config(hub)).success
+        meta = project.latest("hub_release")
+        assert meta["target"] == "hub" and meta["created"] and meta["revision"] == hub.repos[REPO].branches["main"]
+        adapter, merged = project.latest("lora_adapter"), project.latest("merged_model")
+        card = hub.file_bytes(REPO, "README.md").decode()
+        assert f"| eval_loss | {adapter['eval_loss']:.4g} |" in card and merged["data_version"] in card
+        assert "Desirable share:" in card and "| training.beta |" in card
+        release_info = json.loads(hub.file_bytes(REPO, "kto_release.json"))
+        assert release_info["lineage"]["merged_model"] == merged["data_version"]
+        assert hub.file_bytes(REPO, "tokenizer.json") == (Path(merged["path"]) / "tokenizer.json").read_bytes()
+
+        # Materializing again with nothing new: no commit, same revision.
+        commits = hub.count("commit")
+        again = job.execute_in_process(instance=instance, run_config=_hub_run_config(hub),
+                                       asset_selection=[dg.AssetKey("hub_release")])
+        assert again.success and hub.count("commit") == commits
+        assert project.latest("hub_release")["created"] is False
+
+        # A failing eval_loss blocks the release in the same run (training and merge are cached)...
+        gated = job.execute_in_process(
+            instance=instance, raise_on_error=False, run_config=_hub_run_config(hub, {"max_eval_loss": -1.0}),
+            asset_selection=[dg.AssetKey(k) for k in ("lora_adapter", "merged_model", "hub_release")])
+        assert not gated.success and hub.count("commit") == commits
+        succeeded = {e.step_key for e in gated.all_events if e.is_step_success}
+        assert "lora_adapter" in succeeded and not {"merged_model", "hub_release"} & succeeded
+        # ...and in any later run, until the check passes on the current adapter.
+        alone = job.execute_in_process(instance=instance, raise_on_error=False, run_config=_hub_run_config(hub),
+                                       asset_selection=[dg.AssetKey("hub_release")])
+        assert "release blocked by quality gates: eval_loss failed on lora_adapter" in _step_failure(alone, "hub_release")
+        assert job.execute_in_process(instance=instance, run_config=_hub_run_config(hub),
+                                      asset_selection=[dg.AssetKey("lora_adapter")]).success  # check passes again
+
+        # A dataset whose label balance fails blocks a later release of the (older) model.
+        bad = job.execute_in_process(instance=instance, raise_on_error=False,
+                                     run_config=_hub_run_config(hub, {"min_desirable_share": 0.95}),
+                                     asset_selection=[dg.AssetKey("kto_dataset")])
+        assert not bad.success
+        blocked = job.execute_in_process(instance=instance, raise_on_error=False, run_config=_hub_run_config(hub),
+                                         asset_selection=[dg.AssetKey("hub_release")])
+        assert not blocked.success
+        assert "release blocked by quality gates: label_balance failed on kto_dataset" in _step_failure(
+            blocked, "hub_release")
+        assert hub.count("commit") == commits
+
+    # The token reached the server, but none of the instance's storage (runs, events, logs, configs).
+    assert any(r["headers"].get("authorization") == f"Bearer {TOKEN}" for r in hub.requests)
+    stored = [f for f in project.home.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".db" for f in stored)
+    for f in stored + [f for f in project.artifacts.rglob("*") if f.is_file()]:
+        assert TOKEN.encode() not in f.read_bytes(), f
