@@ -89,9 +89,23 @@ def _gguf(path: Path, types: list[str], work: Path) -> tuple[list[Path], list[di
     return [Path(r["path"]) for r in keep], keep
 
 
+def _show_progress() -> None:
+    """Release progress (and retry warnings) on stderr; the libraries' own loggers stay as they are."""
+    import logging
+
+    log = logging.getLogger("kto_pipeline.release")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def run(args) -> int:
     from kto_pipeline.release import ReleaseError, make_target, release_model
 
+    _show_progress()
     if args.token:
         print("kto upload: warning: --token puts the token in your shell history and the process list; "
               "export HF_TOKEN instead", file=sys.stderr)
