@@ -52,6 +52,10 @@ class ReleaseConfig(dg.Config):
                                             "(bitsandbytes NF4, CUDA only).")
     tag: Optional[str] = pydantic.Field(default=None, description="Version tag; default release-<content hash>.")
     include_gguf: bool = pydantic.Field(default=True, description="Add the verified GGUF files when built.")
+    gguf_types: list[str] = pydantic.Field(
+        default=["Q4_K_M", "Q5_K_M", "Q8_0"],
+        description="GGUF types to release when gguf_quantizations built them; add F16/BF16 for the unquantized "
+                    "file (as large as the merged weights).")
     message: Optional[str] = pydantic.Field(default=None, description="Commit message.")
 
 
@@ -113,23 +117,28 @@ def _training_config(instance, adapter_meta: dict) -> dict:
     return out
 
 
-def _gguf_inputs(context, instance) -> tuple[list, list[dict]]:
-    """The GGUF files built from the current merged model, with their verification sidecars."""
+def _gguf_inputs(context, instance, types: list[str]) -> tuple[list, list[dict]]:
+    """The verified GGUF files of the wanted types built from the current merged model, with their figures."""
     import json
 
     ours, theirs = _latest_storage_id(instance, "merged_model"), _latest_storage_id(instance, GGUF_ASSET)
     if theirs is None or ours is None or theirs < ours:  # none yet, or built from an older merged model
         return [], []
     folder, _ = upstream(context, GGUF_ASSET)
-    files = sorted(folder.glob("*.gguf"))
-    figures = []
-    for f in files:
-        sidecar = f.with_name(f.name + ".verified.json")
-        figures.append(json.loads(sidecar.read_text()) if sidecar.is_file() else {"file": f.name})
+    wanted = {t.upper() for t in types}
+    files, figures = [], []
+    for f in sorted(folder.glob("*.gguf")):
+        sidecar = f.with_name(f.name + ".verified.json")  # written only for files that passed verification
+        if not sidecar.is_file():
+            continue
+        meta = json.loads(sidecar.read_text())
+        if str(meta.get("type", "")).upper() in wanted:
+            files.append(f)
+            figures.append(meta)
     return files, figures
 
 
-@dg.asset(group_name="release", kinds={"huggingface"}, deps=["merged_model"],
+@dg.asset(group_name="release", kinds={"huggingface"}, deps=["merged_model", GGUF_ASSET],
           description="One repo: merged weights (or adapter), verified GGUF files, model card; local registry by "
                       "default, the Hub when configured. Blocked unless label_balance and eval_loss passed.")
 def hub_release(context: dg.AssetExecutionContext, config: ReleaseConfig, artifacts: ArtifactStore,
@@ -143,7 +152,8 @@ def hub_release(context: dg.AssetExecutionContext, config: ReleaseConfig, artifa
     dataset = _materialization_metadata(instance, "kto_dataset")
     adapter = _materialization_metadata(instance, "lora_adapter")
     balance = _check_metadata(instance, "label_balance", "kto_dataset")
-    gguf_files, gguf_figures = _gguf_inputs(context, instance) if config.include_gguf else ([], [])
+    gguf_files, gguf_figures = (_gguf_inputs(context, instance, config.gguf_types) if config.include_gguf
+                                else ([], []))
     card = {
         "base_model": adapter.get("base_model"),
         "dataset": {k: dataset[k] for k in ("data_version", "valid", "train_rows", "eval_rows", "n_desirable",
