@@ -78,11 +78,15 @@ def build_tokenizer(out_dir: Path) -> None:
     (out_dir / "tokenizer.model").write_bytes(model.getvalue())
     # transformers 5: LlamaTokenizer(vocab_file=...) silently gives a 3-token vocabulary;
     # from_pretrained on a folder holding tokenizer.model converts it properly.
-    tok = LlamaTokenizer.from_pretrained(str(out_dir), legacy=False)
+    tok = LlamaTokenizer.from_pretrained(str(out_dir))
     tok.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": SPECIAL})
     tok.eos_token = "<|im_end|>"  # chat turns end with <|im_end|>; generation stops there
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(str(out_dir))
+    # legacy: a "▁" after special tokens, exactly as llama.cpp tokenizes SentencePiece vocabularies, so GGUF
+    # exports see the token ids training saw. It only takes effect from tokenizer_config.json at load time.
+    cfg_path = out_dir / "tokenizer_config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "legacy": True}, indent=2))
 
 
 def build_tiny_model(out_dir: str | os.PathLike) -> Path:
