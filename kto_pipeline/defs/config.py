@@ -6,6 +6,7 @@ text of the dataclass field becomes the description shown in the Launchpad.
 
 
 import dataclasses
+import os
 import typing
 from typing import Any, Optional
 
@@ -13,6 +14,7 @@ import dagster as dg
 import pydantic
 
 from kto_pipeline.config import SECTIONS, Config, get_config
+from kto_pipeline.data.dataset import DEFAULT_MAX_CHARS
 
 
 def _overrides_class(name: str, dc: type) -> type[dg.Config]:
@@ -42,12 +44,29 @@ class TrainConfig(dg.Config):
         return get_config(self.preset, overrides)
 
 
+RAW_DIR = os.environ.get("KTO_RAW_DIR", "data/raw")  # the folder the sensor watches, and the default source
+
+
 class SourceConfig(dg.Config):
-    raw_dir: str = pydantic.Field(default="data/raw", description="Folder of raw feedback files (*.jsonl).")
-    local_file: Optional[str] = pydantic.Field(default=None, description="Read only this file instead of raw_dir.")
+    """Where raw feedback comes from (raw_preferences). local_file and/or dataset_name replace raw_dir."""
+
+    raw_dir: str = pydantic.Field(default=RAW_DIR, description=(
+        "Folder of raw feedback files (.jsonl, .json, .csv, .tsv, .parquet; text formats also .gz/.bz2/.zst), "
+        "read recursively; plus every file the sensor ingested from it earlier. Default: $KTO_RAW_DIR or data/raw."))
+    local_file: Optional[str] = pydantic.Field(default=None, description="Read only this file (--local-file).")
+    dataset_name: Optional[str] = pydantic.Field(default=None, description=(
+        "Hugging Face dataset: a Hub id (cache when HF_HUB_OFFLINE=1) or a local dataset folder (--dataset-name)."))
+    dataset_file: Optional[str] = pydantic.Field(default=None, description=(
+        "One data file inside dataset_name (--dataset-file)."))
+    dataset_split: str = pydantic.Field(default="train", description="Split of dataset_name to read.")
 
 
 class SplitConfig(dg.Config):
+    """How kto_dataset turns the validated rows into train/eval."""
+
     split_dataset: bool = pydantic.Field(default=True, description="Hold out an eval split (needed by eval_loss).")
-    eval_fraction: float = pydantic.Field(default=0.2, description="Share of prompts held out for eval.")
+    eval_fraction: float = pydantic.Field(default=0.2, ge=0.0, lt=1.0, description=(
+        "Share of rows held out for eval, per label (whole prompts move together)."))
     seed: int = pydantic.Field(default=42, description="Seed of the deterministic split.")
+    max_chars: int = pydantic.Field(default=DEFAULT_MAX_CHARS, gt=0, description=(
+        "Rows whose prompt or completion is longer (in characters) are quarantined as too long."))

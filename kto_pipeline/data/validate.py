@@ -1,0 +1,355 @@
+"""Validate one raw file: canonical rows to rows.parquet, bad rows (with reasons) to quarantine.parquet.
+
+Flat rows that Arrow parsed in bulk are checked with vectorized compute kernels; any row they doubt,
+and every row Arrow could not parse, goes through `normalize` in Python, which has the final word and
+the precise reason. Output is streamed block by block (Parquet writers), so memory stays flat.
+
+`ingest_file` puts the result in a content-addressed cache folder ({digest}-{source}-v{VERSION}), with
+a byte-for-byte copy of the original, so a file is validated once however often it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import threading
+import uuid
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
+
+from kto_pipeline.data.normalize import FALSE_LABELS, TRUE_LABELS, BadRow, normalize, reason_category
+from kto_pipeline.data.readers import Batch, DataFileError, NeedExactCsv, Part, read_batches
+
+VERSION = 1  # bump when a rule changes: cached validations of older versions are then redone
+SAMPLES_PER_REASON = 3
+COMPLETE = ".complete"
+
+# rows.parquet of one validated file (internal: the dataset build turns row_key into a hex row_id).
+ROW_SCHEMA = pa.schema([
+    ("prompt", pa.string()), ("completion", pa.string()), ("label", pa.bool_()),
+    ("messages", pa.string()),  # the prompt's chat turns as JSON, or null for a plain prompt
+    ("source", pa.string()), ("line", pa.int64()),
+    ("row_key", pa.binary(16)),  # xxh3-128 of (prompt or its turns, completion): the row's content hash
+    ("prompt_id", pa.int64()),   # xxh3-64 of the prompt (or its turns): the unit of the train/eval split
+    ("chars", pa.int32()),       # length of the longer of prompt and completion, for the length limit
+])
+QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("line", pa.int64()), ("reason", pa.string()),
+                               ("raw", pa.string())])
+
+
+def file_digest(path: Path) -> str:
+    """xxh3-128 of the file's bytes (fast: the cache key, not a security boundary)."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(4 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---- vectorized checks on a flat Arrow part ------------------------------------------------------
+
+def _as_string(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array | None:
+    if pa.types.is_string(col.type):
+        return col
+    if pa.types.is_large_string(col.type):
+        return col.cast(pa.string())
+    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        try:  # validates UTF-8; a bad byte sends the part to the exact path
+            return col.cast(pa.string())
+        except pa.ArrowInvalid:
+            return None
+    return None
+
+
+def _mask(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _nonblank(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return _mask(pc.and_(pc.greater(pc.utf8_length(col), 0), pc.invert(pc.utf8_is_space(col))))
+
+
+def _labels(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.ChunkedArray]:
+    """(ok mask, bool values) under the same rules as normalize.coerce_label."""
+    t = col.type
+    if pa.types.is_boolean(t):
+        return _mask(pc.is_valid(col)), pc.fill_null(col, False)
+    if pa.types.is_integer(t):
+        return _mask(pc.is_in(col, pa.array([0, 1], t))), pc.fill_null(pc.equal(col, 1), False)
+    text = _as_string(col)
+    if text is None:
+        return np.zeros(len(col), dtype=bool), pa.chunked_array([pa.nulls(len(col), pa.bool_())])
+    norm = pc.utf8_lower(pc.utf8_trim_whitespace(text))
+    is_true = pc.is_in(norm, pa.array(sorted(TRUE_LABELS)))
+    is_false = pc.is_in(norm, pa.array(sorted(FALSE_LABELS)))
+    return _mask(pc.or_(is_true, is_false)), pc.fill_null(is_true, False)
+
+
+def _fast(part: Part) -> tuple[pa.Table | None, np.ndarray]:
+    """(table of good rows, indices of doubtful rows) — or (None, all) when the part is not flat."""
+    t = part.table
+    n = t.num_rows
+    names = set(t.column_names)
+    if "conversations" in names or "messages" in names or not {"prompt", "completion", "label"} <= names:
+        return None, np.arange(n)
+    prompt, completion = _as_string(t.column("prompt")), _as_string(t.column("completion"))
+    if prompt is None or completion is None:
+        return None, np.arange(n)
+    label_ok, label = _labels(t.column("label"))
+    ok = label_ok & _nonblank(prompt) & _nonblank(completion)
+    if ok.all():
+        table = pa.table({"prompt": prompt, "completion": completion, "label": label, "line": part.lines})
+    else:
+        keep = pa.array(ok)
+        table = pa.table({"prompt": prompt.filter(keep), "completion": completion.filter(keep),
+                          "label": label.filter(keep), "line": part.lines[ok]})
+    return table, np.flatnonzero(~ok)
+
+
+# ---- row ids and assembly ------------------------------------------------------------------------
+
+def _finish(prompt, completion, label, messages, lines, source: str) -> pa.Table:
+    """Add source, row_key, prompt_id and chars: the canonical rows.parquet table."""
+    n = len(prompt)
+    key = prompt if messages.null_count == n else pc.coalesce(messages, prompt)
+    # Hashing is the one per-row Python loop of the fast path; map() over bytes keeps it well under
+    # a microsecond a row. prompt_id = xxh3-64(prompt or its turns);
+    # row_key = xxh3-128(completion) seeded with prompt_id: the content hash of the (prompt, completion) pair.
+    pid = list(map(xxhash.xxh3_64_intdigest, key.cast(pa.binary()).to_pylist()))
+    digests = b"".join(map(xxhash.xxh3_128_digest, completion.cast(pa.binary()).to_pylist(), pid))
+    chars = pc.max_element_wise(pc.utf8_length(prompt), pc.utf8_length(completion)).cast(pa.int32())
+    return pa.table({
+        "prompt": prompt, "completion": completion, "label": label, "messages": messages,
+        "source": pa.repeat(pa.scalar(source, pa.string()), n), "line": pa.array(lines, pa.int64()),
+        "row_key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(digests)]),
+        "prompt_id": pa.array(np.array(pid, dtype=np.uint64).view(np.int64)), "chars": chars,
+    }, schema=ROW_SCHEMA)
+
+
+# byte -> its two lowercase hex digits, as one little-endian uint16 ("a5" -> ord("a") | ord("5") << 8)
+_HEX_PAIRS = np.array([ord(f"{b:02x}"[0]) | ord(f"{b:02x}"[1]) << 8 for b in range(256)], dtype="<u2")
+
+
+def row_ids(row_key: pa.Array) -> pa.Array:
+    """row_key (16 bytes) -> 32-char lowercase hex strings, vectorized (one table lookup per byte)."""
+    n = len(row_key)
+    raw = np.frombuffer(row_key.buffers()[1], np.uint8)[row_key.offset * 16:(row_key.offset + n) * 16]
+    text = _HEX_PAIRS[raw]  # 2 bytes of ASCII per input byte
+    offsets = np.arange(0, 32 * n + 1, 32, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
+
+
+def prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Iterate `items` in a background thread, `depth` ahead: Arrow parses the next block (without the
+    GIL) while this thread hashes the current one. Exceptions surface here, in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((item, None))
+            q.put((done, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put((done, e))
+
+    t = threading.Thread(target=work, daemon=True, name="kto-prefetch")
+    t.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.01)
+
+
+class BackgroundWriter:
+    """A ParquetWriter fed from a queue by one thread: encoding and compression (GIL-free in Arrow)
+    overlap with the caller's work. At most `depth` tables wait, so memory stays bounded."""
+
+    def __init__(self, path: Path, schema: pa.Schema, depth: int = 2, **options: Any) -> None:
+        self._writer = pq.ParquetWriter(path, schema, **options)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kto-writer")
+        self._pending: list[Future] = []
+        self._depth = depth
+
+    def write_table(self, table: pa.Table) -> None:
+        while len(self._pending) >= self._depth:
+            self._pending.pop(0).result()  # a writer error surfaces here
+        self._pending.append(self._pool.submit(self._writer.write_table, table))
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        self.write_table(pa.Table.from_batches([batch]))
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            for f in self._pending:
+                f.result()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._writer.close()
+
+
+class _Tally:
+    """Counts and samples for one file's report."""
+
+    def __init__(self) -> None:
+        self.records_in = self.valid = self.quarantined = self.n_desirable = 0
+        self.reasons: Counter[str] = Counter()
+        self.samples: list[dict[str, Any]] = []
+
+    def bad(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            cat = reason_category(r["reason"])
+            self.reasons[cat] += 1
+            if self.reasons[cat] <= SAMPLES_PER_REASON:
+                self.samples.append({**r, "raw": r["raw"][:500]})
+        self.quarantined += len(rows)
+
+
+def _process(batch: Batch, source: str, tally: _Tally) -> tuple[list[pa.Table], list[dict[str, Any]]]:
+    tables: list[pa.Table] = []
+    py_rows: list[tuple[int, dict[str, Any]]] = []
+    bad: list[dict[str, Any]] = []
+
+    def exact(line: int, record: Any, error: str | None, raw: str) -> None:
+        if error is None:
+            try:
+                py_rows.append((line, normalize(record)))
+                return
+            except BadRow as e:
+                error = str(e)
+        bad.append({"source": source, "line": line, "reason": error, "raw": raw})
+
+    for part in batch.parts:
+        tally.records_in += part.table.num_rows
+        good, doubtful = _fast(part)
+        if good is not None and good.num_rows:
+            tables.append(_finish(good["prompt"], good["completion"], good["label"],
+                                  pa.nulls(good.num_rows, pa.string()), good["line"].to_numpy(), source))
+        for i in doubtful.tolist():
+            exact(int(part.lines[i]), *part.record_at(i))
+    for line, record, error, raw in batch.items:
+        tally.records_in += 1
+        exact(line, record, error, raw)
+    if py_rows:
+        cols = {k: [r[k] for _, r in py_rows] for k in ("prompt", "completion", "label", "messages")}
+        tables.append(_finish(pa.array(cols["prompt"], pa.string()), pa.array(cols["completion"], pa.string()),
+                              pa.array(cols["label"], pa.bool_()), pa.array(cols["messages"], pa.string()),
+                              [line for line, _ in py_rows], source))
+    tally.bad(bad)
+    for t in tables:
+        tally.valid += t.num_rows
+        tally.n_desirable += pc.sum(t["label"]).as_py() or 0
+    return tables, bad
+
+
+def validate_file(path: Path, out_dir: Path, *, source: str | None = None) -> dict[str, Any]:
+    """Validate one file into out_dir/{rows,quarantine}.parquet + report.json; returns the report.
+
+    Raises DataFileError when the file cannot be read at all; bad rows never raise.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    source = source or str(path)
+    try:
+        return _validate(path, out_dir, source, exact_csv=False)
+    except NeedExactCsv:
+        # A ragged or blank CSV row: only the csv module can place it on its line; start over with it.
+        return _validate(path, out_dir, source, exact_csv=True)
+
+
+def _validate(path: Path, out_dir: Path, source: str, exact_csv: bool) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tally = _Tally()
+    # rows.parquet is an intermediate read back at once: uncompressed, no dictionaries (fastest both ways).
+    with BackgroundWriter(out_dir / "rows.parquet", ROW_SCHEMA, compression="none", use_dictionary=["source"],
+                          write_statistics=False) as rows_out, \
+            pq.ParquetWriter(out_dir / "quarantine.parquet", QUARANTINE_SCHEMA) as bad_out:
+        for batch in prefetch(read_batches(path, exact_csv=exact_csv)):
+            tables, bad = _process(batch, source, tally)
+            for t in tables:
+                rows_out.write_table(t)
+            if bad:
+                bad_out.write_table(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA))
+    report = {
+        "source": source, "validator": VERSION, "records_in": tally.records_in, "valid": tally.valid,
+        "quarantined": tally.quarantined, "n_desirable": tally.n_desirable,
+        "n_undesirable": tally.valid - tally.n_desirable, "reasons": dict(tally.reasons),
+        "samples": tally.samples,
+    }
+    assert report["records_in"] == report["valid"] + report["quarantined"], report
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    return report
+
+
+# ---- the content-addressed cache -----------------------------------------------------------------
+
+def validated_dir_name(digest: str, source: str) -> str:
+    return f"{digest[:16]}-{xxhash.xxh3_64_hexdigest(source.encode())[:8]}-v{VERSION}"
+
+
+def ingest_file(path: Path, cache_root: Path, *, source: str | None = None,
+                keep_original: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Validate `path` into cache_root/<digest>-<source>-v<VERSION>/ unless already there.
+
+    Returns (folder, report). The folder holds rows.parquet, quarantine.parquet, report.json and,
+    with keep_original, a byte-for-byte copy of the file, so nothing is lost if the source goes away.
+    Safe to call from concurrent runs: each builds in its own scratch folder, the first to finish wins.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    source = source or str(path.resolve())
+    try:
+        digest = file_digest(path)
+    except OSError as e:
+        raise DataFileError(f"{path}: cannot read file: {e.strerror}") from None
+    folder = Path(cache_root) / validated_dir_name(digest, source)
+    if (folder / COMPLETE).exists():
+        return folder, json.loads((folder / "report.json").read_text())
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        report = validate_file(path, tmp, source=source)
+        report.update(digest=digest, size_bytes=path.stat().st_size, file=path.name)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        if keep_original:
+            shutil.copyfile(path, tmp / ("original" + "".join(path.suffixes)))
+        (tmp / COMPLETE).write_text("")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another run finished the same file first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder, json.loads((folder / "report.json").read_text())
+
+
+def read_reports(folders: Iterable[Path]) -> list[dict[str, Any]]:
+    return [json.loads((Path(f) / "report.json").read_text()) for f in folders]
