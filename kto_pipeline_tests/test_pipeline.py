@@ -12,14 +12,15 @@ from kto_pipeline_tests.conftest import run_ok
 
 from kto_pipeline.definitions import defs
 
-GRAPH = ["raw_preferences", "kto_dataset", "lora_adapter", "merged_model"]
+GRAPH = ["raw_preferences", "kto_dataset", "lora_adapter", "merged_model", "gguf_quantizations"]
+CHECKS = {"kto_dataset": "label_balance", "lora_adapter": "eval_loss", "gguf_quantizations": "gguf_files_intact"}
 
 TINY_STEPS = PRESETS["tiny"]["training"]["max_steps"]
 
 
 def _check_results(instance, asset: str) -> dict[str, bool]:
     records = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(dg.AssetKey(asset), "label_balance" if asset == "kto_dataset" else "eval_loss"), limit=1)
+        dg.AssetCheckKey(dg.AssetKey(asset), CHECKS[asset]), limit=1)
     return {r.run_id: r.evaluation.passed for r in records if r.evaluation is not None}
 
 
@@ -41,7 +42,12 @@ def test_full_graph_in_a_real_instance(project):
         assert list((adapter_dir / "tensorboard").glob("events.out.tfevents.*"))
         merged = project.latest("merged_model")
         assert merged["size_bytes"] > 0 and len(merged["sha256"]) == 64
-        for asset in ("kto_dataset", "lora_adapter"):
+        gguf = project.latest("gguf_quantizations")
+        files = [r.data for r in gguf["files"].records]
+        assert [f["type"] for f in files] == ["F16", "Q4_K_M", "Q5_K_M", "Q8_0"] and all(f["passed"] for f in files)
+        assert gguf["transformers_tokenization_match"] and gguf["chat_format"] == "chatml"
+        assert "FROM ./model-Q4_K_M.gguf" in gguf["modelfile"]
+        for asset in CHECKS:
             assert list(_check_results(instance, asset).values()) == [True], asset
 
 
