@@ -50,7 +50,11 @@ def add_parser(sub) -> None:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(opt, type=kind, default=None, help=f.metadata["help"])
     p.add_argument("--raw-dir", default=None, help="folder of raw feedback files (default: data/raw)")
-    p.add_argument("--local-file", default=None, help="path to one local JSONL file to train on")
+    p.add_argument("--local-file", default=None,
+                   help="train on this one file (.jsonl, .json, .csv, .tsv, .parquet; .gz/.bz2/.zst for text)")
+    p.add_argument("--dataset-name", default=None,
+                   help="Hugging Face dataset: a Hub id (from the cache when HF_HUB_OFFLINE=1) or a local dataset folder")
+    p.add_argument("--dataset-file", default=None, help="one data file inside --dataset-name")
     p.add_argument("--split-dataset", action="store_true", default=None,
                    help="hold out an eval split (on by default; needed by the eval_loss check)")
     p.add_argument("--no-split-dataset", dest="split_dataset", action="store_false",
@@ -87,7 +91,9 @@ def selected_assets(select: str) -> set[str]:
 
 def run_config(args) -> dict[str, Any]:
     """Run config for the selected assets only (Dagster rejects config for ops outside the run)."""
-    source = {k: v for k, v in {"raw_dir": args.raw_dir, "local_file": args.local_file}.items() if v is not None}
+    source = {k: v for k, v in {"raw_dir": args.raw_dir, "local_file": args.local_file,
+                                "dataset_name": args.dataset_name, "dataset_file": args.dataset_file}.items()
+              if v is not None}
     split = {} if args.split_dataset is None else {"split_dataset": args.split_dataset}
     ops = {
         "raw_preferences": source,

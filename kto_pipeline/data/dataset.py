@@ -170,7 +170,8 @@ def build_from_validated(folders: Iterable[Path], out_dir: Path, *, eval_fractio
         for folder in folders:
             for b in pq.ParquetFile(folder / "quarantine.parquet").iter_batches(batch_size=65_536):
                 bad_out.write_batch(b)
-            for b in prefetch(pq.ParquetFile(folder / "rows.parquet").iter_batches(batch_size=65_536, use_threads=False)):
+            for b in prefetch(pq.ParquetFile(folder / "rows.parquet").iter_batches(
+                    batch_size=65_536, use_threads=False)):
                 rows = pa.Table.from_batches([b])
                 c = code[offset:offset + rows.num_rows]
                 offset += rows.num_rows
