@@ -21,6 +21,7 @@ import pytest
 from kto_pipeline.data import (BadRow, DataFileError, build_kto_dataset, coerce_label, label_balance, normalize,
                                validate_file)
 from kto_pipeline.data import readers
+from kto_pipeline.data import validate as validate_module
 from kto_pipeline.data.readers import parse_json_line
 
 
@@ -302,21 +303,68 @@ def test_block_boundaries_and_fallbacks_match_a_line_by_line_reference(tmp_path,
     report = validate_file(src, tmp_path / "out")
     check_invariant(report)
 
-    want_good, want_bad = {}, {}
+    want_good, want_bad = reference(lines)
+    got = pq.read_table(tmp_path / "out" / "rows.parquet").to_pylist()
+    assert {r["line"]: {k: r[k] for k in ("prompt", "completion", "label", "messages")} for r in got} == want_good
+    assert dict(zip(bad_of(tmp_path / "out").line.astype(int), bad_of(tmp_path / "out").reason)) == want_bad
+
+
+def reference(lines: list[str]) -> tuple[dict, dict]:
+    """The obvious line-by-line result: parse_json_line + normalize."""
+    good, bad = {}, {}
     for n, line in enumerate(lines, start=1):
         rec, err, _ = parse_json_line(line.encode())
         if err == "":
             continue
         if err is None:
             try:
-                want_good[n] = normalize(rec)
+                good[n] = normalize(rec)
                 continue
             except BadRow as e:
                 err = str(e)
-        want_bad[n] = err
+        bad[n] = err
+    return good, bad
+
+
+def test_chat_rows_checked_in_bulk_match_normalize_exactly(tmp_path, monkeypatch):
+    """Chat rows go through Arrow's vectorized path; their prompt text and messages JSON (which the
+    row hash covers) must be byte-identical to normalize's, escapes and all."""
+    rng = random.Random(3)
+    tricky = ['say "hi"', "back\\slash", "two\nlines", "tab\there", "bell\x07", "form\x0cfeed", "bs\x08",
+              "émoji 👍 ünïcode", "", "  ", "cr\r\nlf", "\x1f unit sep", "plain"]
+    lines = []
+    for i in range(1500):
+        turns = [{"role": "user", "content": f"{rng.choice(tricky)} q{i}"},
+                 {"role": "assistant", "content": rng.choice(tricky)}]
+        if rng.random() < 0.5:
+            turns.insert(0, {"role": "system", "content": rng.choice(tricky)})
+        r = rng.random()
+        if r < 0.05:
+            turns.append({"role": "user", "content": "trailing"})
+        elif r < 0.08:
+            turns[0]["role"] = rng.choice(["", " ", None])
+        elif r < 0.10:
+            turns = turns[-1:]
+        elif r < 0.12:
+            turns = None
+        elif r < 0.13:
+            turns[-1] = None
+        lines.append(json.dumps({"messages": turns, "label": rng.choice(["yes", "no", "No", "maybe"])}))
+    src = tmp_path / "chat.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    calls = []
+    monkeypatch.setattr(validate_module, "normalize", lambda rec: calls.append(1) or normalize(rec))
+    report = validate_file(src, tmp_path / "out")
+    check_invariant(report)
+    want_good, want_bad = reference(lines)
+    # Python saw exactly the bad rows and the good ones with rare control characters (\\u00XX escapes).
+    rare = sum(1 for r in want_good.values() if "\\u00" in r["messages"] or "\x07" in r["completion"]
+               or "\x1f" in r["completion"])
+    assert len(calls) == len(want_bad) + rare
     got = pq.read_table(tmp_path / "out" / "rows.parquet").to_pylist()
     assert {r["line"]: {k: r[k] for k in ("prompt", "completion", "label", "messages")} for r in got} == want_good
     assert dict(zip(bad_of(tmp_path / "out").line.astype(int), bad_of(tmp_path / "out").reason)) == want_bad
+    assert len(want_good) > 700 and len(want_bad) > 300
 
 
 # ---- unreadable files -------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ REASONS = ("malformed JSON", "not UTF-8", "not an object", "missing field", "wro
            "bad label", "bad conversation", "wrong number of columns", "too long", "conflicting duplicate")
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # == json.dumps(turns, ensure_ascii=False), less overhead
+
+
 class BadRow(ValueError):
     """A record that cannot become a KTO row; str(self) is the quarantine reason."""
 
@@ -176,5 +179,5 @@ def normalize(record: Any) -> dict[str, Any]:
         prompt, completion, turns = _from_trl_conversational(record)
     else:
         prompt, completion, turns = _text(record, "prompt"), _text(record, "completion"), None
-    messages = json.dumps(turns, ensure_ascii=False) if turns is not None else None
+    messages = _ENCODER.encode(turns) if turns is not None else None
     return {"prompt": prompt, "completion": completion, "label": label, "messages": messages}

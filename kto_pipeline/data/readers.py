@@ -199,10 +199,26 @@ def parse_json_line(raw: bytes) -> tuple[Any, str | None, str]:
         return None, "malformed JSON: nested too deeply", text
 
 
+def chat_column(t: pa.Table) -> str | None:
+    """The chat column Arrow can take in bulk: one list of {role, content} string structs (not ShareGPT)."""
+    keys = [k for k in CONVERSATION_KEYS if k in t.column_names]
+    if len(keys) != 1:
+        return None
+    typ = t.schema.field(keys[0]).type
+    if not pa.types.is_list(typ) or not pa.types.is_struct(typ.value_type):
+        return None
+    fields = {f.name: f.type for f in typ.value_type}
+    if fields.get("role") != pa.string() or fields.get("content") != pa.string() or {"from", "value"} & set(fields):
+        return None
+    return keys[0]
+
+
 def _is_flat(table: pa.Table) -> bool:
-    """The seed's flat shape: prompt and completion are strings, no chat lists."""
+    """A shape validate.py checks in bulk: the seed's flat rows, or role/content chat lists."""
     names = set(table.column_names)
-    return not names.intersection(CONVERSATION_KEYS) and "prompt" in names and "completion" in names
+    if names.intersection(CONVERSATION_KEYS):
+        return chat_column(table) is not None
+    return "prompt" in names and "completion" in names
 
 
 def _parse_flat(buf, exact_rows: bool = False) -> pa.Table | str:

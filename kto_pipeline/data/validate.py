@@ -27,8 +27,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from kto_pipeline.data.normalize import FALSE_LABELS, TRUE_LABELS, BadRow, normalize, reason_category
-from kto_pipeline.data.readers import Batch, DataFileError, NeedExactCsv, Part, read_batches
+from kto_pipeline.data.normalize import (CONVERSATION_KEYS, FALSE_LABELS, TRUE_LABELS, BadRow, normalize,
+                                         reason_category)
+from kto_pipeline.data.readers import Batch, DataFileError, NeedExactCsv, Part, chat_column, read_batches
 
 VERSION = 1  # bump when a rule changes: cached validations of older versions are then redone
 SAMPLES_PER_REASON = 3
@@ -95,24 +96,79 @@ def _labels(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.ChunkedArray]:
     return _mask(pc.or_(is_true, is_false)), pc.fill_null(is_true, False)
 
 
+_JSON_ESCAPES = [("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"),
+                 ("\b", "\\b"), ("\f", "\\f")]
+_OTHER_CONTROL = "[\\x00-\\x07\\x0b\\x0e-\\x1f]"  # json.dumps writes these as \\u00XX: left to Python
+
+
+def _json_string(col: pa.Array) -> pa.Array:
+    """'"' + col escaped as json.dumps(ensure_ascii=False) does + '"' (rows with rare control chars excluded)."""
+    for raw, escaped in _JSON_ESCAPES:
+        col = pc.replace_substring(col, raw, escaped)
+    return pc.binary_join_element_wise('"', col, '"', "")
+
+
+def _fast_chat(t: pa.Table, key: str, ok: np.ndarray) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """Vectorized normalize() for {"messages": [...], "label"} rows: the last turn is the assistant's
+    completion, the turns before it the prompt, rendered and as JSON exactly as normalize writes them."""
+    msgs = t.column(key).combine_chunks()
+    n = len(msgs)
+    sizes = pc.fill_null(pc.list_value_length(msgs), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    ok &= sizes >= 2
+    turns = pc.list_flatten(msgs)  # only the turns of non-null lists, in row order
+    parent = pc.list_parent_indices(msgs).to_numpy()
+    roles, contents = pc.struct_field(turns, "role"), pc.struct_field(turns, "content")  # null turn -> null
+    bad_turn = ~(_mask(pc.is_valid(roles)) & _mask(pc.is_valid(contents)) & _nonblank(roles))
+    bad_turn |= _mask(pc.match_substring_regex(roles, _OTHER_CONTROL)) | _mask(
+        pc.match_substring_regex(contents, _OTHER_CONTROL))
+    ok &= np.bincount(parent[bad_turn], minlength=n) == 0
+    ends = np.cumsum(sizes)  # index (in turns) one past each row's last turn
+    last = np.where(sizes > 0, ends - 1, 0)
+    if len(turns):
+        ok &= _mask(pc.equal(roles.take(pa.array(last)), "assistant")) & _nonblank(contents.take(pa.array(last)))
+    is_last = np.zeros(len(turns), dtype=bool)
+    is_last[last[sizes > 0]] = True
+    prompt_text = ~is_last & _nonblank(contents) if len(turns) else np.zeros(0, bool)
+    ok &= np.bincount(parent[prompt_text], minlength=n) > 0
+    # The good rows' prompt turns, re-listed: a ListArray over the non-last turns of the good rows.
+    keep_turn = ~is_last & ok[parent] if len(turns) else np.zeros(0, bool)
+    idx = pa.array(np.flatnonzero(keep_turn))
+    r, c = roles.take(idx), contents.take(idx)
+    counts = np.where(ok, sizes - 1, 0)[ok]
+    offsets = pa.array(np.concatenate(([0], np.cumsum(counts))).astype(np.int32))
+    as_json = pc.binary_join_element_wise('{"role": ', _json_string(r), ', "content": ', _json_string(c), "}", "")
+    messages = pc.binary_join_element_wise("[", pc.binary_join(pa.ListArray.from_arrays(offsets, as_json), ", "),
+                                           "]", "")
+    rendered = pc.binary_join(pa.ListArray.from_arrays(offsets, pc.binary_join_element_wise(r, c, ": ")), "\n")
+    completion = contents.take(pa.array(last[ok]))
+    return {"prompt": rendered, "completion": completion, "messages": messages}, ok
+
+
 def _fast(part: Part) -> tuple[pa.Table | None, np.ndarray]:
-    """(table of good rows, indices of doubtful rows) — or (None, all) when the part is not flat."""
+    """(table of good rows, indices of doubtful rows) — or (None, all) when the part's shape is not one
+    the vectorized checks know (then every row goes through normalize)."""
     t = part.table
     n = t.num_rows
     names = set(t.column_names)
-    if "conversations" in names or "messages" in names or not {"prompt", "completion", "label"} <= names:
-        return None, np.arange(n)
-    prompt, completion = _as_string(t.column("prompt")), _as_string(t.column("completion"))
-    if prompt is None or completion is None:
+    if "label" not in names:
         return None, np.arange(n)
     label_ok, label = _labels(t.column("label"))
-    ok = label_ok & _nonblank(prompt) & _nonblank(completion)
-    if ok.all():
-        table = pa.table({"prompt": prompt, "completion": completion, "label": label, "line": part.lines})
+    chat = chat_column(t)
+    if chat is not None:
+        if {"prompt", "completion"} & names and any(t.column(k).null_count < n for k in {"prompt", "completion"} & names):
+            return None, np.arange(n)  # chat and flat rows mixed: rare, left to normalize
+        cols, ok = _fast_chat(t, chat, label_ok.copy())
+    elif CONVERSATION_KEYS[0] in names or CONVERSATION_KEYS[1] in names or not {"prompt", "completion"} <= names:
+        return None, np.arange(n)
     else:
+        prompt, completion = _as_string(t.column("prompt")), _as_string(t.column("completion"))
+        if prompt is None or completion is None:
+            return None, np.arange(n)
+        ok = label_ok & _nonblank(prompt) & _nonblank(completion)
         keep = pa.array(ok)
-        table = pa.table({"prompt": prompt.filter(keep), "completion": completion.filter(keep),
-                          "label": label.filter(keep), "line": part.lines[ok]})
+        cols = {"prompt": prompt.filter(keep), "completion": completion.filter(keep),
+                "messages": pa.nulls(int(ok.sum()), pa.string())}
+    table = pa.table({**cols, "label": label.filter(pa.array(ok)), "line": part.lines[ok]})
     return table, np.flatnonzero(~ok)
 
 
@@ -250,8 +306,8 @@ def _process(batch: Batch, source: str, tally: _Tally) -> tuple[list[pa.Table], 
         tally.records_in += part.table.num_rows
         good, doubtful = _fast(part)
         if good is not None and good.num_rows:
-            tables.append(_finish(good["prompt"], good["completion"], good["label"],
-                                  pa.nulls(good.num_rows, pa.string()), good["line"].to_numpy(), source))
+            tables.append(_finish(good["prompt"], good["completion"], good["label"], good["messages"],
+                                  good["line"].to_numpy(), source))
         for i in doubtful.tolist():
             exact(int(part.lines[i]), *part.record_at(i))
     for line, record, error, raw in batch.items:
