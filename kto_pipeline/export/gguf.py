@@ -36,16 +36,20 @@ QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1", "Q4_K_M", "Q4
                "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "IQ4_NL", "IQ4_XS")
 BASE_TYPES = ("F16", "BF16")  # what the converter writes; every quantization starts from it
 
-# Pass/fail limits per file type, from benchmarks/GGUF.md (measured, with the reasoning there).
+# Pass/fail limits per file type; measured and justified in benchmarks/GGUF.md.
 #   max_rel_error: ||logits_gguf - logits_hf|| / ||logits_hf|| over all positions
-#   min_top1:      share of positions where both pick the same next token
-# F16/BF16 must match to rounding; a quantized file only has to keep the model's choices.
+#   min_top1:      share of decisive positions (see TIE_MARGIN) where both pick the same next token
+#   max_mean_kl:   mean KL(HF || GGUF) per position (not used by default; available as an override)
+# F16/BF16 must match to rounding. A quantized file must keep the model's decisions: the limits sit well
+# below every healthy file measured (larger models lose more to quantization than the tiny ones) and far
+# above every broken one (wrong tensor, other model: top-1 <= 46%). Other types need explicit limits.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "F16": {"max_rel_error": 1e-2, "min_top1": 0.99},
     "BF16": {"max_rel_error": 1e-2, "min_top1": 0.99},
     "Q8_0": {"max_rel_error": 0.05, "min_top1": 0.99},
-    "Q5_K_M": {"max_rel_error": 0.15, "min_top1": 0.95},
-    "Q4_K_M": {"max_rel_error": 0.20, "min_top1": 0.93},
+    "Q6_K": {"max_rel_error": 0.10, "min_top1": 0.95},
+    "Q5_K_M": {"max_rel_error": 0.20, "min_top1": 0.90},
+    "Q4_K_M": {"max_rel_error": 0.25, "min_top1": 0.85},
 }
 THRESHOLD_KEYS = ("max_rel_error", "min_top1", "max_mean_kl")
 # Positions where the HF model's top-2 logits are closer than this (nats; a probability ratio of 1.05)
@@ -53,7 +57,7 @@ THRESHOLD_KEYS = ("max_rel_error", "min_top1", "max_mean_kl")
 TIE_MARGIN = 0.05
 
 # Fixed verification prompts: plain text and chat turns (rendered with the model's own chat template,
-# so special tokens are exercised). Together a few hundred positions for any tokenizer.
+# so special tokens are exercised): about 300 positions with a 32k-128k vocabulary, more with a small one.
 VERIFY_TEXTS = (
     "The capital of France is Paris. The capital of Germany is Berlin, and the capital of Italy is Rome.",
     "Machine learning is a field of study that gives computers the ability to learn from data "
@@ -61,6 +65,10 @@ VERIFY_TEXTS = (
     "Water boils at one hundred degrees Celsius at sea level; ice melts at zero degrees.",
     "def add(a, b):\n    return a + b\n\nprint(add(2, 3))  # 5",
     "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen. 1 2 3 4 5 6 7 8 9 10",
+    "Shopping list: three apples, a loaf of bread, two litres of milk, eggs, coffee and some cheese.",
+    "Dear team, the meeting is moved to Thursday at 10:30. Please bring the quarterly report and your "
+    "questions. Thank you, and have a good week!",
+    "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.",
 )
 VERIFY_CHATS = (
     [{"role": "user", "content": "What is the capital of France?"},
