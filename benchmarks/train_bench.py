@@ -49,18 +49,27 @@ ARCHS: dict[str, dict[str, Any]] = {
 N_SPECIAL = 256  # the last 256 ids are special tokens, as in Llama 3
 EOS, PAD, UNK = "<|eot_id|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_0|>"
 
+BUDGET_GIB = 20.0  # the issue's target peak; kto_pipeline's planner picks the micro-batch under it
 VARIANTS: dict[str, dict[str, Any]] = {
     "a": dict(label="(a) TRL + PEFT + bitsandbytes QLoRA", backend="transformers", trainer="trl"),
     "b": dict(label="(b) Unsloth + TRL defaults (the seed)", backend="unsloth", trainer="trl"),
-    "c": dict(label="(c) kto_pipeline", backend="unsloth", trainer="ours"),
+    "c": dict(label="(c) kto_pipeline (memory_budget_gib=20: micro-batch from the planner)", backend="unsloth",
+              trainer="ours", budget=BUDGET_GIB),
+    # levers, each against its neighbour in the table
+    "c_mb4": dict(label="(c) at the seed's micro-batch 4 (no budget)", backend="unsloth", trainer="ours"),
+    "c_mb8": dict(label="(c) at micro-batch 8 x accumulation 2", backend="unsloth", trainer="ours", batch=8,
+                  accum=2),
     "c_nogroup": dict(label="(c) without length grouping", backend="unsloth", trainer="ours",
-                      group_by_length=False),
-    "c_noprecompute": dict(label="(c) without precomputed reference log-probs", backend="unsloth",
-                           trainer="ours", precompute=False),
+                      budget=BUDGET_GIB, group_by_length=False),
+    "c_precompute": dict(label="(c) + precomputed reference log-probs (one epoch)", backend="unsloth",
+                         trainer="ours", budget=BUDGET_GIB, precompute=True),
+    "c_mb4_precompute": dict(label="(c) at micro-batch 4 + precomputed reference log-probs", backend="unsloth",
+                             trainer="ours", precompute=True),
     "b_precompute": dict(label="(b) + TRL precompute_ref_log_probs (TRL's full-weight hash)", backend="unsloth",
                          trainer="trl", precompute=True),
     "b_unchunked": dict(label="(b) with an unchunked LM head ([tokens, vocab] fp32 logits)", backend="unsloth",
                         trainer="trl", lm_head="unchunked"),
+    "b_repeat": dict(label="(b) again, last: run-to-run spread", backend="unsloth", trainer="trl"),
 }
 
 
@@ -114,7 +123,15 @@ def synth_rows(model_dir: Path, n: int, max_length: int, seed: int, fixed: tuple
 
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"] - N_SPECIAL
     rng = random.Random(seed)
-    lengths = [fixed] * n if fixed else lognormal_lengths(rng, n, max_length)
+    if fixed:  # the warm-up batch: row i is the same whatever n is, labels alternate
+        out = []
+        for i in range(n):
+            r = random.Random(seed * 100_003 + i)
+            out.append({"prompt": " ".join(f"w{r.randrange(vocab)}" for _ in range(fixed[0])),
+                        "completion": " " + " ".join(f"w{r.randrange(vocab)}" for _ in range(fixed[1])),
+                        "label": i % 2 == 0})
+        return out
+    lengths = lognormal_lengths(rng, n, max_length)
     labels = [i % 2 == 0 for i in range(n)]
     rng.shuffle(labels)
     words = lambda k: " ".join(f"w{rng.randrange(vocab)}" for _ in range(k))  # noqa: E731
@@ -288,7 +305,7 @@ def trl_args(opts: dict, out: Path, steps_cfg: dict, **kw):
     cuda = torch.cuda.is_available()
     return KTOConfig(output_dir=str(out), per_device_train_batch_size=steps_cfg["batch"],
                      gradient_accumulation_steps=steps_cfg["accum"], max_length=steps_cfg["max_length"],
-                     learning_rate=5e-7, num_train_epochs=1, max_steps=-1, logging_steps=1, save_strategy="no",
+                     learning_rate=5e-7, num_train_epochs=steps_cfg.get("epochs", 1), max_steps=-1, logging_steps=1, save_strategy="no",
                      report_to=[], optim="adamw_8bit" if cuda else "adamw_torch", bf16=cuda, use_cpu=not cuda,
                      precompute_ref_log_probs=opts.get("precompute", False), dataloader_num_workers=0,
                      seed=42, **kw)
@@ -303,10 +320,19 @@ def ours_config(model_dir: Path, opts: dict, steps_cfg: dict):
         "lora": {"r": 16, "alpha": 16, "dropout": 0.0},
         "training": {"per_device_train_batch_size": steps_cfg["batch"],
                      "gradient_accumulation_steps": steps_cfg["accum"], "learning_rate": 5e-7,
-                     "num_train_epochs": 1.0, "max_steps": -1, "logging_steps": 1, "save_steps": 10**9,
+                     "num_train_epochs": float(steps_cfg.get("epochs", 1)), "max_steps": -1, "logging_steps": 1, "save_steps": 10**9,
                      "warmup_ratio": 0.1, "group_by_length": opts.get("group_by_length", True),
-                     "precompute_ref_log_probs": opts.get("precompute", True)},
+                     "precompute_ref_log_probs": opts.get("precompute"),
+                     "memory_budget_gib": opts.get("budget")},
     })
+
+
+def planned_micro_batch(model_dir: Path, opts: dict, steps_cfg: dict) -> int:
+    if opts["trainer"] != "ours" or not opts.get("budget"):
+        return steps_cfg["batch"]
+    from kto_pipeline.training.memory import with_budget
+
+    return with_budget(ours_config(model_dir, opts, steps_cfg)).training.per_device_train_batch_size
 
 
 def make_trainer(name: str, opts: dict, loaded, rows, model_dir: Path, work: Path, steps_cfg: dict,
@@ -314,6 +340,9 @@ def make_trainer(name: str, opts: dict, loaded, rows, model_dir: Path, work: Pat
     """One trainer for this variant on `rows` (the warm-up batch or the measured set)."""
     from trl import KTOTrainer
 
+    peft_config = getattr(loaded.model, "peft_config", {})
+    if "ref" in peft_config:  # TRL adds a "ref" adapter to an already-wrapped model; one per trainer
+        loaded.model.delete_adapter("ref")
     if opts["trainer"] == "ours":
         from kto_pipeline.training.trainer import build_trainer
 
@@ -330,22 +359,25 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
     from trl import KTOTrainer
 
     opts = VARIANTS[name]
+    steps_cfg = dict(steps_cfg, **{k: opts[k] for k in ("batch", "accum") if k in opts})
     a = arch_numbers(model_dir)
     result: dict[str, Any] = {"variant": name, "label": opts["label"], "backend": loaded.backend,
                               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                               **steps_cfg}
-    precompute_t = Timer()
-    orig_pre = KTOTrainer._precompute_ref_logps
+    precompute_t, save_t = Timer(), Timer()
+    orig_pre, orig_save = KTOTrainer._precompute_ref_logps, KTOTrainer._save_checkpoint
     KTOTrainer._precompute_ref_logps = precompute_t.wrap(orig_pre)
+    KTOTrainer._save_checkpoint = save_t.wrap(orig_save)  # the final checkpoint is not training time
     try:
         with lm_head(opts.get("lm_head", "chunked")):
             # 1) warm-up on one fixed micro-batch at max_length: compiles kernels, gives the first-step loss on the
             #    same rows for every variant, and the peak memory at max_length x micro-batch.
             fresh_memory()
             first: dict = {}
-            warm_rows = synth_rows(model_dir, steps_cfg["batch"], steps_cfg["max_length"], seed=7,
+            micro = planned_micro_batch(model_dir, opts, steps_cfg)
+            warm_rows = synth_rows(model_dir, micro, steps_cfg["max_length"], seed=7,
                                    fixed=(steps_cfg["max_length"] // 2 - 1, steps_cfg["max_length"] // 2))
-            warm = make_trainer(name, opts, loaded, warm_rows, model_dir, work, dict(steps_cfg, accum=1),
+            warm = make_trainer(name, opts, loaded, warm_rows, model_dir, work, dict(steps_cfg, batch=micro, accum=1),
                                 [first_log_callback(first)], "warm")
             t0 = time.perf_counter()
             warm.train()
@@ -359,7 +391,7 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
             reset_lora(loaded)
             # 2) the measured run: same rows, same steps, same effective batch for every variant
             fresh_memory()
-            precompute_t.total = 0.0
+            precompute_t.total = save_t.total = 0.0
             rows = synth_rows(model_dir, steps_cfg["examples"], steps_cfg["max_length"], seed=1)
             t0 = time.perf_counter()
             trainer = make_trainer(name, opts, loaded, rows, model_dir, work, steps_cfg, [], "run")
@@ -367,13 +399,18 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
             result["init_s"] = round(time.perf_counter() - t0, 1)
             result["precompute_s"] = round(precompute_t.total, 1)
             stats = batch_stats(trainer, a)
+            epochs = steps_cfg.get("epochs", 1)  # every epoch walks the same batches
+            stats = {k: v * epochs for k, v in stats.items()}
             t0 = time.perf_counter()
             out = trainer.train()
             sync()
-            train_s = time.perf_counter() - t0
+            train_s = time.perf_counter() - t0 - save_t.total
             result["train_s"] = round(train_s, 1)
+            result["checkpoint_s"] = round(save_t.total, 1)
             result["steps"] = trainer.state.global_step
             result["train_loss"] = out.metrics.get("train_loss")
+            result["batch"] = trainer.args.per_device_train_batch_size
+            result["accum"] = trainer.args.gradient_accumulation_steps
             result.update(stats)
             total = train_s + precompute_t.total
             result["tokens_per_s"] = round(stats["tokens"] / total, 1)
@@ -385,7 +422,7 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
             result["peak_reserved_gib"] = max(result.get("peak_reserved_gib", 0), result.get("warm_peak_reserved_gib", 0))
             del trainer
     finally:
-        KTOTrainer._precompute_ref_logps = orig_pre
+        KTOTrainer._precompute_ref_logps, KTOTrainer._save_checkpoint = orig_pre, orig_save
         reset_lora(loaded)
         fresh_memory()
     return result
@@ -450,13 +487,16 @@ def child(args) -> None:
     from kto_pipeline.training.torch_logprob import install_if_needed
 
     install_if_needed()  # CPU smoke runs only: TRL's LM-head kernel is Triton
-    steps_cfg = dict(batch=args.batch, accum=args.accum, examples=args.examples, max_length=args.max_length)
+    steps_cfg = dict(batch=args.batch, accum=args.accum, examples=args.examples, max_length=args.max_length,
+                     epochs=args.epochs)
     model_dir, work = Path(args.model), Path(args.work)
     fresh_memory()
     t0 = time.perf_counter()
     loaded = load(args.backend, model_dir, steps_cfg)
     base = memory()
     print(f"[{args.backend}] loaded in {time.perf_counter() - t0:.0f}s, {base}", flush=True)
+    if args.backend == "unsloth" and cuda():
+        compile_warmup(loaded, model_dir, work / "compile", steps_cfg, args.compile_warmup)
     for name in args.variants.split(","):
         t0 = time.perf_counter()
         try:
@@ -474,6 +514,53 @@ def child(args) -> None:
         print(f"RESULT {json.dumps(r)}", flush=True)
     if args.sweep and args.backend == "unsloth":
         sweep(loaded, model_dir, work / "sweep", steps_cfg, args.sweep, args.out)
+    if args.profile:
+        profile(loaded, model_dir, work / "profile", steps_cfg, Path(args.out).parent)
+
+
+def profile(loaded, model_dir: Path, work: Path, steps_cfg: dict, out_dir: Path) -> None:
+    """Is the GPU busy? Device-kernel time against wall time for two micro-batches of (c) at micro-batch 4."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cfg = dict(steps_cfg, accum=2, epochs=1)
+    rows = synth_rows(model_dir, 2 * cfg["batch"], cfg["max_length"], seed=5)
+    tr = make_trainer("c_mb4", VARIANTS["c_mb4"], loaded, rows, model_dir, work, cfg, [], "profile")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda() else [])
+    with torch_profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        tr.train()
+        sync()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    kernels = sum(getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA and e.count or 0 for e in events)
+    line = {"profile": True, "wall_s": round(wall, 2), "device_busy_s": round(device_us / 1e6, 2),
+            "device_busy_share": round(device_us / 1e6 / wall, 3), "launched_kernels": kernels}
+    sort = "self_device_time_total" if cuda() else "self_cpu_time_total"
+    (out_dir / "profile.txt").write_text(json.dumps(line) + "\n" + events.table(sort_by=sort, row_limit=30))
+    print(f"PROFILE {json.dumps(line)}", flush=True)
+    del tr
+    reset_lora(loaded)
+
+
+def compile_warmup(loaded, model_dir: Path, work: Path, steps_cfg: dict, names: str) -> None:
+    """Unsloth compiles each decoder layer with torch.compile; new shapes and code paths (grad / no-grad, the
+    "ref" adapter, batch 8) recompile. Run every path once on varied lengths before anything is timed, so that
+    no variant pays for compiling (the first one otherwise would)."""
+    t0 = time.perf_counter()
+    for name in filter(None, names.split(",")):
+        opts = VARIANTS[name]
+        batch = planned_micro_batch(model_dir, opts, steps_cfg)
+        rows = synth_rows(model_dir, 2 * batch, steps_cfg["max_length"], seed=99)
+        tr = make_trainer(name, opts, loaded, rows, model_dir, work, dict(steps_cfg, batch=batch, accum=1), [],
+                          f"{name}")
+        tr.train()
+        del tr
+        reset_lora(loaded)
+    fresh_memory()
+    print(f"compile warm-up {time.perf_counter() - t0:.0f}s", flush=True)
 
 
 def sweep(loaded, model_dir: Path, work: Path, steps_cfg: dict, spec: str, out: str) -> None:
@@ -511,7 +598,10 @@ def run(args) -> int:
     for backend, names in groups.items():
         cmd = [sys.executable, __file__, "child", args.model, "--backend", backend, "--variants", ",".join(names),
                "--out", args.out, "--work", args.work, "--batch", str(args.batch), "--accum", str(args.accum),
-               "--examples", str(args.examples), "--max-length", str(args.max_length)]
+               "--examples", str(args.examples), "--max-length", str(args.max_length),
+               "--epochs", str(args.epochs), "--compile-warmup", args.compile_warmup]
+        if args.profile:
+            cmd.append("--profile")
         if args.sweep and backend == "unsloth":
             cmd += ["--sweep", args.sweep]
         if not names:
@@ -530,8 +620,8 @@ def table(path: str) -> str:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     runs = [r for r in rows if not r.get("sweep")]
     lines = ["| variant | tokens/s (non-pad) | train-only tokens/s | padding | peak alloc GiB | peak reserved GiB "
-             "| at 4x2048: alloc / reserved GiB | first-step loss | first logps/chosen | MFU | precompute s "
-             "| train s |",
+             "| at micro-batch x max_length: alloc / reserved GiB | first-step loss | first logps/chosen | MFU "
+             "| precompute s | train s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if "error" in r:
@@ -569,6 +659,11 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument("--max-length", type=int, default=2048)
         r.add_argument("--sweep", default="", help="micro-batch x seq points for the memory planner, e.g. 4x2048,8x1024")
         r.add_argument("--timeout", type=int, default=3600)
+        r.add_argument("--epochs", type=int, default=1)
+        r.add_argument("--compile-warmup", default="b,c_mb4,c_precompute",
+                       help="variants run once, untimed, before anything is measured")
+        r.add_argument("--profile", action="store_true",
+                       help="after the variants: profile two micro-batches of (c) at micro-batch 4")
         if name == "child":
             r.add_argument("--backend", required=True)
     t = sub.add_parser("table")
@@ -593,7 +688,8 @@ def child_sweep_only(args) -> None:
     if cuda():
         import unsloth  # noqa: F401
 
-    steps_cfg = dict(batch=args.batch, accum=args.accum, examples=args.examples, max_length=args.max_length)
+    steps_cfg = dict(batch=args.batch, accum=args.accum, examples=args.examples, max_length=args.max_length,
+                     epochs=args.epochs)
     model_dir = Path(args.model)
     loaded = load("unsloth", model_dir, steps_cfg)
     sweep(loaded, model_dir, Path(args.work) / "sweep", steps_cfg, args.sweep, args.out)

@@ -59,11 +59,16 @@ class TrainingConfig:
     beta: float = _f(0.1, "KTO beta: how far the policy may move from the reference model.")
     desirable_weight: float | None = _f(None, "Weight of desirable examples; None: derived from label balance.")
     undesirable_weight: float | None = _f(None, "Weight of undesirable examples; None: derived from label balance.")
+    memory_budget_gib: float | None = _f(
+        None, "GPU memory to plan for; when set, the micro-batch becomes the largest that fits it (same "
+              "effective batch: the accumulation shrinks to match). None: use the micro-batch as given.")
     group_by_length: bool = _f(True, "Put rows of similar length in the same micro-batch (less padding, faster).")
-    precompute_ref_log_probs: bool = _f(
-        True, "Score the reference model once before training instead of twice in every step.")
+    precompute_ref_log_probs: bool | None = _f(
+        None, "Score the reference model once before training instead of in every step; None: only when "
+              "training covers more than one epoch (for one epoch it is the same work).")
     precompute_ref_batch_size: int | None = _f(
-        None, "Batch size of that scoring pass; None: twice the micro-batch (no gradients, so it fits).")
+        None, "Batch size of that scoring pass; None: the micro-batch (no gradients: it fits, and the shapes "
+              "are those training compiles for).")
     logging_steps: int = _f(1, "Log metrics every N optimizer steps.", weights=False)
     eval_steps: int = _f(0, "Evaluate every N steps; 0 evaluates only at the end.", weights=False)
     save_steps: int = _f(50, "Checkpoint every N optimizer steps (a killed run resumes from the last one).",

@@ -1,0 +1,263 @@
+"""Peak-VRAM planner for KTO LoRA training, from the model's config alone (no weights).
+
+    peak = weights + LoRA state + tokens_per_micro_batch * bytes_per_token + fixed overhead
+
+Weights and LoRA sizes are counted from the architecture (4-bit NF4 with double quantization: 0.5 byte per
+weight plus ~1/64 byte of block scales; embeddings and LM head stay 16-bit, or 32-bit where PEFT's
+`prepare_model_for_kbit_training` upcasts them). LoRA state: fp32 weight + fp32 gradient + 8-bit AdamW's two
+1-byte moments = 10 bytes per LoRA parameter. The per-token term is a multiple of (hidden + intermediate) fitted
+to peaks measured on an H100 with a Llama-3.1-8B-shaped model (benchmarks/RESULTS.md, "memory planner"):
+- unsloth: Unsloth's gradient checkpointing offloads each layer's input to the CPU, so only one layer's working
+  set lives on the GPU: 13.65 * (hidden + intermediate) bytes per token.
+- transformers: PEFT's checkpointing keeps every layer's input on the GPU (layers * hidden * 2 bytes per token)
+  plus a larger working set: 35 * (hidden + intermediate) bytes per token (fitted on one point only).
+The worst micro-batch is planned: every row at max_seq_length. MoE layers count the experts a token visits.
+
+Hub ids cannot be looked up here (no network is assumed), so the configs of the presets' architectures ship in
+KNOWN; a local model folder or config.json path works for anything else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kto_pipeline.config import Config
+
+GiB = 2**30
+CUDA_CONTEXT_GIB = 0.5   # CUDA context + cuBLAS workspace: outside PyTorch's allocator, but on the card
+DEFAULT_BUDGET_GIB = 24.0  # the seed's RTX 3090
+HEADROOM_GIB = 1.0       # the desktop, fragmentation: plan to leave this free
+
+# config.json fields of the presets' architectures (and Llama-3.1-8B, the benchmark's), from their Hub repos
+KNOWN: dict[str, dict[str, Any]] = {
+    "qwen2.5-3b": dict(model_type="qwen2", hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                       num_attention_heads=16, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=32768, tie_word_embeddings=False),
+    "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                         tie_word_embeddings=False),
+    "llama-2-13b": dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                        num_attention_heads=40, num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
+    "gpt-oss-20b": dict(model_type="gpt_oss", hidden_size=2880, intermediate_size=2880, num_hidden_layers=24,
+                        num_attention_heads=64, num_key_value_heads=8, head_dim=64, vocab_size=201088,
+                        num_local_experts=32, num_experts_per_tok=4, tie_word_embeddings=False),
+}
+# Hub-id fragments (lower case) -> KNOWN key; the first match wins
+ALIASES = [("qwen2.5-3b", "qwen2.5-3b"), ("mistral-7b", "mistral-7b"), ("llama-3.1-8b", "llama-3.1-8b"),
+           ("meta-llama-3.1-8b", "llama-3.1-8b"), ("llama-2-13b", "llama-2-13b"), ("gpt-oss-20b", "gpt-oss-20b")]
+
+# Fitted on the H100 measurements (see the module docstring)
+PER_TOKEN = {"unsloth": 13.65, "transformers": 35.0}
+RESERVED_FACTOR = 1.05  # PyTorch's caching allocator holds a little more than it hands out
+FIXED_GIB = 0.35        # RoPE caches, cuBLAS handles, Unsloth's buffers (fitted with PER_TOKEN)
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    experts: int = 0
+    experts_per_token: int = 0
+
+    @classmethod
+    def from_config(cls, name: str, c: dict[str, Any]) -> Arch:
+        c = c.get("text_config", c)  # multimodal configs nest the language model's
+        try:
+            hidden, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+            return cls(name=name, hidden=hidden, intermediate=int(c.get("moe_intermediate_size")
+                                                                  or c["intermediate_size"]),
+                       layers=int(c["num_hidden_layers"]), heads=heads,
+                       kv_heads=int(c.get("num_key_value_heads") or heads),
+                       head_dim=int(c.get("head_dim") or hidden // heads), vocab=int(c["vocab_size"]),
+                       tied=bool(c.get("tie_word_embeddings", False)),
+                       experts=int(c.get("num_local_experts") or c.get("num_experts") or 0),
+                       experts_per_token=int(c.get("num_experts_per_tok") or c.get("experts_per_token") or 0))
+        except KeyError as e:
+            raise ValueError(f"{name}: config has no {e.args[0]!r}; is this a causal language model's config.json?")
+
+    # parameter counts ----------------------------------------------------------------------------------------
+    def linear_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """name -> (in, out, copies per layer) of every linear layer in a decoder block."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        mlp_copies = max(self.experts, 1)
+        return {"q_proj": (self.hidden, q, 1), "k_proj": (self.hidden, kv, 1), "v_proj": (self.hidden, kv, 1),
+                "o_proj": (q, self.hidden, 1), "gate_proj": (self.hidden, self.intermediate, mlp_copies),
+                "up_proj": (self.hidden, self.intermediate, mlp_copies),
+                "down_proj": (self.intermediate, self.hidden, mlp_copies)}
+
+    @property
+    def block_params(self) -> int:
+        return self.layers * sum(i * o * n for i, o, n in self.linear_shapes().values())
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def params(self) -> int:
+        return self.block_params + self.embedding_params
+
+    def lora_params(self, r: int, targets: list[str]) -> int:
+        """LoRA A and B on each targeted linear layer. MoE experts get none here (Unsloth adapts attention and
+        shared layers of gpt-oss; per-expert adapters would multiply this by the expert count)."""
+        shapes = self.linear_shapes()
+        return self.layers * sum(r * (shapes[t][0] + shapes[t][1]) * (1 if shapes[t][2] == 1 or not self.experts
+                                                                       else 0)
+                                 for t in targets if t in shapes)
+
+    @property
+    def active_intermediate(self) -> int:
+        return self.intermediate * (self.experts_per_token if self.experts else 1)
+
+
+def arch_for(model_name: str) -> Arch:
+    """The architecture of a preset's model: 'tiny', a local folder or config.json, or a known Hub id."""
+    if model_name == "tiny":
+        from kto_pipeline.training.tiny import TINY_CONFIG, VOCAB_SIZE
+
+        return Arch.from_config("tiny", {**TINY_CONFIG, "vocab_size": VOCAB_SIZE})
+    path = Path(model_name).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        try:
+            return Arch.from_config(str(path), json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    key = model_name.lower()
+    for fragment, arch in ALIASES:
+        if fragment in key:
+            return Arch.from_config(arch, KNOWN[arch])
+    raise ValueError(
+        f"no architecture known for {model_name!r}: without network access only these are built in: "
+        f"{', '.join(KNOWN)}. Pass a local model folder or the path of its config.json instead.")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    arch: Arch
+    backend: str
+    micro_batch: int
+    seq: int
+    weights_gib: float
+    lora_gib: float
+    activations_gib: float
+    fixed_gib: float
+
+    @property
+    def peak_allocated_gib(self) -> float:
+        return self.weights_gib + self.lora_gib + self.activations_gib + self.fixed_gib
+
+    @property
+    def peak_reserved_gib(self) -> float:
+        return self.peak_allocated_gib * RESERVED_FACTOR
+
+    @property
+    def on_card_gib(self) -> float:
+        """What nvidia-smi would show: reserved + the CUDA context."""
+        return self.peak_reserved_gib + CUDA_CONTEXT_GIB
+
+    def fits(self, budget_gib: float = DEFAULT_BUDGET_GIB) -> bool:
+        return self.on_card_gib <= budget_gib - HEADROOM_GIB
+
+
+def backend_for(config: Config) -> str:
+    """The backend a CUDA machine would use: Unsloth unless the config says never."""
+    return "transformers" if config.model.use_unsloth == "never" else "unsloth"
+
+
+def estimate(config: Config, arch: Arch | None = None, backend: str | None = None,
+             micro_batch: int | None = None, seq: int | None = None) -> Estimate:
+    arch = arch or arch_for(config.model.model_name)
+    backend = backend or backend_for(config)
+    if backend not in PER_TOKEN:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {sorted(PER_TOKEN)}")
+    b = micro_batch or config.training.per_device_train_batch_size
+    t = seq or config.model.max_seq_length
+    four_bit = config.model.load_in_4bit
+    block_bytes = arch.block_params * ((0.5 + 1 / 64) if four_bit else 2)
+    # PEFT's prepare_model_for_kbit_training upcasts the 16-bit leftovers of a 4-bit model to fp32
+    emb_bytes = arch.embedding_params * (4 if four_bit and backend == "transformers" else 2)
+    lora = arch.lora_params(config.lora.r, config.lora.target_modules) * 10
+    per_token = PER_TOKEN[backend] * (arch.hidden + arch.active_intermediate)
+    if backend == "transformers" and config.lora.gradient_checkpointing:
+        per_token += arch.layers * arch.hidden * 2
+    if not config.lora.gradient_checkpointing:  # every layer's activations stay: ~layers x one layer's
+        per_token *= arch.layers
+    return Estimate(arch, backend, b, t, weights_gib=(block_bytes + emb_bytes) / GiB, lora_gib=lora / GiB,
+                    activations_gib=b * t * per_token / GiB, fixed_gib=FIXED_GIB)
+
+
+def pick_micro_batch(config: Config, budget_gib: float, arch: Arch | None = None) -> tuple[int, int]:
+    """Largest micro-batch (a divisor of the effective batch, at least 2 for KTO's KL term) whose planned peak
+    fits the budget, and the accumulation that keeps the effective batch; unchanged if none fits."""
+    t = config.training
+    effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    arch = arch or arch_for(config.model.model_name)
+    fitting = [b for b in range(2, effective + 1)
+               if effective % b == 0 and estimate(config, arch, micro_batch=b).fits(budget_gib)]
+    if not fitting:
+        return t.per_device_train_batch_size, t.gradient_accumulation_steps
+    return max(fitting), effective // max(fitting)
+
+
+def with_budget(config: Config) -> Config:
+    """config with the micro-batch chosen by the planner when training.memory_budget_gib is set."""
+    budget = config.training.memory_budget_gib
+    if not budget:
+        return config
+    micro, accum = pick_micro_batch(config, budget)
+    training = replace(config.training, per_device_train_batch_size=micro, gradient_accumulation_steps=accum)
+    return replace(config, training=training)
+
+
+def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend: str | None = None) -> str:
+    arch = arch_for(config.model.model_name)
+    e = estimate(config, arch, backend)
+    t = config.training
+    lines = [
+        f"Memory plan for {config.model.model_name} ({arch.name}: {arch.params / 1e9:.2f}B parameters, "
+        f"{arch.layers} layers, hidden {arch.hidden}, vocab {arch.vocab}"
+        + (f", {arch.experts} experts / {arch.experts_per_token} per token" if arch.experts else "") + ")",
+        f"  backend {e.backend}, {'4-bit NF4' if config.model.load_in_4bit else '16-bit'} weights, LoRA r={config.lora.r}, "
+        f"micro-batch {e.micro_batch} x {e.seq} tokens (every row at max_seq_length), "
+        f"gradient checkpointing {'on' if config.lora.gradient_checkpointing else 'off'}",
+        f"  weights        {e.weights_gib:6.2f} GiB",
+        f"  LoRA + AdamW   {e.lora_gib:6.2f} GiB",
+        f"  activations    {e.activations_gib:6.2f} GiB",
+        f"  other          {e.fixed_gib:6.2f} GiB",
+        f"  peak allocated {e.peak_allocated_gib:6.2f} GiB, reserved ~{e.peak_reserved_gib:.2f} GiB, "
+        f"on the card with the CUDA context ~{e.on_card_gib:.2f} GiB",
+    ]
+    if e.fits(budget_gib):
+        lines.append(f"  fits {budget_gib:g} GiB (with {HEADROOM_GIB:g} GiB to spare)")
+    else:
+        lines.append(f"  does NOT fit {budget_gib:g} GiB: lower --batch-size (and raise --gradient-accumulation "
+                     f"to keep the effective batch), or --max-seq-length")
+    micro, accum = pick_micro_batch(config, budget_gib, arch)
+    if micro != t.per_device_train_batch_size:
+        lines.append(f"  largest micro-batch that fits {budget_gib:g} GiB at the same effective batch "
+                     f"({t.per_device_train_batch_size * t.gradient_accumulation_steps}): "
+                     f"--batch-size {micro} --gradient-accumulation {accum} (faster: fewer, bigger steps)")
+    if config.model.model_name == "tiny":
+        lines.append("  (the tiny preset trains on the CPU by default; the GPU numbers are for reference)")
+    return "\n".join(lines)
+
+
+def dry_run_report(config: Config) -> str:
+    """For `kto train --dry-run`: the plan against the seed's 24 GB card."""
+    try:
+        return plan_report(config)
+    except ValueError as e:
+        return f"Memory plan unavailable: {e}"
