@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["train", "ui", "upload", "chat"]
+SUBCOMMANDS = ["train", "ui", "upload", "chat", "plan"]
 
 
 def build_parser() -> argparse.ArgumentParser:
