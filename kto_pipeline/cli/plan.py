@@ -1,0 +1,57 @@
+"""`kto plan`: peak GPU memory of a training run, from the model's config alone (nothing is downloaded).
+
+    kto plan --model-size 7b                          # the preset, against the seed's 24 GB card
+    kto plan --model-size 13b --batch-size 4 --max-seq-length 4096
+    kto plan --model-name ./my-model/config.json --budget-gib 16
+
+Exit status 0 when the run fits the budget, 1 when it does not, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kto_pipeline.config import PRESETS, get_config
+from kto_pipeline.training.memory import DEFAULT_BUDGET_GIB, PER_TOKEN, arch_for, estimate, plan_report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plan", help="estimate peak VRAM for a preset, batch and sequence length (no download)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-size", default="7b", choices=sorted(PRESETS), help="preset (default: 7b)")
+    p.add_argument("--model-name", default=None,
+                   help="Hub id of a known architecture, a local model folder, or a config.json path")
+    p.add_argument("--batch-size", type=int, default=None, help="micro-batch size")
+    p.add_argument("--gradient-accumulation", type=int, default=None, help="micro-batches per optimizer step")
+    p.add_argument("--max-seq-length", type=int, default=None, help="longest prompt+completion in tokens")
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank")
+    p.add_argument("--no-4bit", action="store_true", help="plan 16-bit weights instead of 4-bit NF4")
+    p.add_argument("--backend", choices=sorted(PER_TOKEN), default=None,
+                   help="unsloth (default where installed) or transformers (plain PEFT + bitsandbytes)")
+    p.add_argument("--budget-gib", type=float, default=DEFAULT_BUDGET_GIB,
+                   help=f"GPU memory to fit in (default {DEFAULT_BUDGET_GIB:g}: an RTX 3090)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        config = get_config(args.model_size, {
+            "model": {"model_name": args.model_name, "max_seq_length": args.max_seq_length,
+                      "load_in_4bit": False if args.no_4bit else None,
+                      "use_unsloth": "never" if args.backend == "transformers" else None},
+            "lora": {"r": args.lora_r},
+            "training": {"per_device_train_batch_size": args.batch_size,
+                         "gradient_accumulation_steps": args.gradient_accumulation},
+        })
+        print(plan_report(config, args.budget_gib, args.backend))
+        arch = arch_for(config.model.model_name)
+    except ValueError as e:
+        print(f"kto plan: {e}", file=sys.stderr)
+        return 2
+    seq = config.model.max_seq_length
+    print(f"\n  micro-batch x {seq} tokens -> planned peak on the card (GiB)")
+    for b in (2, 4, 8, 16, 32):
+        e = estimate(config, arch, args.backend, micro_batch=b)
+        print(f"  {b:>5}  {e.on_card_gib:6.2f}  {'fits' if e.fits(args.budget_gib) else 'too big'}")
+    return 0 if estimate(config, arch, args.backend).fits(args.budget_gib) else 1
