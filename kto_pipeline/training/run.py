@@ -7,12 +7,13 @@ the materialization. Checkpoints live in output_dir/checkpoints, so re-running a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from kto_pipeline.artifacts import COMPLETE
 from kto_pipeline.config import Config
@@ -22,11 +23,14 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-OOM_ADVICE = (
-    "CUDA ran out of memory. Try, in this order: a smaller micro-batch with more accumulation "
-    "(--batch-size 2 --gradient-accumulation 16), a shorter --max-seq-length (e.g. 1024), gradient "
-    "checkpointing on (lora.gradient_checkpointing), 4-bit loading (model.load_in_4bit), or a smaller preset."
-)
+OOM_ADVICE = """CUDA ran out of memory. Troubleshooting (as in the seed's README):
+  - Reduce batch size:        kto train --model-size 7b --batch-size 2 --gradient-accumulation 16
+  - Reduce sequence length:   kto train --model-size 7b --max-seq-length 1024
+  - Enable gradient checkpointing (for 13B+): lora.gradient_checkpointing = true (on in every preset)
+See what fits first: kto plan --model-size 7b --batch-size 2 (peak VRAM from the model config, no download)."""
+
+NAN_ADVICE = ("Reduce the learning rate (--learning-rate 1e-7) or increase warmup "
+              "(training.warmup_ratio = 0.2), as the seed's README suggests for NaN loss.")
 
 
 def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
@@ -44,16 +48,50 @@ def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
             for key in ("loss", "eval_loss"):
                 if key in logs and not math.isfinite(logs[key]):
                     raise NonFiniteLoss(
-                        f"{key} became {logs[key]} at step {state.global_step}: training stopped. "
-                        "Lower the learning rate (--learning-rate) or raise warmup (training.warmup_ratio).")
+                        f"{key} became {logs[key]} at step {state.global_step}: training stopped instead of "
+                        f"training on garbage. {NAN_ADVICE}")
 
     return StreamMetrics()
 
 
 def last_checkpoint(ckpt_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint: a run killed while writing one leaves a folder without trainer_state.json
+    (the Trainer writes it last), which is skipped rather than resumed from."""
+    if not ckpt_dir.is_dir():
+        return None
+    steps = sorted((int(p.name.split("-")[-1]), p) for p in ckpt_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[-1].isdigit())
+    for _, path in reversed(steps):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+    return None
 
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+def is_oom(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(e)
+
+
+@contextlib.contextmanager
+def oom_advice() -> Iterator[None]:
+    """Turn the one error users hit most into the seed's advice; keep every other error as it is."""
+    try:
+        yield
+    except Exception as e:
+        if is_oom(e):
+            raise RuntimeError(f"{OOM_ADVICE}\n(original error: {str(e).splitlines()[0][:300]})") from e
+        raise
+
+
+def setup_reporting(config: Config, output_dir: Path) -> None:
+    """TensorBoard always (event files under output_dir/tensorboard); W&B when asked."""
+    import importlib.util
+
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")  # transformers 5 reads it here
+    if config.training.wandb:
+        if importlib.util.find_spec("wandb") is None:
+            raise RuntimeError("--wandb needs the wandb package: pip install '.[wandb]'")
+        os.environ["WANDB_PROJECT"] = config.training.wandb_project
+        os.environ.setdefault("WANDB_DIR", str(output_dir))  # not the current directory
 
 
 def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
@@ -64,20 +102,17 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
 
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = output_dir / "checkpoints"
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")  # transformers 5 reads it here
+    setup_reporting(config, output_dir)
     started = time.time()
-    loaded = load_for_training(config, cache_dir)
     history: list[dict[str, Any]] = []
-    trainer, info = build_trainer(config, loaded, dataset_dir, ckpt_dir, [_callback(log, history)])
-    resume = last_checkpoint(ckpt_dir)
-    log(f"backend={loaded.backend} model={loaded.model_path} rows={info['train_rows']}"
-        + (f" resuming from {resume}" if resume else ""))
-    try:
+    with oom_advice():  # loading, the reference pre-pass and training can each run out of memory
+        loaded = load_for_training(config, cache_dir)
+        trainer, info = build_trainer(config, loaded, dataset_dir, ckpt_dir, [_callback(log, history)])
+        resume = last_checkpoint(ckpt_dir)
+        log(f"backend={loaded.backend} model={loaded.model_path} rows={info['train_rows']} "
+            f"micro-batch={trainer.args.per_device_train_batch_size}x{trainer.args.gradient_accumulation_steps}"
+            + (f" resuming from {resume}" if resume else ""))
         result = trainer.train(resume_from_checkpoint=resume)
-    except Exception as e:  # turn the one error users hit most into advice, keep the rest as they are
-        if type(e).__name__ == "OutOfMemoryError":
-            raise RuntimeError(OOM_ADVICE) from e
-        raise
     eval_metrics = trainer.evaluate() if info["eval_rows"] else {}
     trainer.save_model(str(output_dir))  # PEFT adapter (safetensors) + tokenizer
     finished = time.time()
@@ -99,6 +134,10 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         "kl": last.get("kl"),
         "eval": {k: v for k, v in eval_metrics.items() if isinstance(v, (int, float))},
         "tokens": tokens,
+        "micro_batch": trainer.args.per_device_train_batch_size,
+        "gradient_accumulation": trainer.args.gradient_accumulation_steps,
+        "precomputed_reference": bool(trainer.args.precompute_ref_log_probs),
+        "peak_vram_gib": peak_vram_gib(),
         "tokens_per_s": tokens / runtime if runtime else None,
         "train_runtime_s": runtime,
         "wall_s": finished - started,
@@ -110,6 +149,12 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     plot_metrics(history, output_dir / "training_curves.png")
     return metrics
+
+
+def peak_vram_gib() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available() else None
 
 
 def plot_metrics(history: list[dict[str, Any]], path: Path) -> None:

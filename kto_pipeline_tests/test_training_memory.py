@@ -1,0 +1,85 @@
+"""The VRAM planner (kto_pipeline.training.memory) and `kto plan`."""
+
+import json
+
+import pytest
+
+from kto_pipeline.cli import main
+from kto_pipeline.config import get_config
+from kto_pipeline.training.memory import (KNOWN, Arch, arch_for, dry_run_report, estimate, pick_micro_batch,
+                                          with_budget)
+
+# Peaks measured on an H100 (benchmarks/RESULTS.md): Llama-3.1-8B shape, 4-bit, LoRA r=16 on all linear layers
+MEASURED = [("unsloth", 2, 2048, 7.00), ("unsloth", 4, 512, 6.53), ("unsloth", 4, 2048, 7.96),
+            ("unsloth", 8, 2048, 9.88), ("unsloth", 16, 2048, 13.84), ("transformers", 4, 2048, 14.76)]
+
+
+def bench_config():
+    return get_config("7b", {"model": {"model_name": "meta-llama/Llama-3.1-8B"}, "lora": {"r": 16, "alpha": 16}})
+
+
+def test_parameter_counts_of_known_architectures():
+    # published sizes: 3.09B, 7.25B, 8.03B, 13.0B, 20.9B
+    sizes = {k: Arch.from_config(k, c).params / 1e9 for k, c in KNOWN.items()}
+    assert sizes["qwen2.5-3b"] == pytest.approx(3.09, abs=0.02)
+    assert sizes["mistral-7b"] == pytest.approx(7.25, abs=0.02)
+    assert sizes["llama-3.1-8b"] == pytest.approx(8.03, abs=0.02)
+    assert sizes["llama-2-13b"] == pytest.approx(13.02, abs=0.03)
+    assert sizes["gpt-oss-20b"] == pytest.approx(20.9, abs=0.1)
+    assert Arch.from_config("x", KNOWN["llama-3.1-8b"]).lora_params(16, get_config("tiny").lora.target_modules) \
+        == 41_943_040  # what PEFT/Unsloth reported on the GPU
+
+
+@pytest.mark.parametrize("backend,micro,seq,measured", MEASURED)
+def test_estimate_matches_measured_peaks(backend, micro, seq, measured):
+    e = estimate(bench_config(), backend=backend, micro_batch=micro, seq=seq)
+    assert e.peak_allocated_gib == pytest.approx(measured, rel=0.03)
+
+
+def test_presets_against_24_gib():
+    for size in ("3b", "7b", "13b", "20b"):
+        assert estimate(get_config(size)).fits(24), size
+    long = get_config("13b", {"training": {"per_device_train_batch_size": 16}, "model": {"max_seq_length": 4096}})
+    assert not estimate(long).fits(24)
+    # plain PEFT needs more than Unsloth for the same run, 16-bit weights more than 4-bit
+    c = get_config("7b")
+    assert estimate(c, backend="transformers").peak_allocated_gib > estimate(c).peak_allocated_gib
+    assert estimate(get_config("7b", {"model": {"load_in_4bit": False}})).weights_gib > 3 * estimate(c).weights_gib
+
+
+def test_architecture_from_local_config(tmp_path, tiny_model_dir):
+    assert arch_for(str(tiny_model_dir)).hidden == json.loads((tiny_model_dir / "config.json").read_text())["hidden_size"]
+    assert arch_for("tiny").vocab == arch_for(str(tiny_model_dir / "config.json")).vocab
+    bad = tmp_path / "config.json"
+    bad.write_text('{"hidden_size": 8,\n oops}')
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON .*line 2"):
+        arch_for(str(bad))
+    bad.write_text('{"hidden_size": 8}')
+    with pytest.raises(ValueError, match="no 'num_attention_heads'"):
+        arch_for(str(tmp_path))
+    with pytest.raises(ValueError, match="no architecture known for 'acme/foo-7b'.*config.json"):
+        arch_for("acme/foo-7b")
+
+
+def test_planner_picks_the_largest_micro_batch_that_fits():
+    c = bench_config()  # effective batch 32
+    micro, accum = pick_micro_batch(c, 20)
+    assert micro * accum == 32 and micro == 16  # 16 x 2048 plans ~14.9 GiB on the card, 32 x 2048 ~26
+    assert estimate(c, micro_batch=micro).fits(20) and not estimate(c, micro_batch=32).fits(20)
+    assert pick_micro_batch(c, 6) == (4, 8)  # nothing fits: unchanged
+    planned = with_budget(get_config("7b", {"model": {"model_name": "llama-3.1-8b"}, "lora": {"r": 16},
+                                            "training": {"memory_budget_gib": 20.0}}))
+    assert planned.training.per_device_train_batch_size == 16
+    assert with_budget(c) is c  # no budget: the micro-batch as given
+
+
+def test_kto_plan_command(capsys):
+    assert main(["plan", "--model-size", "7b"]) == 0
+    out = capsys.readouterr().out
+    assert "mistral-7b" in out and "fits 24 GiB" in out and "--batch-size" in out
+    assert main(["plan", "--model-size", "13b", "--batch-size", "16", "--max-seq-length", "4096"]) == 1
+    assert "does NOT fit 24 GiB" in capsys.readouterr().out
+    assert main(["plan", "--model-name", "acme/unknown"]) == 2
+    assert "no architecture known" in capsys.readouterr().err
+    assert "fits 24 GiB" in dry_run_report(get_config("20b"))
+    assert "unavailable" in dry_run_report(get_config("7b", {"model": {"model_name": "acme/unknown"}}))
