@@ -45,7 +45,7 @@ def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
                 return
             history.append({"step": state.global_step, **logs})
             log(f"step {state.global_step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(logs.items())))
-            for key in ("loss", "eval_loss"):
+            for key in ("loss", "eval_loss", "grad_norm"):
                 if key in logs and not math.isfinite(logs[key]):
                     raise NonFiniteLoss(
                         f"{key} became {logs[key]} at step {state.global_step}: training stopped instead of "

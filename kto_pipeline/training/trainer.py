@@ -186,6 +186,7 @@ def kto_args(config: Config, output_dir: Path, weights: tuple[float, float], has
         undesirable_weight=weights[1],
         max_length=config.model.max_seq_length,
         logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # transformers hides inf/NaN losses from the logs by default: we stop on them
         eval_strategy="steps" if (has_eval and t.eval_steps > 0) else "no",
         eval_steps=t.eval_steps or None,
         save_strategy="steps",

@@ -1,0 +1,131 @@
+"""kto_pipeline.training.run on the tiny model (CPU): resume after a kill, NaN stop, OOM advice, reporting."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kto_pipeline.config import Config, get_config
+from kto_pipeline.training.run import NonFiniteLoss, last_checkpoint, train
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = """import json, sys
+from pathlib import Path
+from kto_pipeline.config import Config
+from kto_pipeline.training.run import train
+train(Config.from_dict(json.loads(sys.argv[1])), *map(Path, sys.argv[2:5]))
+"""
+
+
+@pytest.fixture(scope="module")
+def kto_data(tmp_path_factory) -> Path:
+    """The sample feedback through the real data layer: train.parquet + eval.parquet."""
+    from kto_pipeline.data.dataset import build_kto_dataset
+
+    out = tmp_path_factory.mktemp("kto_dataset")
+    build_kto_dataset(sorted((REPO / "data" / "raw").glob("*.jsonl")), out, eval_fraction=0.2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, tiny_model_dir) -> Path:
+    root = tmp_path_factory.mktemp("cache")
+    shutil.copytree(tiny_model_dir, root / "tiny")
+    return root
+
+
+def tiny(**training) -> Config:
+    return get_config("tiny", {"training": training})
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, kto_data, cache):
+    out = tmp_path / "adapter"
+    config = tiny(max_steps=8, save_steps=2)
+    cmd = [sys.executable, "-c", TRAIN, json.dumps(config.to_dict()), str(kto_data), str(out), str(cache)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while last_checkpoint(out / "checkpoints") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    killed_at = last_checkpoint(out / "checkpoints")
+    assert killed_at is not None, "no checkpoint was written before the deadline"
+    step = int(killed_at.rsplit("-", 1)[1])
+    assert step < 8 and not (out / "metrics.json").exists(), "the first run was not stopped mid-way"
+    # a half-written newer checkpoint (killed while saving) must be skipped, not resumed from
+    (out / "checkpoints" / f"checkpoint-{step + 1}").mkdir()
+
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["resumed_from"] == killed_at
+    assert m["steps"] == 8
+    trained = [h["step"] for h in m["history"] if "loss" in h]
+    assert trained and min(trained) == step + 1 and max(trained) == 8  # continued, did not start over
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_non_finite_loss_stops_with_advice(tmp_path, kto_data, cache, monkeypatch):
+    from trl import KTOTrainer
+
+    compute_loss = KTOTrainer.compute_loss
+
+    def poisoned(self, model, inputs, *args, **kwargs):  # an inf from step 2 on, as a diverging run gives
+        loss = compute_loss(self, model, inputs, *args, **kwargs)
+        return loss * float("inf") if self.state.global_step >= 1 else loss
+
+    monkeypatch.setattr(KTOTrainer, "compute_loss", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"loss became (inf|nan) at step 2.*--learning-rate 1e-7.*warmup"):
+        train(tiny(max_steps=4), kto_data, tmp_path / "out", cache, log=lambda s: None)
+
+
+def test_cuda_oom_gives_the_seeds_advice(tmp_path, kto_data, cache, monkeypatch):
+    import torch
+    from trl import KTOTrainer
+
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(KTOTrainer, "train", oom)
+    with pytest.raises(RuntimeError) as err:
+        train(tiny(max_steps=2), kto_data, tmp_path / "out", cache, log=lambda s: None)
+    text = str(err.value)
+    assert "--batch-size 2 --gradient-accumulation 16" in text and "--max-seq-length 1024" in text
+    assert "kto plan" in text and "Tried to allocate 2.00 GiB" in text
+
+
+def test_metrics_plot_and_tensorboard(tmp_path, kto_data, cache):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    lines: list[str] = []
+    m = train(tiny(max_steps=3), kto_data, out, cache, log=lines.append)
+    assert m["steps"] == 3 and m["micro_batch"] == 4 and m["backend"] == "transformers"
+    assert all(isinstance(m[k], float) for k in ("final_loss", "eval_loss", "kl", "tokens_per_s"))
+    assert sum(line.startswith("step ") for line in lines) >= 3  # streamed, one line per logged step
+    assert json.loads((out / "metrics.json").read_text())["eval_loss"] == m["eval_loss"]
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = EventAccumulator(str(next((out / "tensorboard").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == 3  # TensorBoard always, W&B or not
+    assert not (out / "wandb").exists()
+
+
+def test_wandb_offline(tmp_path, kto_data, cache, monkeypatch):
+    pytest.importorskip("wandb", reason="W&B logging needs the [wandb] extra: pip install '.[wandb]'")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_PROJECT", "restored-after-the-test")  # train() sets it from the config
+    out = tmp_path / "out"
+    train(tiny(max_steps=2, wandb=True, wandb_project="kto-test", wandb_run_name="tiny-offline"),
+          kto_data, out, cache, log=lambda s: None)
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), "no offline W&B run was written"
+    assert os.environ["WANDB_PROJECT"] == "kto-test"
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
