@@ -3,7 +3,8 @@
 Each format yields `Batch`es of two kinds of rows:
   - `Part`: rows Arrow parsed in bulk (the fast path; validate.py checks them vectorized), with a
     `record_at(i)` that re-reads row i exactly in Python when a row looks bad, so reasons are precise;
-  - `Item`: rows parsed one by one in Python (malformed lines, odd shapes, conversations).
+  - `Item`: rows parsed one by one in Python (malformed lines, the rarer of mixed label types,
+    ShareGPT turns and other odd shapes, JSON arrays, CSV with ragged rows).
 Every row carries its line number: the physical line where it starts (JSONL, JSON array, CSV — the
 header is line 1) or its 1-based row number (Parquet).
 
