@@ -1,11 +1,14 @@
 """The one KTOTrainer setup shared by every backend.
 
-On top of TRL's defaults this does two things that make KTO on one GPU faster (benchmarks/RESULTS.md):
-- length-grouped batching: rows are reordered up front so each micro-batch holds similar lengths. TRL's
-  KTO needs sequential sampling (each row's KL completion is taken from its micro-batch neighbours), so
-  the grouping has to happen in the dataset order, before TRL builds those KL pairs.
-- precomputed reference log-probs (TRL's own option) with a cheap fingerprint of the reference model
-  instead of TRL's sha256 over every weight, which copies the whole model to the CPU.
+On top of TRL's defaults (measured in benchmarks/RESULTS.md; on one GPU the step is launch-bound, so what pays
+is fewer, bigger model passes):
+- micro-batch from the memory planner when training.memory_budget_gib is set (same effective batch);
+- precomputed reference log-probs when training sees the data more than once (TRL's option), keyed by a cheap
+  fingerprint of the reference model instead of TRL's sha256 over every weight copied to the CPU;
+- the reference scored with adapters disabled rather than through TRL's "ref" copy of a fresh adapter;
+- length-grouped batching: rows reordered up front so each micro-batch holds similar lengths. TRL's KTO needs
+  sequential sampling (each row's KL completion comes from its micro-batch neighbours), so the grouping has to
+  happen in the dataset order, before TRL builds those KL pairs.
 """
 
 from __future__ import annotations
