@@ -11,12 +11,16 @@ from typing import Any, Iterator
 COMPLETE = ".complete"  # written last: a folder without it is an interrupted attempt
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def hash_file(path: Path, h: Any) -> str:
+    """Feed the file to hashlib-style hasher h in 4 MiB blocks; return its hex digest."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(4 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hash_file(path, hashlib.sha256())
 
 
 def dir_digest(folder: Path, pattern: str = "*") -> dict[str, Any]:

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from kto_pipeline.artifacts import hash_file
 from kto_pipeline.data.normalize import (CONVERSATION_KEYS, FALSE_LABELS, TRUE_LABELS, BadRow, normalize,
                                          reason_category)
 from kto_pipeline.data.readers import Batch, DataFileError, NeedExactCsv, Part, chat_column, read_batches
@@ -50,11 +51,7 @@ QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("line", pa.int64()), ("
 
 def file_digest(path: Path) -> str:
     """xxh3-128 of the file's bytes (fast: the cache key, not a security boundary)."""
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hash_file(path, xxhash.xxh3_128())
 
 
 # ---- vectorized checks on a flat Arrow part ------------------------------------------------------
