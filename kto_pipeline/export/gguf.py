@@ -484,13 +484,13 @@ def tokenizer_hints(model_dir: str | os.PathLike) -> list[str]:
 
 
 def _model_fingerprint(model_dir: Path) -> str:
-    """Cheap identity of a model folder: names and sizes of all files, contents of the small ones."""
+    """Cheap identity of a model folder: contents of the small files, size and mtime of the big ones
+    (hashing many GB of weights on every run would cost minutes; a rewritten shard gets a new mtime)."""
     h = hashlib.sha256()
     for f in sorted(p for p in model_dir.iterdir() if p.is_file()):
-        size = f.stat().st_size
-        h.update(f"{f.name}\0{size}\0".encode())
-        if size < 50 << 20:
-            h.update(file_sha256(f).encode())
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0".encode())
+        h.update(file_sha256(f).encode() if st.st_size < 50 << 20 else str(st.st_mtime_ns).encode())
     return h.hexdigest()
 
 
