@@ -178,6 +178,9 @@ def child(which: str, src: Path, work: Path) -> None:
 
 
 def measure(which: str, src: Path, work: Path) -> dict:
+    # Flush the dirty pages of earlier steps (the generated file, the last run's outputs) first, so the
+    # kernel does not write them back on one of the 2 cores during this measurement.
+    os.sync()
     out = subprocess.run([sys.executable, __file__, "--child", which, "--input", str(src), "--work", str(work)],
                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     if out.returncode != 0:
@@ -231,8 +234,11 @@ def main() -> None:
     for name, r in [("streaming pipeline (best of %d)" % len(runs), best)] + ([("naive pandas row-by-row", base)] if base else []):
         print(f"| {name} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['records_in'] / r['wall_s']:,.0f} | "
               f"{r['peak_rss_mib']:.0f} | {r['valid']:,} | {r['quarantined']:,} | {r['duplicates_dropped']:,} |")
+    walls = sorted(r["wall_s"] for r in runs)
+    print(f"\npipeline wall s over {len(runs)} runs: best {walls[0]:.2f}, median {walls[len(walls) // 2]:.2f}, "
+          f"worst {walls[-1]:.2f} ({args.rows / walls[-1]:,.0f}-{args.rows / walls[0]:,.0f} rows/s)")
     if base:
-        print(f"\nspeed-up: {base['wall_s'] / best['wall_s']:.1f}x wall, {base['cpu_s'] / best['cpu_s']:.1f}x CPU")
+        print(f"speed-up: {base['wall_s'] / best['wall_s']:.1f}x wall, {base['cpu_s'] / best['cpu_s']:.1f}x CPU")
     if formats:
         print("\n| input (same data, well-formed rows only) | rows | wall s | CPU s | rows/s (wall) | peak RSS MiB |")
         print("|---|---|---|---|---|---|")

@@ -69,7 +69,7 @@ def test_sensor_adds_one_partition_per_new_file_with_a_cursor(tmp_path, project)
         meta = ingested(instance)
         assert (meta["a.jsonl"]["valid"], meta["a.jsonl"]["quarantined"]) == (10, 0)
         assert (meta["sub/b.csv"]["valid"], meta["sub/b.csv"]["quarantined"]) == (2, 1)
-        assert Path(meta["sub/b.csv"]["path"], "rows.parquet").exists()
+        assert Path(meta["sub/b.csv"]["path"], "rows.arrow").exists()
 
         third = tick(sensor, instance, second.cursor)  # nothing new: the cursor remembers both files
         assert not third.run_requests

@@ -22,6 +22,7 @@ from kto_pipeline.data import (BadRow, DataFileError, build_kto_dataset, coerce_
 from kto_pipeline.data import readers
 from kto_pipeline.data import validate as validate_module
 from kto_pipeline.data.readers import parse_json_line
+from kto_pipeline.data.validate import read_rows
 
 
 def jl(*records) -> str:
@@ -29,7 +30,7 @@ def jl(*records) -> str:
 
 
 def rows_of(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(out / "rows.parquet")
+    return read_rows(out).to_pandas()
 
 
 def bad_of(out: Path) -> pd.DataFrame:
@@ -303,7 +304,7 @@ def test_block_boundaries_and_fallbacks_match_a_line_by_line_reference(tmp_path,
     check_invariant(report)
 
     want_good, want_bad = reference(lines)
-    got = pq.read_table(tmp_path / "out" / "rows.parquet").to_pylist()
+    got = read_rows(tmp_path / "out").to_pylist()
     assert {r["line"]: {k: r[k] for k in ("prompt", "completion", "label", "messages")} for r in got} == want_good
     assert dict(zip(bad_of(tmp_path / "out").line.astype(int), bad_of(tmp_path / "out").reason)) == want_bad
 
@@ -360,7 +361,7 @@ def test_chat_rows_checked_in_bulk_match_normalize_exactly(tmp_path, monkeypatch
     rare = sum(1 for r in want_good.values() if "\\u00" in r["messages"] or "\x07" in r["completion"]
                or "\x1f" in r["completion"])
     assert len(calls) == len(want_bad) + rare
-    got = pq.read_table(tmp_path / "out" / "rows.parquet").to_pylist()
+    got = read_rows(tmp_path / "out").to_pylist()
     assert {r["line"]: {k: r[k] for k in ("prompt", "completion", "label", "messages")} for r in got} == want_good
     assert dict(zip(bad_of(tmp_path / "out").line.astype(int), bad_of(tmp_path / "out").reason)) == want_bad
     assert len(want_good) > 700 and len(want_bad) > 300

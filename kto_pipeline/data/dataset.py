@@ -25,7 +25,7 @@ import xxhash
 from kto_pipeline.data.normalize import reason_category
 from kto_pipeline.data.split import assign_eval
 from kto_pipeline.data.validate import (QUARANTINE_SCHEMA, SAMPLES_PER_REASON, BackgroundWriter, ingest_file,
-                                        prefetch, read_reports, row_ids)
+                                        iter_rows, read_reports, read_rows, row_ids)
 
 DEFAULT_MAX_CHARS = 50_000
 # train.parquet / eval.parquet: what training reads (prompt, completion, label, messages) plus provenance.
@@ -54,7 +54,7 @@ def _keys(folders: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     """Per-row (content hash as 2 x uint64, label, prompt id, length) over all folders, in order."""
     keys, labels, pids, chars = [], [], [], []
     for folder in folders:
-        t = pq.read_table(folder / "rows.parquet", columns=_KEY_COLUMNS, use_threads=False)
+        t = read_rows(folder, _KEY_COLUMNS)
         for chunk in t.column("row_key").chunks:
             raw = np.frombuffer(chunk.buffers()[1], np.uint64)[chunk.offset * 2:(chunk.offset + len(chunk)) * 2]
             keys.append(raw.reshape(-1, 2))
@@ -121,7 +121,8 @@ def _outcomes(folders: list[Path], eval_fraction: float, seed: int,
 
 def _split_rows(rows: pa.Table, split: str) -> pa.Table:
     return pa.table({
-        **{k: rows.column(k) for k in ("prompt", "completion", "label", "messages", "source", "line")},
+        **{k: rows.column(k) for k in ("prompt", "completion", "label", "messages")},
+        "source": rows.column("source").cast(pa.string()), "line": rows.column("line"),
         "row_id": row_ids(rows.column("row_key").combine_chunks()),
         "prompt_id": rows.column("prompt_id"),
         "split": pa.repeat(pa.scalar(split, pa.string()), rows.num_rows),
@@ -170,8 +171,7 @@ def build_from_validated(folders: Iterable[Path], out_dir: Path, *, eval_fractio
         for folder in folders:
             for b in pq.ParquetFile(folder / "quarantine.parquet").iter_batches(batch_size=65_536):
                 bad_out.write_batch(b)
-            for b in prefetch(pq.ParquetFile(folder / "rows.parquet").iter_batches(
-                    batch_size=65_536, use_threads=False)):
+            for b in iter_rows(folder):
                 rows = pa.Table.from_batches([b])
                 c = code[offset:offset + rows.num_rows]
                 offset += rows.num_rows

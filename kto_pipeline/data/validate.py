@@ -1,4 +1,4 @@
-"""Validate one raw file: canonical rows to rows.parquet, bad rows (with reasons) to quarantine.parquet.
+"""Validate one raw file: canonical rows to rows.arrow, bad rows (with reasons) to quarantine.parquet.
 
 Flat rows that Arrow parsed in bulk are checked with vectorized compute kernels; any row they doubt,
 and every row Arrow could not parse, goes through `normalize` in Python, which has the final word and
@@ -32,15 +32,18 @@ from kto_pipeline.data.normalize import (CONVERSATION_KEYS, FALSE_LABELS, TRUE_L
                                          reason_category)
 from kto_pipeline.data.readers import Batch, DataFileError, NeedExactCsv, Part, chat_column, read_batches
 
-VERSION = 1  # bump when a rule changes: cached validations of older versions are then redone
+VERSION = 2  # bump when a rule or the cache format changes: older cached validations are then redone
 SAMPLES_PER_REASON = 3
 COMPLETE = ".complete"
 
-# rows.parquet of one validated file (internal: the dataset build turns row_key into a hex row_id).
+# rows.arrow of one validated file (internal: the dataset build turns row_key into a hex row_id).
+# An Arrow IPC file, not Parquet: it is read back once, memory-mapped, with no decoding at all.
+ROWS_FILE = "rows.arrow"
 ROW_SCHEMA = pa.schema([
     ("prompt", pa.string()), ("completion", pa.string()), ("label", pa.bool_()),
     ("messages", pa.string()),  # the prompt's chat turns as JSON, or null for a plain prompt
-    ("source", pa.string()), ("line", pa.int64()),
+    ("source", pa.dictionary(pa.int32(), pa.string())),  # one value per file: not repeated per row
+    ("line", pa.int64()),
     ("row_key", pa.binary(16)),  # xxh3-128 of (prompt or its turns, completion): the row's content hash
     ("prompt_id", pa.int64()),   # xxh3-64 of the prompt (or its turns): the unit of the train/eval split
     ("chars", pa.int32()),       # length of the longer of prompt and completion, for the length limit
@@ -172,7 +175,7 @@ def _fast(part: Part) -> tuple[pa.Table | None, np.ndarray]:
 # ---- row ids and assembly ------------------------------------------------------------------------
 
 def _finish(prompt, completion, label, messages, lines, source: str) -> pa.Table:
-    """Add source, row_key, prompt_id and chars: the canonical rows.parquet table."""
+    """Add source, row_key, prompt_id and chars: the canonical rows table."""
     n = len(prompt)
     key = prompt if messages.null_count == n else pc.coalesce(messages, prompt)
     # Hashing is the one per-row Python loop of the fast path; map() over bytes keeps it well under
@@ -183,7 +186,7 @@ def _finish(prompt, completion, label, messages, lines, source: str) -> pa.Table
     chars = pc.max_element_wise(pc.utf8_length(prompt), pc.utf8_length(completion)).cast(pa.int32())
     return pa.table({
         "prompt": prompt, "completion": completion, "label": label, "messages": messages,
-        "source": pa.repeat(pa.scalar(source, pa.string()), n), "line": pa.array(lines, pa.int64()),
+        "source": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([source])), "line": pa.array(lines, pa.int64()),
         "row_key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(digests)]),
         "prompt_id": pa.array(np.array(pid, dtype=np.uint64).view(np.int64)), "chars": chars,
     }, schema=ROW_SCHEMA)
@@ -238,12 +241,29 @@ def prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
                 t.join(0.01)
 
 
-class BackgroundWriter:
-    """A ParquetWriter fed from a queue by one thread: encoding and compression (GIL-free in Arrow)
-    overlap with the caller's work. At most `depth` tables wait, so memory stays bounded."""
+class IpcWriter:
+    """rows.arrow: an Arrow IPC file, record batches appended as they come (a buffer copy each)."""
 
-    def __init__(self, path: Path, schema: pa.Schema, depth: int = 2, **options: Any) -> None:
-        self._writer = pq.ParquetWriter(path, schema, **options)
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, schema)
+
+    def write_table(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+
+class BackgroundWriter:
+    """A table writer (Parquet by default, or `writer`) fed from a queue by one thread: encoding,
+    compression and the copy to the page cache (GIL-free in Arrow) overlap with the caller's work.
+    At most `depth` tables wait, so memory stays bounded."""
+
+    def __init__(self, path: Path, schema: pa.Schema, depth: int = 2, writer: type | None = None,
+                 **options: Any) -> None:
+        self._writer = writer(path, schema) if writer else pq.ParquetWriter(path, schema, **options)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kto-writer")
         self._pending: list[Future] = []
         self._depth = depth
@@ -266,6 +286,20 @@ class BackgroundWriter:
         finally:
             self._pool.shutdown(wait=True)
             self._writer.close()
+
+
+def read_rows(folder: Path, columns: list[str] | None = None) -> pa.Table:
+    """A validated folder's rows, memory-mapped: only the pages of the selected columns are read."""
+    table = pa.ipc.open_file(pa.memory_map(str(Path(folder) / ROWS_FILE))).read_all()
+    return table.select(columns) if columns else table
+
+
+def iter_rows(folder: Path) -> Iterator[pa.RecordBatch]:
+    """A validated folder's rows one written block at a time (read, not mapped: memory stays flat)."""
+    with pa.OSFile(str(Path(folder) / ROWS_FILE)) as f:
+        reader = pa.ipc.open_file(f)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
 
 
 class _Tally:
@@ -339,9 +373,7 @@ def validate_file(path: Path, out_dir: Path, *, source: str | None = None) -> di
 def _validate(path: Path, out_dir: Path, source: str, exact_csv: bool) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     tally = _Tally()
-    # rows.parquet is an intermediate read back at once: uncompressed, no dictionaries (fastest both ways).
-    with BackgroundWriter(out_dir / "rows.parquet", ROW_SCHEMA, compression="none", use_dictionary=["source"],
-                          write_statistics=False) as rows_out, \
+    with BackgroundWriter(out_dir / ROWS_FILE, ROW_SCHEMA, writer=IpcWriter) as rows_out, \
             pq.ParquetWriter(out_dir / "quarantine.parquet", QUARANTINE_SCHEMA) as bad_out:
         for batch in prefetch(read_batches(path, exact_csv=exact_csv)):
             tables, bad = _process(batch, source, tally)
@@ -370,7 +402,7 @@ def ingest_file(path: Path, cache_root: Path, *, source: str | None = None,
                 keep_original: bool = True) -> tuple[Path, dict[str, Any]]:
     """Validate `path` into cache_root/<digest>-<source>-v<VERSION>/ unless already there.
 
-    Returns (folder, report). The folder holds rows.parquet, quarantine.parquet, report.json and,
+    Returns (folder, report). The folder holds rows.arrow, quarantine.parquet, report.json and,
     with keep_original, a byte-for-byte copy of the file, so nothing is lost if the source goes away.
     Safe to call from concurrent runs: each builds in its own scratch folder, the first to finish wins.
     """
