@@ -59,6 +59,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "c_mb4": dict(label="(c) at the seed's micro-batch 4 (no budget)", backend="unsloth", trainer="ours"),
     "c_mb8": dict(label="(c) at micro-batch 8 x accumulation 2", backend="unsloth", trainer="ours", batch=8,
                   accum=2),
+    "c_noprecompute": dict(label="(c) without the precomputed reference (scored inside every step)",
+                           backend="unsloth", trainer="ours", budget=BUDGET_GIB, precompute=False),
     "c_nogroup": dict(label="(c) without length grouping", backend="unsloth", trainer="ours",
                       budget=BUDGET_GIB, group_by_length=False),
     "c_precompute": dict(label="(c) + precomputed reference log-probs (one epoch)", backend="unsloth",
@@ -655,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument("--work", default="/tmp/train_bench")
         r.add_argument("--batch", type=int, default=4)
         r.add_argument("--accum", type=int, default=4)
-        r.add_argument("--examples", type=int, default=64)
+        r.add_argument("--examples", type=int, default=256)
         r.add_argument("--max-length", type=int, default=2048)
         r.add_argument("--sweep", default="", help="micro-batch x seq points for the memory planner, e.g. 4x2048,8x1024")
         r.add_argument("--timeout", type=int, default=3600)

@@ -65,7 +65,7 @@ class TrainingConfig:
     group_by_length: bool = _f(True, "Put rows of similar length in the same micro-batch (less padding, faster).")
     precompute_ref_log_probs: bool | None = _f(
         None, "Score the reference model once before training instead of in every step; None: only when "
-              "training covers more than one epoch (for one epoch it is the same work).")
+              "training covers more than one epoch (for one epoch it is the same work, measured slower).")
     precompute_ref_batch_size: int | None = _f(
         None, "Batch size of that scoring pass; None: the micro-batch (no gradients: it fits, and the shapes "
               "are those training compiles for).")

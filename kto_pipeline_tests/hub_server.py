@@ -2,9 +2,15 @@
 
 It implements the part of the Hub HTTP API that `HfApi.create_repo`, `create_commit` / `upload_folder`
 (preupload, LFS batch + basic/multipart upload + verify, NDJSON commit), `create_tag`, `list_repo_tree` /
-`list_repo_files` / `list_repo_refs` / `list_repo_commits`, `model_info` and `hf_hub_download` (the
-`resolve` endpoint, with ETag and X-Repo-Commit) use. The protocol was read off huggingface_hub 1.33
-(`_commit_api.py`, `lfs.py`, `file_download.py`, `hf_api.py`).
+`list_repo_files` / `list_repo_refs` / `list_repo_commits`, `model_info` / `dataset_info` and
+`hf_hub_download` (the `resolve` endpoint, with ETag and X-Repo-Commit) use, and with them
+`datasets.load_dataset("owner/name")` (info, paths-info, tree, resolve). The protocol was read off
+huggingface_hub 1.33 (`_commit_api.py`, `lfs.py`, `file_download.py`, `hf_api.py`).
+
+Model and dataset repos: the same routes under `/api/models/...` and `/api/datasets/...`, and the Hub's web
+paths `/{repo}/...` and `/datasets/{repo}/...`. They are separate repos, keyed as on those web paths:
+"owner/name" for a model, "datasets/owner/name" for a dataset (`hub.repos`, `history`, `file_bytes` and
+every `repo_id` argument of the handlers below take that key).
 
 Xet: the client uploads LFS-mode files through Xet whenever `hf_xet` is installed and HF_HUB_DISABLE_XET
 is unset; this server has no Xet storage. A server can only steer that through `preupload`: with
@@ -59,6 +65,7 @@ class Commit:
 class Repo:
     repo_id: str
     private: bool
+    repo_type: str = "model"
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
@@ -132,6 +139,13 @@ class FakeHub:
         return self.blobs[self._commit(repo, revision).files[path].key]
 
     # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def key(repo_type: str | None, repo_id: str) -> str:
+        """Where a repo lives in `repos`: "owner/name" (model) or "datasets/owner/name" (dataset)."""
+        if repo_type not in (None, "model", "dataset"):
+            raise HttpError(400, f"this fake hub only hosts model and dataset repos, not {repo_type!r}")
+        return f"datasets/{repo_id}" if repo_type == "dataset" else repo_id
+
     def _fault(self, kind: str) -> dict | None:
         with self.lock:
             for f in self.faults:
@@ -195,25 +209,26 @@ class FakeHub:
     def create_repo(self, body: dict, auth: str | None) -> dict:
         if auth != self.token or not auth:
             raise HttpError(401, "Invalid credentials in Authorization header")
-        if body.get("type", "model") != "model":
-            raise HttpError(400, "this fake hub only hosts model repos")
+        repo_type = body.get("type") or "model"
         repo_id = f"{body.get('organization') or self.user}/{body['name']}"
-        url = f"{self.endpoint}/{repo_id}"
+        key = self.key(repo_type, repo_id)
+        url = f"{self.endpoint}/{key}"
         with self.lock:
-            if repo_id in self.repos:
-                raise HttpError(409, "You already created this model repo", body={"url": url})
+            if key in self.repos:
+                raise HttpError(409, f"You already created this {repo_type} repo", body={"url": url})
             private = body.get("visibility") == "private" or bool(body.get("private"))
-            repo = self.repos[repo_id] = Repo(repo_id, private)
+            repo = self.repos[key] = Repo(repo_id, private, repo_type)
             init = self._new_commit(repo, None, {".gitattributes": self._store_inline(GITATTRIBUTES)},
                                     "initial commit", "")
             repo.branches["main"] = init.oid
         return {"url": url, "name": repo_id, "id": repo_id}
 
-    def model_info(self, repo_id: str, revision: str | None, auth: str | None) -> dict:
+    def info(self, repo_id: str, revision: str | None, auth: str | None) -> dict:
         repo = self._repo(repo_id, auth)
         c = self._commit(repo, revision or "main")
-        return {"id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0], "sha": c.oid,
-                "private": repo.private, "lastModified": c.date, "tags": [], "downloads": 0, "likes": 0,
+        rid = repo.repo_id
+        return {"id": rid, **({"modelId": rid} if repo.repo_type == "model" else {}), "author": rid.split("/")[0],
+                "sha": c.oid, "private": repo.private, "lastModified": c.date, "tags": [], "downloads": 0, "likes": 0,
                 "siblings": [{"rfilename": p} for p in sorted(c.files)]}
 
     def tree(self, repo_id: str, revision: str, path: str, recursive: bool, auth: str | None) -> list[dict]:
@@ -378,29 +393,32 @@ class FakeHub:
         return c, e
 
 
-# Route table: (method, regex, kind). Repo ids are "namespace/name".
+# Route table: (method, regex, kind). Repo ids are "namespace/name"; the handler turns them into keys.
 _R = r"(?P<repo>[^/]+/[^/]+)"
+_T = r"(?P<rtype>model|dataset)s"  # /api/models/..., /api/datasets/...
+_W = r"(?:(?P<wtype>dataset)s/)?"  # web paths: /{repo}/... for a model, /datasets/{repo}/... for a dataset
 ROUTES = [
     ("POST", r"/api/repos/create", "create_repo"),
     ("POST", r"/api/validate-yaml", "validate_yaml"),
     ("GET", r"/api/whoami-v2", "whoami"),
-    ("GET", rf"/api/models/{_R}/xet-write-token/(?P<rev>[^/]+)", "xet_token"),
-    ("GET", rf"/api/models/{_R}/tree/(?P<rev>[^/]+)(?P<path>/.*)?", "tree"),
-    ("POST", rf"/api/models/{_R}/paths-info/(?P<rev>[^/]+)", "paths_info"),
-    ("GET", rf"/api/models/{_R}/refs", "refs"),
-    ("GET", rf"/api/models/{_R}/commits/(?P<rev>[^/]+)", "commits"),
-    ("POST", rf"/api/models/{_R}/preupload/(?P<rev>[^/]+)", "preupload"),
-    ("POST", rf"/api/models/{_R}/commit/(?P<rev>[^/]+)", "commit"),
-    ("POST", rf"/api/models/{_R}/tag/(?P<rev>[^/]+)", "tag"),
-    ("GET", rf"/api/models/{_R}/revision/(?P<rev>[^/]+)", "info"),
-    ("GET", rf"/api/models/{_R}", "info"),
-    ("POST", rf"/{_R}\.git/info/lfs/objects/batch", "lfs_batch"),
+    ("GET", r"/api/agent-harnesses", "agent_harnesses"),  # every huggingface_hub 1.33 process asks, once
+    ("GET", rf"/api/{_T}/{_R}/xet-write-token/(?P<rev>[^/]+)", "xet_token"),
+    ("GET", rf"/api/{_T}/{_R}/tree/(?P<rev>[^/]+)(?P<path>/.*)?", "tree"),
+    ("POST", rf"/api/{_T}/{_R}/paths-info/(?P<rev>[^/]+)", "paths_info"),
+    ("GET", rf"/api/{_T}/{_R}/refs", "refs"),
+    ("GET", rf"/api/{_T}/{_R}/commits/(?P<rev>[^/]+)", "commits"),
+    ("POST", rf"/api/{_T}/{_R}/preupload/(?P<rev>[^/]+)", "preupload"),
+    ("POST", rf"/api/{_T}/{_R}/commit/(?P<rev>[^/]+)", "commit"),
+    ("POST", rf"/api/{_T}/{_R}/tag/(?P<rev>[^/]+)", "tag"),
+    ("GET", rf"/api/{_T}/{_R}/revision/(?P<rev>[^/]+)", "info"),
+    ("GET", rf"/api/{_T}/{_R}", "info"),
+    ("POST", rf"/{_W}{_R}\.git/info/lfs/objects/batch", "lfs_batch"),
     ("PUT", r"/_lfs/upload/(?P<oid>[0-9a-f]{64})/part/(?P<n>\d+)", "lfs_part"),
     ("PUT", r"/_lfs/upload/(?P<oid>[0-9a-f]{64})", "lfs_upload"),
     ("POST", r"/_lfs/upload/(?P<oid>[0-9a-f]{64})", "lfs_complete"),
     ("POST", r"/_lfs/verify/(?P<oid>[0-9a-f]{64})", "lfs_verify"),
-    ("GET", rf"/{_R}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
-    ("HEAD", rf"/{_R}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve_head"),
+    ("GET", rf"/{_W}{_R}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+    ("HEAD", rf"/{_W}{_R}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve_head"),
 ]
 ROUTES = [(m, re.compile(p + "$"), k) for m, p, k in ROUTES]
 
@@ -466,6 +484,8 @@ class _Handler(BaseHTTPRequestHandler):
             return reply(401, {"error": "Invalid credentials in Authorization header"},
                          {"X-Error-Message": "Invalid credentials in Authorization header"})
         g = {k: unquote(v) if isinstance(v, str) else v for k, v in route[1].groupdict().items()}
+        if g.get("repo"):
+            g["repo"] = hub.key(g.pop("rtype", None) or g.pop("wtype", None), g["repo"])
         query = parse_qs(url.query)
         try:
             status, body, headers, length = 200, None, {}, None
@@ -478,11 +498,13 @@ class _Handler(BaseHTTPRequestHandler):
                 if not token:
                     raise HttpError(401, "Invalid credentials in Authorization header")
                 body = {"type": "user", "name": hub.user, "auth": {"type": "access_token"}}
+            elif kind == "agent_harnesses":
+                body = {"standardEnvVars": [], "harnesses": {}}
             elif kind == "xet_token":
                 raise HttpError(501, "this fake hub has no Xet storage: run the client with HF_HUB_DISABLE_XET=1 "
                                      "or start the server with upload_mode='regular'")
             elif kind == "info":
-                body = hub.model_info(g["repo"], g.get("rev"), token)
+                body = hub.info(g["repo"], g.get("rev"), token)
             elif kind == "tree":
                 rec = query.get("recursive", ["false"])[0].lower() in ("1", "true")
                 body = hub.tree(g["repo"], g["rev"], g.get("path") or "", rec, token)

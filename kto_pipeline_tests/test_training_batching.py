@@ -5,7 +5,7 @@ import random
 import pytest
 
 from kto_pipeline.config import get_config
-from kto_pipeline.training.trainer import (drop_reference_adapter, fast_reference_fingerprint,
+from kto_pipeline.training.trainer import (drop_reference_adapter, fast_reference_pass,
                                            length_grouped_order, model_fingerprint, wants_precompute)
 
 
@@ -37,10 +37,12 @@ def test_grouped_order_is_a_permutation_of_full_similar_batches():
 def test_precompute_only_when_it_saves_work():
     c = get_config("tiny", {"training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
                                          "max_steps": -1, "num_train_epochs": 1.0}})
-    assert not wants_precompute(c, 80)  # one epoch: the same reference passes, just moved
+    assert not wants_precompute(c, 80)  # one epoch: the same reference passes, just moved (and measured slower)
     assert wants_precompute(get_config("tiny", {"training": {"num_train_epochs": 2.0, "max_steps": -1}}), 80)
     assert wants_precompute(get_config("tiny", {"training": {"max_steps": 12}}), 16)  # 12 steps > 4 per epoch
     assert not wants_precompute(get_config("tiny", {"training": {"max_steps": 3}}), 16)
+    assert not wants_precompute(get_config("tiny", {"training": {"precompute_ref_log_probs": False,
+                                                                 "num_train_epochs": 2.0, "max_steps": -1}}), 80)
     assert wants_precompute(get_config("tiny", {"training": {"precompute_ref_log_probs": True}}), 16)
 
 
@@ -80,6 +82,6 @@ def test_model_fingerprint_tells_weights_apart_and_replaces_trl_hash(peft_tiny):
     with torch.no_grad():
         w[0, 0] -= 1.0
     original = kto.hash_module
-    with fast_reference_fingerprint(KTOTrainer):
+    with fast_reference_pass(KTOTrainer):
         assert kto.hash_module is model_fingerprint
     assert kto.hash_module is original

@@ -66,3 +66,17 @@ def test_fingerprint_ignores_what_does_not_change_weights():
     for change in ({"training": {"learning_rate": 1e-3}}, {"lora": {"r": 4}}, {"model": {"max_seq_length": 128}},
                    {"training": {"group_by_length": False}}):
         assert get_config("tiny", change).fingerprint() != base.fingerprint(), change
+
+
+def test_train_flags_parse_to_typed_overrides():
+    import argparse
+
+    from kto_pipeline.cli.train import add_parser, overrides
+
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers(dest="cmd"))
+    args = p.parse_args(["train", "--batch-size", "2", "--learning-rate", "1e-4", "--memory-budget-gib", "20",
+                         "--wandb"])
+    assert overrides(args) == {"training": {"per_device_train_batch_size": 2, "learning_rate": 1e-4,
+                                            "memory_budget_gib": 20.0, "wandb": True}}
+    assert get_config("7b", overrides(args)).training.memory_budget_gib == 20.0

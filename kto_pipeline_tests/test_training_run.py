@@ -129,3 +129,31 @@ def test_wandb_offline(tmp_path, kto_data, cache, monkeypatch):
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), "no offline W&B run was written"
     assert os.environ["WANDB_PROJECT"] == "kto-test"
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_precomputed_reference_equals_the_in_step_reference(tmp_path, kto_data, cache):
+    """The precompute pass runs with TRL's "ref" adapter dropped (adapters disabled): its log-probs must be
+    exactly what the reference scores inside a training step, so the first step's loss is the same."""
+    import torch
+
+    from kto_pipeline.training.model import load_for_training
+    from kto_pipeline.training.trainer import build_trainer
+
+    def first_batch(precompute: bool):
+        loaded = load_for_training(tiny(precompute_ref_log_probs=precompute), cache)
+        trainer, _ = build_trainer(tiny(precompute_ref_log_probs=precompute), loaded, kto_data,
+                                   tmp_path / str(precompute), [])
+        assert "ref" not in trainer.model.peft_config  # scored through disabled adapters, not a LoRA copy
+        batch = next(iter(trainer.get_train_dataloader()))
+        with torch.no_grad():
+            loss = trainer.compute_loss(trainer.model, batch)
+        return trainer, batch, loss, {k: v[-1] for k, v in trainer._metrics["train"].items() if v}
+
+    pre, batch, loss_pre, m_pre = first_batch(True)
+    _, _, loss_step, m_step = first_batch(False)
+    assert "ref_logps" in batch and "ref_KL_logps" in batch
+    ref, ref_kl = pre.compute_ref_log_probs(pre.model, {k: v for k, v in batch.items()})
+    assert torch.allclose(batch["ref_logps"], ref.cpu(), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(batch["ref_KL_logps"], ref_kl.cpu(), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(loss_pre, loss_step, atol=1e-6)
+    assert m_pre["kl"] == pytest.approx(m_step["kl"], abs=1e-5)

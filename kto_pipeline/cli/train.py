@@ -26,6 +26,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "learning_rate": ("training", "learning_rate"),
     "num_epochs": ("training", "num_train_epochs"),
     "max_steps": ("training", "max_steps"),
+    "memory_budget_gib": ("training", "memory_budget_gib"),  # not in the seed: the planner's micro-batch
     "wandb": ("training", "wandb"),
     "wandb_project": ("training", "wandb_project"),
     "wandb_run_name": ("training", "wandb_run_name"),
@@ -47,7 +48,7 @@ def add_parser(sub) -> None:
         if f.type in (bool, "bool"):
             p.add_argument(opt, action="store_true", default=None, help=f.metadata["help"])
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
             p.add_argument(opt, type=kind, default=None, help=f.metadata["help"])
     p.add_argument("--raw-dir", default=None, help="folder of raw feedback files (default: data/raw)")
     p.add_argument("--local-file", default=None,

@@ -27,7 +27,8 @@ def snapshot(name: str, folder: Path, *, data_file: str | None = None, split: st
 
     label = source_label(name, data_file, split)
     try:
-        ds = datasets.load_dataset(name, data_files=data_file or None, split=split)
+        ds = datasets.load_dataset(_cached_snapshot(name, data_file) or name, data_files=data_file or None,
+                                   split=split)
     except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError...)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
@@ -43,3 +44,22 @@ def snapshot(name: str, folder: Path, *, data_file: str | None = None, split: st
     ds.to_parquet(str(tmp))
     tmp.replace(path)
     return path, label
+
+
+def _cached_snapshot(name: str, data_file: str | None) -> str | None:
+    """Offline, the Hub cache's snapshot folder holding `data_file` of Hub dataset `name`, if it is there.
+
+    `datasets` cannot reload a Hub dataset loaded with data_files from its own cache offline (the cached
+    config's id hashes the resolved hf:// URLs, which offline it cannot resolve: huggingface/datasets#7551),
+    but the file the online load downloaded is in the Hub cache: load that snapshot as a local folder.
+    """
+    import datasets
+    from huggingface_hub import try_to_load_from_cache
+
+    if not (datasets.config.HF_HUB_OFFLINE and data_file) or os.path.exists(name):
+        return None
+    try:
+        path = try_to_load_from_cache(name, data_file, repo_type="dataset")
+    except Exception:  # not a valid repo id: let load_dataset say what is wrong
+        return None
+    return path[: -len(data_file)] if isinstance(path, str) else None

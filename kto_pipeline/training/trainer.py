@@ -90,8 +90,9 @@ def wants_precompute(config: Config, train_rows: int) -> bool:
     """Precompute the reference log-probs when asked, or (None) when training sees the data more than once.
 
     The reference forwards are a third of a KTO step's compute. Precomputing does them once per row instead of
-    once per row and epoch: the same work for one epoch (measured: no faster, since it is a separate pass), less
-    from the second epoch on.
+    once per row and epoch. For a single epoch it is the same work in a separate pass, and measured slower
+    (H100, 256 rows: the pass took 14.2 s where the same forwards cost 10.8 s inside the steps;
+    benchmarks/RESULTS.md); from the second epoch on the reference costs nothing.
     """
     t = config.training
     if t.precompute_ref_log_probs is not None:
@@ -120,16 +121,25 @@ def model_fingerprint(module: Any) -> str:
 
 
 @contextlib.contextmanager
-def fast_reference_fingerprint(trainer_cls: type) -> Iterator[None]:
-    """Swap TRL's `hash_module` for `model_fingerprint` in every module the trainer class comes from
-    (Unsloth recompiles KTOTrainer into its own module, which imports its own reference to hash_module)."""
+def fast_reference_pass(trainer_cls: type) -> Iterator[None]:
+    """While KTOTrainer is built: swap TRL's `hash_module` for `model_fingerprint` in every module the trainer
+    class comes from (Unsloth recompiles KTOTrainer into its own module, which imports its own reference to
+    hash_module), and drop TRL's "ref" adapter before the precompute pass (see drop_reference_adapter)."""
     mods = {sys.modules.get(c.__module__) for c in trainer_cls.__mro__}
     patched = [(m, m.hash_module) for m in mods if m is not None and hasattr(m, "hash_module")]
     for m, _ in patched:
         m.hash_module = model_fingerprint
+    precompute = trainer_cls._precompute_ref_logps
+
+    def precompute_without_ref_adapter(self, *args: Any, **kwargs: Any) -> Any:
+        drop_reference_adapter(self.model)
+        return precompute(self, *args, **kwargs)
+
+    trainer_cls._precompute_ref_logps = precompute_without_ref_adapter
     try:
         yield
     finally:
+        trainer_cls._precompute_ref_logps = precompute
         for m, orig in patched:
             m.hash_module = orig
 
@@ -230,7 +240,7 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
         train_ds = train_ds.select(length_grouped_order(lengths, t.per_device_train_batch_size, t.seed))
     args = kto_args(config, output_dir, weights, has_eval=len(eval_ds) > 0,
                     precompute=wants_precompute(config, len(train_ds)))
-    with fast_reference_fingerprint(KTOTrainer):
+    with fast_reference_pass(KTOTrainer):
         trainer = KTOTrainer(
             model=loaded.model, args=args, train_dataset=train_ds,
             eval_dataset=eval_ds if len(eval_ds) else None, processing_class=loaded.tokenizer,
