@@ -76,13 +76,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 # ----------------------------------------------------------------------------------------------- model + data
+def arch_config(arch: str) -> dict[str, Any]:
+    """config.json fields of `arch`: the benchmark's own (ARCHS) or a preset's architecture (the planner's KNOWN)."""
+    from kto_pipeline.training.memory import KNOWN
+
+    return dict(ARCHS[arch]) if arch in ARCHS else dict(KNOWN[arch])
+
+
 def build(out: Path, arch: str) -> None:
     """Random-init weights of `arch` (bf16 safetensors) and a word-level tokenizer: "w17" is token 17."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    cfg = dict(ARCHS[arch])
+    cfg = arch_config(arch)
     vocab = cfg["vocab_size"]
     words = vocab - N_SPECIAL
     special = [f"<|reserved_special_token_{i}|>" for i in range(N_SPECIAL)]
@@ -92,20 +99,25 @@ def build(out: Path, arch: str) -> None:
     tok = Tokenizer(models.WordLevel(table, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens(special)
+    config = AutoConfig.for_model(cfg.pop("model_type", "llama"), **cfg, bos_token_id=words + 2,
+                                  eos_token_id=words + 9, pad_token_id=words + 4)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-                                   bos_token="<|begin_of_text|>", model_max_length=cfg["max_position_embeddings"])
-    config = LlamaConfig(**cfg, bos_token_id=words + 2, eos_token_id=words + 9, pad_token_id=words + 4)
+                                   bos_token="<|begin_of_text|>", model_max_length=config.max_position_embeddings)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.time()
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     with torch.device(device):
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)
     torch.set_default_dtype(torch.float32)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, max_shard_size="5GB")
     fast.save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     print(f"built {arch}: {n / 1e9:.2f}B params in {time.time() - t0:.0f}s -> {out}", flush=True)
 
 
@@ -648,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("out")
-    b.add_argument("--arch", default="llama-3.1-8b", choices=sorted(ARCHS))
+    b.add_argument("--arch", default="llama-3.1-8b", help="llama-3.1-8b, smoke, or a key of the planner's KNOWN")
     for name in ("run", "child"):
         r = sub.add_parser(name)
         r.add_argument("model")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -145,9 +146,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "lora": {"r": 64, "alpha": 128},
         "training": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 16},
     },
+    # Attention-only LoRA: on gpt-oss, targeting the MLP puts an adapter on each of the 32 experts (Unsloth
+    # 2026.10): 1.48B trainable parameters at r=128 and a measured 30.3 GiB peak. Attention only: 64M, 16.3 GiB,
+    # inside the seed's ~18-20 GB for this tier (benchmarks/RESULTS.md, "memory planner").
     "20b": {
         "model": {"model_name": "unsloth/gpt-oss-20b-unsloth-bnb-4bit", "max_seq_length": 4096},
-        "lora": {"r": 128, "alpha": 256},
+        "lora": {"r": 128, "alpha": 256, "target_modules": ATTENTION},
         "training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 8, "beta": 0.05},
     },
 }

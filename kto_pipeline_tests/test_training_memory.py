@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kto_pipeline.cli import main
-from kto_pipeline.config import get_config
+from kto_pipeline.config import ALL_LINEAR, ATTENTION, get_config
 from kto_pipeline.training.memory import (KNOWN, Arch, arch_for, dry_run_report, estimate, pick_micro_batch,
                                           with_budget)
 
@@ -28,12 +28,33 @@ def test_parameter_counts_of_known_architectures():
     assert sizes["gpt-oss-20b"] == pytest.approx(20.9, abs=0.1)
     assert Arch.from_config("x", KNOWN["llama-3.1-8b"]).lora_params(16, get_config("tiny").lora.target_modules) \
         == 41_943_040  # what PEFT/Unsloth reported on the GPU
+    # gpt-oss-20b at r=128, as Unsloth 2026.10 reported them: MLP targets put an adapter on each of the 32 experts
+    oss = Arch.from_config("x", KNOWN["gpt-oss-20b"])
+    assert oss.lora_params(128, ALL_LINEAR) == 1_479_278_592
+    assert oss.lora_params(128, ATTENTION) == 63_700_992
 
 
 @pytest.mark.parametrize("backend,micro,seq,measured", MEASURED)
 def test_estimate_matches_measured_peaks(backend, micro, seq, measured):
     e = estimate(bench_config(), backend=backend, micro_batch=micro, seq=seq)
     assert e.peak_allocated_gib == pytest.approx(measured, rel=0.03)
+
+
+# Steady-state peaks (second optimizer step) of each preset on an H100, random weights of the preset's architecture,
+# one micro-batch of max_seq_length rows (benchmarks/plan_check.py, benchmarks/results/plan_check_h100.jsonl)
+MEASURED_PRESETS = [("3b", {}, 5.28), ("7b", {}, 7.53), ("13b", {}, 10.24),
+                    ("7b", {"model": {"use_unsloth": "never"}}, 12.41),
+                    ("20b", {}, 16.32),  # attention-only LoRA (the preset)
+                    ("20b", {"lora": {"target_modules": ALL_LINEAR}}, 30.33),
+                    ("20b", {"lora": {"target_modules": ALL_LINEAR}, "training": {"per_device_train_batch_size": 2}},
+                     28.22)]
+
+
+@pytest.mark.parametrize("preset,overrides,measured", MEASURED_PRESETS)
+def test_estimate_of_each_preset_errs_on_the_safe_side(preset, overrides, measured):
+    # never more than 1% below what was measured (a plan that fits must fit), at most 8% above it
+    planned = estimate(get_config(preset, overrides)).peak_allocated_gib
+    assert measured * 0.99 <= planned <= measured * 1.08
 
 
 def test_presets_against_24_gib():
@@ -82,4 +103,8 @@ def test_kto_plan_command(capsys):
     assert main(["plan", "--model-name", "acme/unknown"]) == 2
     assert "no architecture known" in capsys.readouterr().err
     assert "fits 24 GiB" in dry_run_report(get_config("20b"))
+    # LoRA on gpt-oss's experts: the plan says what it costs and what attention-only would leave
+    assert main(["plan", "--model-size", "20b", "--lora-target-modules", *ALL_LINEAR]) == 1
+    out = capsys.readouterr().out
+    assert "LoRA on each of the 32 experts' MLPs: 13.18 GiB" in out and "leaves 17.14 GiB" in out
     assert "unavailable" in dry_run_report(get_config("7b", {"model": {"model_name": "acme/unknown"}}))

@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--gradient-accumulation", type=int, default=None, help="micro-batches per optimizer step")
     p.add_argument("--max-seq-length", type=int, default=None, help="longest prompt+completion in tokens")
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank")
+    p.add_argument("--lora-target-modules", nargs="+", default=None, metavar="NAME",
+                   help="modules that get adapters (default: the preset's; e.g. q_proj k_proj v_proj o_proj)")
     p.add_argument("--no-4bit", action="store_true", help="plan 16-bit weights instead of 4-bit NF4")
     p.add_argument("--backend", choices=sorted(PER_TOKEN), default=None,
                    help="unsloth (default where installed) or transformers (plain PEFT + bitsandbytes)")
@@ -40,7 +42,7 @@ def run(args) -> int:
             "model": {"model_name": args.model_name, "max_seq_length": args.max_seq_length,
                       "load_in_4bit": False if args.no_4bit else None,
                       "use_unsloth": "never" if args.backend == "transformers" else None},
-            "lora": {"r": args.lora_r},
+            "lora": {"r": args.lora_r, "target_modules": args.lora_target_modules},
             "training": {"per_device_train_batch_size": args.batch_size,
                          "gradient_accumulation_steps": args.gradient_accumulation},
         })

@@ -6,12 +6,15 @@ Weights and LoRA sizes are counted from the architecture (4-bit NF4 with double 
 weight plus ~1/64 byte of block scales; embeddings and LM head stay 16-bit, or 32-bit where PEFT's
 `prepare_model_for_kbit_training` upcasts them). LoRA state: fp32 weight + fp32 gradient + 8-bit AdamW's two
 1-byte moments = 10 bytes per LoRA parameter. The per-token term is a multiple of (hidden + intermediate) fitted
-to peaks measured on an H100 with a Llama-3.1-8B-shaped model (benchmarks/RESULTS.md, "memory planner"):
+to peaks measured on an H100 with a Llama-3.1-8B-shaped model (benchmarks/RESULTS.md, "memory planner"), and
+checked against every preset's architecture (benchmarks/plan_check.py: within -0.6% .. +7.8% of the measured peak):
 - unsloth: Unsloth's gradient checkpointing offloads each layer's input to the CPU, so only one layer's working
   set lives on the GPU: 13.65 * (hidden + intermediate) bytes per token.
 - transformers: PEFT's checkpointing keeps every layer's input on the GPU (layers * hidden * 2 bytes per token)
   plus a larger working set: 35 * (hidden + intermediate) bytes per token (fitted on one point only).
-The worst micro-batch is planned: every row at max_seq_length. MoE layers count the experts a token visits.
+The worst micro-batch is planned: every row at max_seq_length. MoE layers count the experts a token visits, times
+MOE_PER_TOKEN (fitted on one gpt-oss-20b point, checked on two others); targeting their MLP puts a LoRA adapter on
+every expert.
 
 Hub ids cannot be looked up here (no network is assumed), so the configs of the presets' architectures ship in
 KNOWN; a local model folder or config.json path works for anything else.
@@ -24,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kto_pipeline.config import Config
+from kto_pipeline.config import ALL_LINEAR, ATTENTION, Config
 
 GiB = 2**30
 CUDA_CONTEXT_GIB = 0.5   # CUDA context + cuBLAS workspace: outside PyTorch's allocator, but on the card
@@ -52,6 +55,7 @@ ALIASES = [("qwen2.5-3b", "qwen2.5-3b"), ("mistral-7b", "mistral-7b"), ("llama-3
 
 # Fitted on the H100 measurements (see the module docstring)
 PER_TOKEN = {"unsloth": 13.65, "transformers": 35.0}
+MOE_PER_TOKEN = 1.52  # MoE tokens also keep router logits and expert gather/scatter buffers (fitted on gpt-oss-20b)
 RESERVED_FACTOR = 1.05  # PyTorch's caching allocator holds a little more than it hands out
 FIXED_GIB = 0.35        # RoPE caches, cuBLAS handles, Unsloth's buffers (fitted with PER_TOKEN)
 
@@ -109,12 +113,18 @@ class Arch:
         return self.block_params + self.embedding_params
 
     def lora_params(self, r: int, targets: list[str]) -> int:
-        """LoRA A and B on each targeted linear layer. MoE experts get none here (Unsloth adapts attention and
-        shared layers of gpt-oss; per-expert adapters would multiply this by the expert count)."""
+        """LoRA A and B on each targeted linear layer. MoE experts (gpt-oss) get one adapter per expert, on the
+        fused gate_up (hidden -> 2 x intermediate) and on down: Unsloth 2026.10 attaches them whenever an MLP
+        projection is targeted (measured: 1,479,278,592 trainable at r=128, exactly this count)."""
         shapes = self.linear_shapes()
-        return self.layers * sum(r * (shapes[t][0] + shapes[t][1]) * (1 if shapes[t][2] == 1 or not self.experts
-                                                                       else 0)
-                                 for t in targets if t in shapes)
+        dense = sum(r * (shapes[t][0] + shapes[t][1]) for t in targets
+                    if t in shapes and (shapes[t][2] == 1 or not self.experts))
+        experts = 0
+        if self.experts:
+            h, i = self.hidden, self.intermediate
+            experts = self.experts * r * (((h + 2 * i) if {"gate_proj", "up_proj"} & set(targets) else 0)
+                                          + ((i + h) if "down_proj" in targets else 0))
+        return self.layers * (dense + experts)
 
     @property
     def active_intermediate(self) -> int:
@@ -191,6 +201,7 @@ def estimate(config: Config, arch: Arch | None = None, backend: str | None = Non
     emb_bytes = arch.embedding_params * (4 if four_bit and backend == "transformers" else 2)
     lora = arch.lora_params(config.lora.r, config.lora.target_modules) * 10
     per_token = PER_TOKEN[backend] * (arch.hidden + arch.active_intermediate)
+    per_token *= MOE_PER_TOKEN if arch.experts else 1
     if backend == "transformers" and config.lora.gradient_checkpointing:
         per_token += arch.layers * arch.hidden * 2
     if not config.lora.gradient_checkpointing:  # every layer's activations stay: ~layers x one layer's
@@ -226,12 +237,14 @@ def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend:
     arch = arch_for(config.model.model_name)
     e = estimate(config, arch, backend)
     t = config.training
+    targets = ("all linear layers" if set(config.lora.target_modules) >= set(ALL_LINEAR)
+               else "/".join(config.lora.target_modules))
     lines = [
         f"Memory plan for {config.model.model_name} ({arch.name}: {arch.params / 1e9:.2f}B parameters, "
         f"{arch.layers} layers, hidden {arch.hidden}, vocab {arch.vocab}"
         + (f", {arch.experts} experts / {arch.experts_per_token} per token" if arch.experts else "") + ")",
-        f"  backend {e.backend}, {'4-bit NF4' if config.model.load_in_4bit else '16-bit'} weights, LoRA r={config.lora.r}, "
-        f"micro-batch {e.micro_batch} x {e.seq} tokens (every row at max_seq_length), "
+        f"  backend {e.backend}, {'4-bit NF4' if config.model.load_in_4bit else '16-bit'} weights, "
+        f"LoRA r={config.lora.r} on {targets}, micro-batch {e.micro_batch} x {e.seq} tokens (every row at max_seq_length), "
         f"gradient checkpointing {'on' if config.lora.gradient_checkpointing else 'off'}",
         f"  weights        {e.weights_gib:6.2f} GiB",
         f"  LoRA + AdamW   {e.lora_gib:6.2f} GiB",
@@ -240,6 +253,12 @@ def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend:
         f"  peak allocated {e.peak_allocated_gib:6.2f} GiB, reserved ~{e.peak_reserved_gib:.2f} GiB, "
         f"on the card with the CUDA context ~{e.on_card_gib:.2f} GiB",
     ]
+    experts_lora = arch.lora_params(config.lora.r, config.lora.target_modules) \
+        - arch.lora_params(config.lora.r, [m for m in config.lora.target_modules if m in ATTENTION])
+    if arch.experts and experts_lora:
+        lines.append(f"  LoRA on each of the {arch.experts} experts' MLPs: {experts_lora * 10 / GiB:.2f} GiB of the "
+                     f"{e.lora_gib:.2f}; attention only (--lora-target-modules {' '.join(ATTENTION)}) leaves "
+                     f"{e.peak_allocated_gib - experts_lora * 10 / GiB:.2f} GiB allocated")
     if e.fits(budget_gib):
         lines.append(f"  fits {budget_gib:g} GiB (with {HEADROOM_GIB:g} GiB to spare)")
     else:
