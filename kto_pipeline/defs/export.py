@@ -4,7 +4,7 @@
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import dagster as dg
 import pydantic
@@ -12,29 +12,48 @@ import pydantic
 from kto_pipeline.artifacts import building, dir_digest, is_complete
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
-from kto_pipeline.export.merge import merge_adapter
+from kto_pipeline.export.merge import MergeError, merge_adapter, plan_merge
 from kto_pipeline.training.model import resolve_model_path
 
 
+class MergeConfig(dg.Config):
+    """What merged_model merges the adapter into when the base is a pre-quantized 4-bit checkpoint (every preset)."""
+
+    quantized_base: Literal["original", "dequantize"] = pydantic.Field(default="original", description=(
+        "original: its 16-bit original (like Unsloth's merged_16bit; downloaded on first use); dequantize: the "
+        "4-bit weights dequantized to 16-bit, exactly the model that was trained (offline)."))
+    base_16bit: Optional[str] = pydantic.Field(default=None, description=(
+        "Hub id or folder of that 16-bit original; empty: looked up from the 4-bit checkpoint's name "
+        "(Unsloth's table, e.g. unsloth/mistral-7b-v0.3-bnb-4bit -> unsloth/mistral-7b-v0.3)."))
+
+
 @dg.asset(group_name="export", kinds={"safetensors"}, deps=["lora_adapter"],
-          description="Base weights with the LoRA adapter merged in (safetensors + tokenizer).")
-def merged_model(context: dg.AssetExecutionContext, artifacts: ArtifactStore) -> dg.MaterializeResult:
-    adapter_dir, version = upstream(context, "lora_adapter")
+          description="Base weights with the LoRA adapter merged in, 16-bit (safetensors + tokenizer).")
+def merged_model(context: dg.AssetExecutionContext, config: MergeConfig,
+                 artifacts: ArtifactStore) -> dg.MaterializeResult:
+    adapter_dir, adapter_version = upstream(context, "lora_adapter")
+    metrics = json.loads((adapter_dir / "metrics.json").read_text())
+    base = metrics["base_model"]
+    if base == "tiny" or base.endswith("/cache/tiny"):
+        base = resolve_model_path("tiny", artifacts.cache_dir)
+    try:
+        plan = plan_merge(base, config.quantized_base, config.base_16bit)
+    except MergeError as e:
+        raise dg.Failure(description=str(e)) from None
+    version = "-".join(filter(None, [adapter_version, plan.key]))  # keyed by what the adapter goes into
     out = artifacts.dir_for("merged_model", version)
     if not is_complete(out):
-        metrics = json.loads((adapter_dir / "metrics.json").read_text())
-        base = metrics["base_model"]
-        if base == "tiny" or base.endswith("/cache/tiny"):
-            base = resolve_model_path("tiny", artifacts.cache_dir)
+        context.log.info(f"merging {adapter_dir} into {plan.describe()}")
         with building(out) as tmp:
-            merge_adapter(base, adapter_dir, tmp)
+            merge_adapter(base, adapter_dir, tmp, plan=plan)
     else:
         context.log.info(f"already merged: {out}")
     info = json.loads((out / "merge_info.json").read_text())
     digest = dir_digest(out, "*.safetensors")
     return dg.MaterializeResult(
         metadata={"path": str(out), "data_version": version, "base_model": info["base_model"],
-                  "dtype": info["dtype"], "parameters": info["parameters"], **digest},
+                  "merged_into": info.get("merged_into", info["base_model"]), "dtype": info["dtype"],
+                  "parameters": info["parameters"], **digest},
         data_version=dg.DataVersion(version))
 
 

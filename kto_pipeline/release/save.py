@@ -57,6 +57,9 @@ def _copy_16bit(src: Path, dst: Path, dtype: str) -> dict:
     target = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if target is None:
         raise ReleaseError(f"merged_16bit dtype must be bfloat16 or float16, not {dtype!r}")
+    if (src / "config.json").is_file() and json.loads((src / "config.json").read_text()).get("quantization_config"):
+        raise ReleaseError(f"{src} holds quantized weights (config.json has a quantization_config), not a 16-bit "
+                           "model: release the merged_model folder, or use --save-method merged_4bit")
     cast_any = False
     for f in _pick(src, MODEL_FILES + TOKENIZER_FILES):
         if f.suffix != ".safetensors":
@@ -91,12 +94,15 @@ def _copy_16bit(src: Path, dst: Path, dtype: str) -> dict:
 
 def merge_adapter_dir(adapter_dir: Path, base_model: str | None, out: Path) -> Path:
     """Merge with the lead's exporter (same code as the merged_model asset)."""
-    from kto_pipeline.export.merge import merge_adapter
+    from kto_pipeline.export.merge import MergeError, merge_adapter
 
     base = base_model or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise ReleaseError(f"{adapter_dir}/adapter_config.json names no base model; pass base_model=")
-    merge_adapter(str(base), adapter_dir, out)
+    try:
+        merge_adapter(str(base), adapter_dir, out)
+    except MergeError as e:
+        raise ReleaseError(str(e)) from None
     return out
 
 
