@@ -63,6 +63,9 @@ class TrainingConfig:
     memory_budget_gib: float | None = _f(
         None, "GPU memory to plan for; when set, the micro-batch becomes the largest that fits it (same "
               "effective batch: the accumulation shrinks to match). None: use the micro-batch as given.")
+    num_processes: int = _f(
+        1, "Data-parallel training processes, one per GPU (launched with torchrun; on a CPU, gloo processes). The "
+           "effective batch stays that of one process: the accumulation steps are divided among them.")
     group_by_length: bool = _f(True, "Put rows of similar length in the same micro-batch (less padding, faster).")
     precompute_ref_log_probs: bool | None = _f(
         None, "Score the reference model once before training instead of in every step; None: only when "

@@ -27,6 +27,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "num_epochs": ("training", "num_train_epochs"),
     "max_steps": ("training", "max_steps"),
     "memory_budget_gib": ("training", "memory_budget_gib"),  # not in the seed: the planner's micro-batch
+    "num_processes": ("training", "num_processes"),  # not in the seed: data-parallel GPUs
     "wandb": ("training", "wandb"),
     "wandb_project": ("training", "wandb_project"),
     "wandb_run_name": ("training", "wandb_run_name"),

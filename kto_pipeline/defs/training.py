@@ -12,10 +12,11 @@ from kto_pipeline.artifacts import is_complete
 from kto_pipeline.defs.config import TrainConfig
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
+from kto_pipeline.training.run import launch_command
 
 NUMERIC = ("steps", "train_loss", "final_loss", "eval_loss", "rewards_chosen", "rewards_rejected",
            "rewards_margins", "kl", "tokens", "tokens_per_s", "wall_s", "train_rows", "eval_rows",
-           "desirable_weight", "undesirable_weight")
+           "desirable_weight", "undesirable_weight", "processes")
 
 
 def adapter_metadata(out: Path, version: str) -> dict:
@@ -42,7 +43,7 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, artifac
         context.log.info(f"already trained for this data and config: {out}")
         return dg.MaterializeResult(metadata=adapter_metadata(out, version), data_version=dg.DataVersion(version))
     result = pipes_subprocess_client.run(
-        command=[sys.executable, "-m", "kto_pipeline.training.run"],
+        command=launch_command(sys.executable, train_config.training.num_processes),
         context=context,
         extras={"config": train_config.to_dict(), "dataset_dir": str(dataset_dir), "output_dir": str(out),
                 "cache_dir": str(artifacts.cache_dir)},

@@ -3,6 +3,10 @@
 The Dagster asset passes {config, dataset_dir, output_dir, cache_dir} as Pipes extras; this process
 trains, streams metrics back as log lines, writes the adapter + metrics.json into output_dir and reports
 the materialization. Checkpoints live in output_dir/checkpoints, so re-running a killed job resumes.
+
+With training.num_processes > 1 the asset launches it through torchrun instead (`launch_command`). Every rank
+inherits the DAGSTER_PIPES_* variables; only rank 0 opens Pipes (one message stream, one report) and writes
+the outputs, the others read the same extras from the context and train silently.
 """
 
 from __future__ import annotations
@@ -94,12 +98,30 @@ def setup_reporting(config: Config, output_dir: Path) -> None:
         os.environ.setdefault("WANDB_DIR", str(output_dir))  # not the current directory
 
 
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def launch_command(python: str, num_processes: int) -> list[str]:
+    """The training process, or torchrun with one process per GPU (on a CPU: gloo processes)."""
+    if num_processes < 1:
+        raise ValueError(f"training.num_processes must be at least 1, not {num_processes}")
+    if num_processes == 1:
+        return [python, "-m", "kto_pipeline.training.run"]
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
+            "-m", "kto_pipeline.training.run"]
+
+
 def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train a LoRA adapter on dataset_dir into output_dir; return the metrics written to metrics.json."""
+    """Train a LoRA adapter on dataset_dir into output_dir; return the metrics (rank 0 writes metrics.json)."""
+    import torch
+
     from kto_pipeline.training.model import load_for_training
     from kto_pipeline.training.trainer import build_trainer
 
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # before any model lands on "the" GPU
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = output_dir / "checkpoints"
     setup_reporting(config, output_dir)
@@ -114,7 +136,7 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
             + (f" resuming from {resume}" if resume else ""))
         result = trainer.train(resume_from_checkpoint=resume)
     eval_metrics = trainer.evaluate() if info["eval_rows"] else {}
-    trainer.save_model(str(output_dir))  # PEFT adapter (safetensors) + tokenizer
+    trainer.save_model(str(output_dir))  # PEFT adapter (safetensors) + tokenizer; rank 0 only
     finished = time.time()
     train_logs = [h for h in history if "loss" in h]
     last = train_logs[-1] if train_logs else {}
@@ -146,8 +168,9 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         **info,
         "history": history,
     }
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    plot_metrics(history, output_dir / "training_curves.png")
+    if rank() == 0:
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        plot_metrics(history, output_dir / "training_curves.png")
     return metrics
 
 
@@ -179,9 +202,22 @@ def plot_metrics(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def rank_extras() -> dict[str, Any]:
+    """The Pipes extras, read from the context rank 0 was given, without opening a second message stream."""
+    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader
+
+    with PipesDefaultContextLoader().load_context(PipesEnvVarParamsLoader().load_context_params()) as data:
+        return data["extras"]
+
+
 def main() -> None:
     from dagster_pipes import open_dagster_pipes
 
+    if rank() != 0:
+        extras = rank_extras()
+        train(Config.from_dict(extras["config"]), Path(extras["dataset_dir"]), Path(extras["output_dir"]),
+              Path(extras["cache_dir"]), log=lambda line: None)
+        return
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
         config = Config.from_dict(extras["config"])

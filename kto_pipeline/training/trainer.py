@@ -14,9 +14,11 @@ is fewer, bigger model passes):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 from pathlib import Path
@@ -86,6 +88,21 @@ def length_grouped_order(lengths: list[tuple[int, int]], batch_size: int, seed: 
     return [i for b in [first, *batches, tail] for i in b]
 
 
+def world_size() -> int:
+    """Data-parallel processes of this run (torchrun sets WORLD_SIZE); 1 for a plain process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_process(config: Config, processes: int) -> Config:
+    """Divide the accumulation steps among `processes` data-parallel processes, so the effective batch
+    (micro-batch x accumulation x processes) stays what one process would train with (rounded, at least 1)."""
+    if processes <= 1:
+        return config
+    accum = max(1, round(config.training.gradient_accumulation_steps / processes))
+    return dataclasses.replace(config, training=dataclasses.replace(config.training,
+                                                                    gradient_accumulation_steps=accum))
+
+
 def wants_precompute(config: Config, train_rows: int) -> bool:
     """Precompute the reference log-probs when asked, or (None) when training sees the data more than once.
 
@@ -97,7 +114,8 @@ def wants_precompute(config: Config, train_rows: int) -> bool:
     t = config.training
     if t.precompute_ref_log_probs is not None:
         return t.precompute_ref_log_probs
-    per_epoch = math.ceil(train_rows / (t.per_device_train_batch_size * t.gradient_accumulation_steps))
+    per_epoch = math.ceil(train_rows / (t.per_device_train_batch_size * t.gradient_accumulation_steps
+                                        * world_size()))
     steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * per_epoch)
     return steps > per_epoch
 
@@ -216,6 +234,7 @@ def kto_args(config: Config, output_dir: Path, weights: tuple[float, float], has
         dataloader_num_workers=t.dataloader_num_workers,
         dataloader_pin_memory=t.dataloader_pin_memory,
         dataset_num_proc=None,
+        ddp_find_unused_parameters=False if world_size() > 1 else None,  # frozen base weights get no gradient
     )
 
 
@@ -227,7 +246,7 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
     from kto_pipeline.training.torch_logprob import install_if_needed
 
     install_if_needed()
-    config = with_budget(config)
+    config = per_process(with_budget(config), world_size())
     chat = bool(getattr(loaded.tokenizer, "chat_template", None))
     train_ds = load_split(dataset_dir, "train", chat)
     eval_ds = load_split(dataset_dir, "eval", chat)
@@ -248,5 +267,6 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
         )
     drop_reference_adapter(trainer.model)
     info = {"train_rows": len(train_ds), "eval_rows": len(eval_ds), "desirable_weight": weights[0],
-            "undesirable_weight": weights[1], "chat_format": chat}
+            "undesirable_weight": weights[1], "chat_format": chat,
+            "processes": world_size()}
     return trainer, info
