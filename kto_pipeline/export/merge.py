@@ -151,9 +151,12 @@ def _load_base(plan: MergePlan, trust_remote_code: bool):
     if importlib.util.find_spec("bitsandbytes") is None:
         raise MergeError(f"quantized_base='dequantize' reads the 4-bit weights of {plan.base} with bitsandbytes, "
                          "which is not installed: pip install '.[gpu]' (or bitsandbytes alone)")
+    import torch
+
     config = read_config(plan.base, trust_remote_code)
     compute = config["quantization_config"].get("bnb_4bit_compute_dtype") or "bfloat16"
-    model = AutoModelForCausalLM.from_pretrained(plan.base, dtype=compute, device_map={"": "cpu"},
+    device = "cuda:0" if _fits_on_gpu(plan.base, factor=4) else "cpu"  # dequantizing is far faster on a GPU
+    model = AutoModelForCausalLM.from_pretrained(plan.base, dtype=compute, device_map={"": device},
                                                  trust_remote_code=trust_remote_code)
     model.dequantize()  # every Linear4bit -> nn.Linear in the compute dtype; drops quantization_config
     # transformers 5 keeps the loading's bnb deserialization step to reverse on save, which it cannot do
@@ -161,6 +164,16 @@ def _load_base(plan: MergePlan, trust_remote_code: bool):
     model._weight_conversions = [c for c in getattr(model, "_weight_conversions", None) or []
                                  if not any("bitsandbytes" in type(op).__module__ for op in c.operations)]
     return model
+
+
+def _fits_on_gpu(model: str, factor: float) -> bool:
+    """Whether `factor` x the checkpoint's safetensors (4-bit -> 16-bit: at most 4x) fit in free GPU memory."""
+    import torch
+
+    if not torch.cuda.is_available() or not Path(model).is_dir():
+        return False
+    size = sum(p.stat().st_size for p in Path(model).glob("*.safetensors"))
+    return factor * size * 1.1 < torch.cuda.mem_get_info()[0]
 
 
 def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, trust_remote_code: bool = False,
