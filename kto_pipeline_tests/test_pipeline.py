@@ -126,3 +126,33 @@ def test_data_parallel_training_through_torchrun(project):
     assert [h["num_tokens"] for h in steps[0]] == [h["num_tokens"] for h in steps[1]]
     assert math.isclose(steps[0][0]["grad_norm"], steps[1][0]["grad_norm"], rel_tol=1e-3)
     assert math.isfinite(two["eval_loss"])
+
+
+def test_retrain_worse_than_the_release_is_blocked(project):
+    """eval_loss compares a new adapter with the released one on the same eval rows, evaluated in the same run."""
+    release = "raw_preferences,kto_dataset,lora_adapter,merged_model,hub_release"
+    run_ok(project.materialize_cli(release))
+    released = project.latest("lora_adapter")
+    assert project.latest("hub_release")["lora_adapter"] == released["data_version"]
+    # a retrain that barely moves from the base model: clearly worse than the released adapter
+    untrained = {"ops": {"lora_adapter": {"config": {"training": {"learning_rate": 1e-9}}}}}
+    proc = project.materialize_cli("lora_adapter,merged_model", untrained)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out[-3000:]
+    with project.instance() as instance:
+        key = dg.AssetCheckKey(dg.AssetKey("lora_adapter"), "eval_loss")
+        evaluation = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key].evaluation
+    assert not evaluation.passed and "worse than the released adapter's" in evaluation.description
+    meta = {k: v.value for k, v in evaluation.metadata.items()}
+    # the champion was re-evaluated on the same rows with the same reference: its own eval loss again
+    assert math.isclose(meta["released_eval_loss"], released["eval_loss"], rel_tol=1e-4)
+    assert meta["released_adapter"] == released["data_version"]
+    assert meta["eval_loss"] > meta["released_eval_loss"] + 0.01
+    assert project.latest("merged_model")["data_version"].startswith(released["data_version"])  # not re-merged
+    # a looser gate lets the same adapter through (it is not retrained: the check alone runs again)
+    loose = {**untrained, "resources": {"quality_gates": {"config": {"max_regression": 1.0}}}}
+    out = run_ok(project.materialize_cli("lora_adapter", loose))
+    assert "already trained for this data and config" in out
+    with project.instance() as instance:
+        again = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key].evaluation
+    assert again.passed and again.metadata["released_eval_loss"].value == meta["released_eval_loss"]

@@ -3,6 +3,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import dagster as dg
 
@@ -40,7 +41,8 @@ def label_balance(context: dg.AssetCheckExecutionContext, quality_gates: Quality
 
 
 @dg.asset_check(asset="lora_adapter", blocking=True,
-                description="Eval KTO loss is finite and at most quality_gates.max_eval_loss.")
+                description="Eval KTO loss is finite, at most quality_gates.max_eval_loss, and not worse (by more "
+                            "than max_regression) than the released adapter's on the same eval rows.")
 def eval_loss(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
     path, _ = upstream(context, "lora_adapter")
     metrics = json.loads((path / "metrics.json").read_text())
@@ -49,11 +51,19 @@ def eval_loss(context: dg.AssetCheckExecutionContext, quality_gates: QualityGate
     if loss is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                    description="no eval split: enable split_dataset to evaluate the adapter")
-    passed = math.isfinite(loss) and loss <= limit
-    return dg.AssetCheckResult(
-        passed=passed, severity=dg.AssetCheckSeverity.ERROR,
-        description=None if passed else f"eval loss {loss} is not finite or above {limit}",
-        metadata={"eval_loss": float(loss), "max_eval_loss": limit})
+    meta = {"eval_loss": float(loss), "max_eval_loss": limit}
+    problems = [] if math.isfinite(loss) and loss <= limit else [f"eval loss {loss} is not finite or above {limit}"]
+    champion = metrics.get("champion") or {}
+    if "eval_loss" in champion:
+        bar = champion["eval_loss"] + quality_gates.max_regression
+        meta.update(released_eval_loss=float(champion["eval_loss"]), released_adapter=Path(champion["adapter"]).name)
+        if not loss <= bar:
+            problems.append(f"eval loss {loss:.4f} is worse than the released adapter's {champion['eval_loss']:.4f} "
+                            f"on the same eval rows (allowed: +{quality_gates.max_regression})")
+    elif champion.get("skipped"):
+        meta["released_adapter"] = f"not compared: {champion['skipped']}"
+    return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+                               description="; ".join(problems) or None, metadata=meta)
 
 
 @dg.asset_check(asset="gguf_quantizations", blocking=True,

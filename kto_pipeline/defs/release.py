@@ -183,4 +183,7 @@ def hub_release(context: dg.AssetExecutionContext, config: ReleaseConfig, artifa
     meta["location"] = (dg.MetadataValue.url(result.location) if result.target == "hub"
                         else dg.MetadataValue.path(result.location))
     meta["gguf_files"] = len(gguf_files)
+    meta["lora_adapter"] = adapter_version  # the champion the next training is compared with (checks.eval_loss)
+    if "eval_loss" in adapter:
+        meta["eval_loss"] = float(adapter["eval_loss"])
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(result.version))

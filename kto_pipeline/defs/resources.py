@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import pydantic
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -28,6 +29,9 @@ class ArtifactStore(dg.ConfigurableResource):
 class QualityGates(dg.ConfigurableResource):
     """Thresholds of the blocking checks."""
 
-    min_desirable_share: float = 0.2
-    max_desirable_share: float = 0.8
-    max_eval_loss: float = 0.6
+    min_desirable_share: float = pydantic.Field(default=0.2, description="label_balance: lowest desirable share.")
+    max_desirable_share: float = pydantic.Field(default=0.8, description="label_balance: highest desirable share.")
+    max_eval_loss: float = pydantic.Field(default=0.6, description="eval_loss: highest eval KTO loss.")
+    max_regression: float = pydantic.Field(default=0.01, description=(
+        "eval_loss: how far the eval loss may exceed the released adapter's, both measured on the same eval rows "
+        "(a retrain on new feedback must not release a worse model)."))

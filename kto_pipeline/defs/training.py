@@ -31,6 +31,17 @@ def adapter_metadata(out: Path, version: str) -> dict:
     return meta
 
 
+def released_adapter(context: dg.AssetExecutionContext, artifacts: ArtifactStore, version: str) -> Path | None:
+    """The adapter behind the latest hub_release, when it is another one and still on disk (the champion)."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("hub_release"))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    released = meta["lora_adapter"].value if "lora_adapter" in meta else None
+    if not released or released == version:
+        return None
+    path = artifacts.dir_for("lora_adapter", str(released))
+    return path if is_complete(path) else None
+
+
 @dg.asset(group_name="training", kinds={"pytorch", "peft"}, deps=["kto_dataset"], pool="gpu",
           description="LoRA adapter trained with TRL's KTOTrainer in a subprocess; resumes from checkpoints.")
 def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, artifacts: ArtifactStore,
@@ -42,11 +53,14 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, artifac
     if is_complete(out):
         context.log.info(f"already trained for this data and config: {out}")
         return dg.MaterializeResult(metadata=adapter_metadata(out, version), data_version=dg.DataVersion(version))
+    champion = released_adapter(context, artifacts, version)
+    if champion:
+        context.log.info(f"will compare with the released adapter {champion.name} on the same eval rows")
     result = pipes_subprocess_client.run(
         command=launch_command(sys.executable, train_config.training.num_processes),
         context=context,
         extras={"config": train_config.to_dict(), "dataset_dir": str(dataset_dir), "output_dir": str(out),
-                "cache_dir": str(artifacts.cache_dir)},
+                "cache_dir": str(artifacts.cache_dir), "champion": str(champion) if champion else None},
     ).get_materialize_result()
     return dg.MaterializeResult(metadata={**result.metadata, **adapter_metadata(out, version)},
                                 data_version=dg.DataVersion(version))

@@ -112,9 +112,29 @@ def launch_command(python: str, num_processes: int) -> list[str]:
             "-m", "kto_pipeline.training.run"]
 
 
+def champion_eval(trainer: Any, champion: Path, base_model: str) -> dict[str, Any]:
+    """Eval loss of the released adapter (`champion`) on this run's eval rows, with this run's reference: the
+    bar the new adapter must clear (checks.eval_loss). Loaded beside the new adapter, evaluated, removed."""
+    config = json.loads((champion / "adapter_config.json").read_text())
+    if config.get("base_model_name_or_path") != base_model:
+        return {"adapter": str(champion), "skipped": f"trained on {config.get('base_model_name_or_path')}, "
+                                                      f"not {base_model}"}
+    model = trainer.model
+    model.load_adapter(str(champion), adapter_name="champion", is_trainable=False)
+    model.set_adapter("champion")
+    try:
+        metrics = trainer.evaluate(metric_key_prefix="champion")
+    finally:
+        model.set_adapter("default")
+        model.delete_adapter("champion")
+    return {"adapter": str(champion), "eval_loss": metrics["champion_loss"]}
+
+
 def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train a LoRA adapter on dataset_dir into output_dir; return the metrics (rank 0 writes metrics.json)."""
+          log: Callable[[str], None] = print, champion: Path | None = None) -> dict[str, Any]:
+    """Train a LoRA adapter on dataset_dir into output_dir; return the metrics (rank 0 writes metrics.json).
+
+    champion: the adapter of the latest release, evaluated on the same eval rows after training."""
     import torch
 
     from kto_pipeline.training.model import load_for_training
@@ -137,6 +157,7 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         result = trainer.train(resume_from_checkpoint=resume)
     eval_metrics = trainer.evaluate() if info["eval_rows"] else {}
     trainer.save_model(str(output_dir))  # PEFT adapter (safetensors) + tokenizer; rank 0 only
+    champ = champion_eval(trainer, champion, loaded.model_path) if champion and info["eval_rows"] else None
     finished = time.time()
     train_logs = [h for h in history if "loss" in h]
     last = train_logs[-1] if train_logs else {}
@@ -155,6 +176,7 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         "rewards_margins": last.get("rewards/margins"),
         "kl": last.get("kl"),
         "eval": {k: v for k, v in eval_metrics.items() if isinstance(v, (int, float))},
+        "champion": champ,
         "tokens": tokens,
         "micro_batch": trainer.args.per_device_train_batch_size,
         "gradient_accumulation": trainer.args.gradient_accumulation_steps,
@@ -202,6 +224,10 @@ def plot_metrics(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 def rank_extras() -> dict[str, Any]:
     """The Pipes extras, read from the context rank 0 was given, without opening a second message stream."""
     from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader
@@ -216,14 +242,14 @@ def main() -> None:
     if rank() != 0:
         extras = rank_extras()
         train(Config.from_dict(extras["config"]), Path(extras["dataset_dir"]), Path(extras["output_dir"]),
-              Path(extras["cache_dir"]), log=lambda line: None)
+              Path(extras["cache_dir"]), log=lambda line: None, champion=_path(extras.get("champion")))
         return
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
         config = Config.from_dict(extras["config"])
         output_dir = Path(extras["output_dir"])
         metrics = train(config, Path(extras["dataset_dir"]), output_dir, Path(extras["cache_dir"]),
-                        log=pipes.log.info)
+                        log=pipes.log.info, champion=_path(extras.get("champion")))
         (output_dir / COMPLETE).write_text("")
         pipes.report_asset_materialization(metadata={
             k: {"raw_value": v, "type": "float" if isinstance(v, float) else "int"}
