@@ -124,3 +124,15 @@ def test_merged_model_asset_on_a_4bit_base(project, q4, tiny_model_dir):
     assert merged["data_version"].startswith(project.latest("lora_adapter")["data_version"] + "-")
     files = [r.data for r in project.latest("gguf_quantizations")["files"].records]
     assert [f["type"] for f in files] == ["F16", "Q4_K_M", "Q5_K_M", "Q8_0"] and all(f["passed"] for f in files)
+
+
+def test_kto_upload_of_an_adapter_on_a_4bit_base(adapter, tiny_model_dir, tmp_path, capsys):
+    from kto_pipeline.cli import main
+
+    assert main(["upload", str(adapter), "me/q4-model", "--root", str(tmp_path)]) == 1
+    assert "16-bit original is unknown" in capsys.readouterr().err
+    assert main(["upload", str(adapter), "me/q4-model", "--root", str(tmp_path),
+                 "--base-16bit", str(tiny_model_dir)]) == 0
+    released = tmp_path / "registry" / "me" / "q4-model" / "latest"
+    assert "quantization_config" not in json.loads((released / "config.json").read_text())
+    assert rel(logits(released), logits(tiny_model_dir, adapter)) < 0.01  # the release casts to bf16

@@ -42,6 +42,11 @@ def add_parser(sub) -> None:
     p.add_argument("--tag", default=None, help="version tag (default: release-<content hash>)")
     p.add_argument("--message", default=None, help="commit message")
     p.add_argument("--base-model", default=None, help="base model id for the card (default: read from PATH)")
+    p.add_argument("--quantized-base", choices=["original", "dequantize"], default="original",
+                   help="PATH is an adapter trained on a 4-bit checkpoint: merge into its 16-bit original "
+                        "(default) or into the dequantized 4-bit weights (offline)")
+    p.add_argument("--base-16bit", default=None, metavar="MODEL",
+                   help="that 16-bit original (Hub id or folder), where the 4-bit checkpoint's name does not tell")
     p.add_argument("--card-info", default=None, metavar="JSON",
                    help="JSON file with extra model card facts (dataset, training, eval, lineage)")
     p.add_argument("--token", default=None, help="DISCOURAGED: leaks into shell history; set HF_TOKEN instead")
@@ -89,6 +94,24 @@ def _gguf(path: Path, types: list[str], work: Path) -> tuple[list[Path], list[di
     return [Path(r["path"]) for r in keep], keep
 
 
+def _merged(path: Path, args, out: Path) -> Path:
+    """PATH itself when it holds full weights; else its adapter merged as --quantized-base/--base-16bit say."""
+    from kto_pipeline.export.merge import MergeError, merge_adapter, plan_merge
+    from kto_pipeline.release import ReleaseError
+    from kto_pipeline.release.save import is_adapter_dir
+
+    if not is_adapter_dir(path):
+        return path
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ReleaseError(f"{path}/adapter_config.json names no base model")
+    try:
+        merge_adapter(base, path, out, plan=plan_merge(base, args.quantized_base, args.base_16bit))
+    except MergeError as exc:
+        raise ReleaseError(str(exc)) from None
+    return out
+
+
 def _show_progress() -> None:
     """Release progress (and retry warnings) on stderr; the libraries' own loggers stay as they are."""
     import logging
@@ -119,6 +142,8 @@ def run(args) -> int:
         target = make_target(args.target, root=root, endpoint=args.endpoint, private=args.private)
         info = _card_info(path, args)
         with tempfile.TemporaryDirectory(prefix="kto-upload-") as tmp:
+            if args.save_method != "lora":
+                path = _merged(path, args, Path(tmp) / "merged")  # once, for the weights and the GGUF files
             files: list[Path] = []
             if args.create_gguf:
                 files, rows = _gguf(path, args.gguf_quantizations, Path(tmp))
