@@ -80,3 +80,19 @@ def test_train_flags_parse_to_typed_overrides():
     assert overrides(args) == {"training": {"per_device_train_batch_size": 2, "learning_rate": 1e-4,
                                             "memory_budget_gib": 20.0, "wandb": True}}
     assert get_config("7b", overrides(args)).training.memory_budget_gib == 20.0
+
+
+def test_train_flags_reach_the_merge_and_data_parallel_config():
+    import argparse
+
+    from kto_pipeline.cli.train import add_parser, run_config
+
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers(dest="cmd"))
+    args = p.parse_args(["train", "--num-processes", "2", "--quantized-base", "dequantize",
+                         "--base-16bit", "acme/model"])
+    ops = run_config(args)["ops"]
+    assert ops["lora_adapter"]["config"]["training"] == {"num_processes": 2}
+    assert ops["merged_model"]["config"] == {"quantized_base": "dequantize", "base_16bit": "acme/model"}
+    args.select = "kto_dataset"  # config only for the selected assets (Dagster rejects the rest)
+    assert "merged_model" not in run_config(args)["ops"]

@@ -61,6 +61,11 @@ def add_parser(sub) -> None:
                    help="hold out an eval split (on by default; needed by the eval_loss check)")
     p.add_argument("--no-split-dataset", dest="split_dataset", action="store_false",
                    help="train on every row, no eval split (the eval_loss check then fails)")
+    p.add_argument("--quantized-base", choices=["original", "dequantize"], default=None,
+                   help="merged_model, when the base is a pre-quantized 4-bit checkpoint: merge into its 16-bit "
+                        "original (default) or into the dequantized 4-bit weights (offline)")
+    p.add_argument("--base-16bit", default=None, metavar="MODEL",
+                   help="that 16-bit original (Hub id or folder), where the checkpoint's name does not tell")
     p.add_argument("--output-dir", default=None, help="artifact root (default: $KTO_ARTIFACT_ROOT or ./artifacts)")
     p.add_argument("--hf-token", default=None,
                    help="Hugging Face token (prefer the HF_TOKEN environment variable: flags end up in shell history)")
@@ -101,6 +106,8 @@ def run_config(args) -> dict[str, Any]:
         "raw_preferences": source,
         "kto_dataset": split,
         "lora_adapter": {"preset": args.model_size, **overrides(args)},
+        "merged_model": {k: v for k, v in {"quantized_base": args.quantized_base,
+                                           "base_16bit": args.base_16bit}.items() if v is not None},
     }
     chosen = selected_assets(args.select)
     return {"ops": {name: {"config": cfg} for name, cfg in ops.items() if name in chosen and cfg}}
