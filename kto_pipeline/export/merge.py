@@ -105,16 +105,14 @@ class MergePlan:
     @property
     def key(self) -> str:
         """'' when the base is merged as it is; else a short hash of the plan (part of the output's version)."""
-        if self.source == self.base and not self.quantized:
+        if not self.quantized:
             return ""
         return hashlib.sha256(f"{self.source}|{self.dequantize}".encode()).hexdigest()[:8]
 
     def describe(self) -> str:
         if self.dequantize:
             return f"{self.base} ({self.quantized}, dequantized to 16-bit)"
-        if self.source != self.base:
-            return f"{self.source} (16-bit original of {self.base})"
-        return self.base
+        return f"{self.source} (16-bit original of {self.base})" if self.quantized else self.base
 
 
 def plan_merge(base: str, quantized_base: str = "original", base_16bit: str | None = None,
@@ -122,8 +120,8 @@ def plan_merge(base: str, quantized_base: str = "original", base_16bit: str | No
     if quantized_base not in QUANTIZED_BASES:
         raise MergeError(f"quantized_base must be one of {', '.join(QUANTIZED_BASES)}, not {quantized_base!r}")
     quant = quantization(read_config(base, trust_remote_code))
-    if quant is None:
-        return MergePlan(base, base_16bit or base, None, False)
+    if quant is None:  # plain weights: merged into as they are (base_16bit is for quantized bases only)
+        return MergePlan(base, base, None, False)
     if quant != "bnb-4bit":
         raise MergeError(f"base model {base} is quantized with {quant}; merging supports plain and bitsandbytes "
                          "4-bit checkpoints only: set base_16bit to its 16-bit weights")
@@ -151,8 +149,6 @@ def _load_base(plan: MergePlan, trust_remote_code: bool):
     if importlib.util.find_spec("bitsandbytes") is None:
         raise MergeError(f"quantized_base='dequantize' reads the 4-bit weights of {plan.base} with bitsandbytes, "
                          "which is not installed: pip install '.[gpu]' (or bitsandbytes alone)")
-    import torch
-
     config = read_config(plan.base, trust_remote_code)
     compute = config["quantization_config"].get("bnb_4bit_compute_dtype") or "bfloat16"
     device = "cuda:0" if _fits_on_gpu(plan.base, factor=4) else "cpu"  # dequantizing is far faster on a GPU
