@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 COMPLETE = ".complete"  # written last: a folder without it is an interrupted attempt
 
@@ -47,3 +49,26 @@ def building(folder: Path) -> Iterator[Path]:
     (tmp / COMPLETE).write_text("")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+@contextmanager
+def exclusive(path: Path, holder: str = "", on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (blocking; released when the process dies, too). The holder's
+    description is written into the file, so a waiter can say whom it waits for."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                fh.seek(0)
+                on_wait(fh.read().strip() or "another process")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{holder} (pid {os.getpid()})")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.truncate(0)

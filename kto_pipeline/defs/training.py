@@ -3,17 +3,21 @@
 
 import base64
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import dagster as dg
 
-from kto_pipeline.artifacts import is_complete
+from kto_pipeline.artifacts import exclusive, is_complete
 from kto_pipeline.defs.config import TrainConfig
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
 from kto_pipeline.training.run import launch_command
 
+# One training at a time per machine, whatever project or Dagster instance it comes from.
+GPU_LOCK = Path(os.environ.get("KTO_GPU_LOCK") or Path(tempfile.gettempdir()) / "kto_pipeline-gpu.lock")
 NUMERIC = ("steps", "train_loss", "final_loss", "eval_loss", "rewards_chosen", "rewards_rejected",
            "rewards_margins", "kl", "tokens", "tokens_per_s", "wall_s", "train_rows", "eval_rows",
            "desirable_weight", "undesirable_weight", "processes")
@@ -56,11 +60,15 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, artifac
     champion = released_adapter(context, artifacts, version)
     if champion:
         context.log.info(f"will compare with the released adapter {champion.name} on the same eval rows")
-    result = pipes_subprocess_client.run(
-        command=launch_command(sys.executable, train_config.training.num_processes),
-        context=context,
-        extras={"config": train_config.to_dict(), "dataset_dir": str(dataset_dir), "output_dir": str(out),
-                "cache_dir": str(artifacts.cache_dir), "champion": str(champion) if champion else None},
-    ).get_materialize_result()
+    # The pool is the scheduler; the lock is the guarantee: on the default SQLite storage two steps asking for
+    # the pool's one slot at the same instant can both get it (its claim is a read, then a write).
+    with exclusive(GPU_LOCK, f"run {context.run.run_id}, training {version}",
+                   on_wait=lambda holder: context.log.info(f"waiting for the GPU, held by {holder}")):
+        result = pipes_subprocess_client.run(
+            command=launch_command(sys.executable, train_config.training.num_processes),
+            context=context,
+            extras={"config": train_config.to_dict(), "dataset_dir": str(dataset_dir), "output_dir": str(out),
+                    "cache_dir": str(artifacts.cache_dir), "champion": str(champion) if champion else None},
+        ).get_materialize_result()
     return dg.MaterializeResult(metadata={**result.metadata, **adapter_metadata(out, version)},
                                 data_version=dg.DataVersion(version))

@@ -13,7 +13,6 @@ old content again moves `head` back to the existing version. Tags are immutable 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
+from kto_pipeline.artifacts import exclusive
 from kto_pipeline.release.content import (ReleaseError, ReleaseResult, check_names, default_tag, digest_file,
                                           folder_manifest, version_id)
 
@@ -60,8 +60,7 @@ class LocalRegistry:
     def _locked(self, repo_id: str):
         d = self.repo_dir(repo_id)
         d.mkdir(parents=True, exist_ok=True)
-        with open(d / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # two runs releasing the same repo take turns
+        with exclusive(d / ".lock", f"a release of {repo_id}"):  # two runs releasing the same repo take turns
             yield d
 
     def publish(self, folder: str | os.PathLike, repo_id: str, tag: str | None = None,
