@@ -10,11 +10,13 @@ The token is read from HF_TOKEN; --token exists for the seed's habit but leaks i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 DEFAULT_QUANTS = ["Q4_K_M", "Q5_K_M", "Q8_0"]
 
@@ -112,23 +114,35 @@ def _merged(path: Path, args, out: Path) -> Path:
     return out
 
 
-def _show_progress() -> None:
-    """Release progress (and retry warnings) on stderr; the libraries' own loggers stay as they are."""
+@contextlib.contextmanager
+def _show_progress() -> Iterator[None]:
+    """Release progress (and retry warnings) on stderr while the command runs; the libraries' own loggers stay as
+    they are, and so does the release logger afterwards (the command also runs in-process, from Python)."""
     import logging
 
     log = logging.getLogger("kto_pipeline.release")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 
 def run(args) -> int:
+    with _show_progress():
+        return _run(args)
+
+
+def _run(args) -> int:
     from kto_pipeline.release import ReleaseError, make_target, release_model
 
-    _show_progress()
     if args.token:
         print("kto upload: warning: --token puts the token in your shell history and the process list; "
               "export HF_TOKEN instead", file=sys.stderr)

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from kto_pipeline.artifacts import exclusive
+
 # Where the corpus comes from does not matter much: what matters is that it is fixed.
 _CORPUS = """\
 The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome.
@@ -94,12 +96,19 @@ def build_tiny_model(out_dir: str | os.PathLike) -> Path:
 
     Idempotent: a finished build leaves `.complete`, and a later call returns at once.
     """
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     out = Path(out_dir)
     if (out / ".complete").exists():
         return out
+    with exclusive(out.parent / f".{out.name}.lock", "building the tiny model"):  # data-parallel ranks race here
+        if not (out / ".complete").exists():
+            _build(out)
+    return out
+
+
+def _build(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     build_tokenizer(out)
     tok = AutoTokenizer.from_pretrained(str(out))
     config = LlamaConfig(
@@ -115,4 +124,3 @@ def build_tiny_model(out_dir: str | os.PathLike) -> Path:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(str(out), safe_serialization=True)
     (out / ".complete").write_text(json.dumps({"seed": SEED, **TINY_CONFIG}))
-    return out
