@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -56,7 +57,14 @@ def exclusive(path: Path, holder: str = "", on_wait: Callable[[str], None] | Non
     """Hold an exclusive lock on the file `path` (blocking; released when the process dies, too). The holder's
     description is written into the file, so a waiter can say whom it waits for."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    try:
+        fh = open(path, "a+")
+    except PermissionError:
+        raise PermissionError(f"cannot open the lock file {path} (made by another user?): give others write "
+                              "permission on it (the GPU lock can also move: KTO_GPU_LOCK)") from None
+    with fh:
+        with contextlib.suppress(OSError):  # the GPU is the machine's: let other users take turns too
+            os.chmod(path, 0o666)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
