@@ -74,44 +74,23 @@ def _card_info(path: Path, args) -> dict:
 
 
 def _gguf(path: Path, types: list[str], work: Path) -> tuple[list[Path], list[dict]]:
+    """GGUF files of the full-weights folder `path`, verified; the rows of their figures."""
     from kto_pipeline.release import ReleaseError
-    from kto_pipeline.release.save import is_adapter_dir, merge_adapter_dir
 
     try:
         from kto_pipeline.export.gguf import BASE_TYPES, GGUFExportError, export_gguf
     except ImportError as exc:
         raise ReleaseError(f"--create-gguf needs kto_pipeline.export.gguf.export_gguf, which is missing ({exc})")
-    model_dir = path
-    if is_adapter_dir(path):  # GGUF needs full weights: merge the adapter first
-        model_dir = merge_adapter_dir(path, None, work / "merged")
     types = [t.upper() for t in types]
     bases = [t for t in types if t in BASE_TYPES]
     base = bases[0] if bases else "F16"
     try:
-        results = export_gguf(model_dir, work / "gguf", [t for t in types if t not in BASE_TYPES], base=base,
+        results = export_gguf(path, work / "gguf", [t for t in types if t not in BASE_TYPES], base=base,
                               log=lambda m: print(f"gguf: {m}", flush=True))
     except (GGUFExportError, ValueError) as exc:
         raise ReleaseError(f"GGUF export failed: {exc}") from None
     keep = [r for r in results if r["type"] in types]
     return [Path(r["path"]) for r in keep], keep
-
-
-def _merged(path: Path, args, out: Path) -> Path:
-    """PATH itself when it holds full weights; else its adapter merged as --quantized-base/--base-16bit say."""
-    from kto_pipeline.export.merge import MergeError, merge_adapter, plan_merge
-    from kto_pipeline.release import ReleaseError
-    from kto_pipeline.release.save import is_adapter_dir
-
-    if not is_adapter_dir(path):
-        return path
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ReleaseError(f"{path}/adapter_config.json names no base model")
-    try:
-        merge_adapter(base, path, out, plan=plan_merge(base, args.quantized_base, args.base_16bit))
-    except MergeError as exc:
-        raise ReleaseError(str(exc)) from None
-    return out
 
 
 @contextlib.contextmanager
@@ -142,6 +121,7 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from kto_pipeline.release import ReleaseError, make_target, release_model
+    from kto_pipeline.release.save import is_adapter_dir, merge_adapter_dir
 
     if args.token:
         print("kto upload: warning: --token puts the token in your shell history and the process list; "
@@ -156,13 +136,14 @@ def _run(args) -> int:
         target = make_target(args.target, root=root, endpoint=args.endpoint, private=args.private)
         info = _card_info(path, args)
         with tempfile.TemporaryDirectory(prefix="kto-upload-") as tmp:
-            if args.save_method != "lora":
-                path = _merged(path, args, Path(tmp) / "merged")  # once, for the weights and the GGUF files
+            full = path  # full weights: PATH, or its adapter merged once for the weights and the GGUF files
+            if is_adapter_dir(path) and (args.save_method != "lora" or args.create_gguf):
+                full = merge_adapter_dir(path, None, Path(tmp) / "merged", args.quantized_base, args.base_16bit)
             files: list[Path] = []
             if args.create_gguf:
-                files, rows = _gguf(path, args.gguf_quantizations, Path(tmp))
+                files, rows = _gguf(full, args.gguf_quantizations, Path(tmp))
                 info["gguf"] = rows
-            result = release_model(path, args.repo, target=target, save_method=args.save_method,
+            result = release_model(path if args.save_method == "lora" else full, args.repo, target=target, save_method=args.save_method,
                                    gguf_files=files, card_info=info, tag=args.tag, message=args.message,
                                    base_model=info.get("base_model"))
     except ReleaseError as exc:

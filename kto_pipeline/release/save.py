@@ -92,15 +92,16 @@ def _copy_16bit(src: Path, dst: Path, dtype: str) -> dict:
     return {"dtype": dtype if cast_any else "as-is", "cast_from_float32": cast_any}
 
 
-def merge_adapter_dir(adapter_dir: Path, base_model: str | None, out: Path) -> Path:
-    """Merge with the lead's exporter (same code as the merged_model asset)."""
-    from kto_pipeline.export.merge import MergeError, merge_adapter
+def merge_adapter_dir(adapter_dir: Path, base_model: str | None, out: Path, quantized_base: str = "original",
+                      base_16bit: str | None = None) -> Path:
+    """Merge with the lead's exporter (same code as the merged_model asset, same choices for a 4-bit base)."""
+    from kto_pipeline.export.merge import MergeError, merge_adapter, plan_merge
 
     base = base_model or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise ReleaseError(f"{adapter_dir}/adapter_config.json names no base model; pass base_model=")
     try:
-        merge_adapter(str(base), adapter_dir, out)
+        merge_adapter(str(base), adapter_dir, out, plan=plan_merge(str(base), quantized_base, base_16bit))
     except MergeError as e:
         raise ReleaseError(str(e)) from None
     return out
