@@ -16,7 +16,6 @@ CPU smoke test of the plumbing: `--arch smoke --backend transformers`.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+import train_bench as tb  # noqa: E402  (its model builder and memory helpers)
 
 TRAIN = """import json, sys
 from pathlib import Path
@@ -52,16 +52,8 @@ def quantize(src: Path, dst: Path) -> float:
         if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
             shutil.copyfile(f, dst / f.name)
     del model
-    free()
+    tb.fresh_memory()
     return time.time() - t
-
-
-def free() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def logits_of(model_dir: Path, adapter: Path | None, ids, dtype: str = "auto") -> "torch.Tensor":
@@ -76,7 +68,7 @@ def logits_of(model_dir: Path, adapter: Path | None, ids, dtype: str = "auto") -
     with torch.no_grad():
         out = model(ids.to(device)).logits.float().cpu()
     del model
-    free()
+    tb.fresh_memory()
     return out
 
 
@@ -85,8 +77,6 @@ def rel(a, b) -> float:
 
 
 def main() -> int:
-    import train_bench as tb
-
     p = argparse.ArgumentParser()
     p.add_argument("--root", default="/dev/shm/merge")
     p.add_argument("--out", default="merge.json")
