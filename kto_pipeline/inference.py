@@ -113,11 +113,11 @@ class _GGUFBackend:
 
     def __init__(self, path: Path, n_ctx: int, n_threads: int | None, seed: int | None):
         try:
-            from llama_cpp import Llama
+            from kto_pipeline.export import llama
         except ImportError as exc:
             raise InferenceError("GGUF inference needs llama-cpp-python (pip install llama-cpp-python==0.3.36)") from exc
         kw = {"seed": seed} if seed is not None else {}
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False, **kw)
+        self.llm = llama.load(path, n_ctx=n_ctx, n_threads=n_threads, verbose=False, **kw)
         self.has_template = bool(self.llm.metadata.get("tokenizer.chat_template"))
         # Free the model before interpreter teardown: Llama.__del__ at exit fails once ctypes is gone.
         atexit.register(_close_llama, weakref.ref(self.llm))

@@ -44,7 +44,7 @@ class Project:
 
     def materialize_cli(self, select: str, config: dict | None = None, **popen) -> subprocess.Popen:
         """`dagster asset materialize` as a user runs it, in a subprocess."""
-        cmd = ["dagster", "asset", "materialize", "-m", "kto_pipeline.definitions", "--select", select]
+        cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "kto_pipeline.definitions", "--select", select]
         if config:
             cmd += ["--config-json", json.dumps(config)]
         return subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=subprocess.PIPE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 import dagster as dg
 import pandas as pd
@@ -92,7 +93,7 @@ def test_local_file_and_hf_dataset_sources(project, monkeypatch):
 
     # As a user runs it (huggingface_hub reads HF_HUB_OFFLINE once, at import): a clear failure, fast.
     config = {"ops": {"raw_preferences": {"config": {"dataset_name": "nobody/nothing"}}}}
-    proc = subprocess.run(["dagster", "asset", "materialize", "-m", "kto_pipeline.definitions", "--select",
+    proc = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "kto_pipeline.definitions", "--select",
                            "raw_preferences", "--config-json", json.dumps(config)], cwd=project.root, text=True,
                           env={**project.env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(project.root / "hf")},
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)

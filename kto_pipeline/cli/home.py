@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "dagster.yaml"
+# Dagster of the interpreter running `kto`, not whatever `dagster` is first on PATH (an unactivated venv, pipx).
+DAGSTER = [sys.executable, "-m", "dagster"]
 
 
 def dagster_home() -> Path:

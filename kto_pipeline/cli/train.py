@@ -14,7 +14,7 @@ import os
 import subprocess
 from typing import Any
 
-from kto_pipeline.cli.home import child_env, dagster_home
+from kto_pipeline.cli.home import DAGSTER, child_env, dagster_home
 from kto_pipeline.config import PRESETS, SECTIONS, get_config
 
 # seed flag -> (config section, field); the help text comes from the field's own documentation.
@@ -118,7 +118,7 @@ def run(args) -> int:
     if args.dry_run:
         args.select = "raw_preferences,kto_dataset"
     env = child_env(args.output_dir, args.hf_token or None)
-    cmd = ["dagster", "asset", "materialize", "-m", MODULE, "--select", args.select,
+    cmd = [*DAGSTER, "asset", "materialize", "-m", MODULE, "--select", args.select,
            "--config-json", json.dumps(run_config(args))]
     print(f"DAGSTER_HOME={dagster_home()} KTO_ARTIFACT_ROOT={env['KTO_ARTIFACT_ROOT']}", flush=True)
     code = subprocess.call(cmd, env=env)

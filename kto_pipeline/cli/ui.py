@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from kto_pipeline.cli.home import child_env
+from kto_pipeline.cli.home import DAGSTER, child_env
 
 
 def add_parser(sub) -> None:
@@ -19,6 +19,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     workspace = Path.cwd() / "workspace.yaml"
     target = ["-w", str(workspace)] if workspace.exists() else ["-m", "kto_pipeline.definitions"]
-    cmd = ["dagster", "dev", *target, "-h", args.host, "-p", str(args.port)]
+    cmd = [*DAGSTER, "dev", *target, "-h", args.host, "-p", str(args.port)]
     print(f"DAGSTER_HOME={child_env()['DAGSTER_HOME']} {' '.join(cmd)}")
     return subprocess.call(cmd, env=child_env())

@@ -104,6 +104,7 @@ def gguf_quantizations(context: dg.AssetExecutionContext, config: GGUFConfig,
     # Failing verification raises (no materialization is recorded, so hub_release never sees the files);
     # the blocking check gguf_files_intact then re-checks the recorded files before anything downstream.
     from kto_pipeline.export.gguf import GGUFExportError, GGUFVerificationError, export_gguf, llama_cpp_version
+    from kto_pipeline.export.llama import NativeCrash
 
     model_dir, merged_version = upstream(context, "merged_model")
     version = f"{merged_version}-{config.fingerprint(llama_cpp_version())}"
@@ -114,7 +115,7 @@ def gguf_quantizations(context: dg.AssetExecutionContext, config: GGUFConfig,
                               system_prompt=config.system_prompt, log=context.log.info)
     except GGUFVerificationError as e:
         raise dg.Failure(description=str(e), metadata={"path": str(out), "files": gguf_table(e.results)}) from None
-    except (GGUFExportError, ValueError) as e:
+    except (GGUFExportError, NativeCrash, ValueError) as e:
         raise dg.Failure(description=str(e)) from None
     modelfile = next(r["modelfile"] for r in results if "modelfile" in r)
     base = results[0]

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from kto_pipeline.artifacts import file_sha256
+from kto_pipeline.export import llama
+from kto_pipeline.export.llama import isolated
 
 # Quantization types llama.cpp can produce from an F16/BF16 file (name -> LLAMA_FTYPE_MOSTLY_<name>).
 QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1",
@@ -225,7 +227,13 @@ def convert_to_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike, ou
 
 
 def quantize(src_gguf: str | os.PathLike, dst: str | os.PathLike, qtype: str, nthread: int = 0) -> Path:
-    """Quantize an F16/BF16 GGUF with llama.cpp (`llama_model_quantize`); return dst."""
+    """Quantize an F16/BF16 GGUF with llama.cpp (`llama_model_quantize`) in a child process; return dst."""
+    _ftype(qtype)  # an unknown type fails here, before a process starts
+    return isolated("kto_pipeline.export.gguf:_quantize_here", src_gguf, dst, qtype, nthread,
+                    what=f"quantizing {Path(src_gguf).name} to {qtype} ({Path(dst).name})")
+
+
+def _quantize_here(src_gguf: str | os.PathLike, dst: str | os.PathLike, qtype: str, nthread: int = 0) -> Path:
     import llama_cpp
 
     src, dst = Path(src_gguf), Path(dst)
@@ -341,27 +349,32 @@ def compare_logits(got: Sequence[Any], ref: Sequence[Any], tie_margin: float = T
 
 def verify_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike,
                 prompts: Sequence[str] | None = None, reference: Reference | None = None,
-                n_threads: int | None = None) -> dict[str, Any]:
-    """Load `gguf_path` in llama.cpp and compare it with the HF model in `model_dir`.
+                n_threads: int | None = None, what: str | None = None) -> dict[str, Any]:
+    """Load `gguf_path` in llama.cpp (in a child process) and compare it with the HF model in `model_dir`.
 
     Logits are compared on the HF token ids (so one tokenizer difference does not hide the weights'
     quality); tokenization is checked separately: llama.cpp must produce the same ids for every prompt.
-    Pass `reference` (from reference_logits) to reuse the HF run across files.
+    Pass `reference` (from reference_logits) to reuse the HF run across files. A native crash raises
+    NativeCrash naming `what` (default: the file).
     """
-    from llama_cpp import Llama
+    if reference is None:
+        reference = reference_logits(model_dir, prompts or verification_texts(model_dir))
+    return isolated("kto_pipeline.export.gguf:_verify_here", str(gguf_path), reference, n_threads,
+                    what=what or f"verifying {Path(gguf_path).name}")
+
+
+def _verify_here(gguf_path: str, reference: Reference, n_threads: int | None) -> dict[str, Any]:
     from llama_cpp._logger import set_verbose
 
     gguf_path = Path(gguf_path)
-    if reference is None:
-        reference = reference_logits(model_dir, prompts or verification_texts(model_dir))
     longest = max(len(i) for i in reference.ids)
     n_ctx = max(64, longest + 8)
     t0 = time.perf_counter()
     # verbose while loading, into a file: if llama.cpp refuses the file, its log says why
     try:
         with _capture_native_output() as log:
-            llm = Llama(str(gguf_path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
-                        n_threads=n_threads or os.cpu_count(), n_gpu_layers=0, verbose=True)
+            llm = llama.load(gguf_path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
+                             n_threads=n_threads or os.cpu_count(), n_gpu_layers=0, verbose=True)
     except Exception as e:  # the exception only says "Failed to load model from file"
         raise GGUFExportError(f"llama.cpp cannot load {gguf_path.name}: {e}\n{_tail(log)}") from None
     finally:
@@ -607,7 +620,7 @@ def export_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
         build_s = time.perf_counter() - t0
         if reference is None:
             reference = reference_logits(model_dir, texts)
-        figures = verify_gguf(path, model_dir, reference=reference)
+        figures = verify_gguf(path, model_dir, reference=reference, what=f"verifying {path.name} ({qtype})")
         failures = check_thresholds(figures, limits[qtype])
         meta: dict[str, Any] = {
             "file": path.name, "path": str(path), "type": qtype, "size_bytes": path.stat().st_size,

