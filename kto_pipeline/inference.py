@@ -45,6 +45,8 @@ class _HFBackend:
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto" and self.device == "cpu":
+            dtype = "float32"  # 16-bit matmuls on a CPU are slow and lossy: SmolLM2 in bf16 loops where fp32 answers
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
                                                           trust_remote_code=trust_remote_code).to(self.device)

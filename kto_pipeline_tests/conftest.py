@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 
+# huggingface_hub and datasets read HF_HUB_OFFLINE once, at import: import them now, so that a test that sets it
+# for itself does not turn the whole session offline (the fake-Hub tests need it online).
+import datasets.config  # noqa: E402,F401
+import huggingface_hub.constants  # noqa: E402,F401
+
 REPO = Path(__file__).resolve().parent.parent
 RAW_SAMPLES = REPO / "data" / "raw"
 SHIPPED_DAGSTER_YAML = REPO / "kto_pipeline" / "dagster.yaml"

@@ -14,6 +14,8 @@ import pytest
 from kto_pipeline.definitions import defs
 from kto_pipeline.defs.automation import build_raw_files_sensor, build_retrain_schedule
 
+pytestmark = pytest.mark.slow  # real sensor and schedule ticks against an instance
+
 SCHEDULE = "test_retrain"
 
 

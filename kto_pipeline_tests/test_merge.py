@@ -108,6 +108,7 @@ def test_merges_into_16bit_weights(q4, adapter, tiny_model_dir, tmp_path):
     assert rel(results["original"], results["dequantize"]) > 0.05
 
 
+@pytest.mark.slow
 def test_merged_model_asset_on_a_4bit_base(project, q4, tiny_model_dir):
     """The real graph on a pre-quantized base: a helpful failure, then GGUF files from the dequantized merge."""
     train = {"ops": {"lora_adapter": {"config": {"model": {"model_name": str(q4)}, "training": {"max_steps": 4}}}}}

@@ -7,10 +7,11 @@ import math
 import time
 
 import dagster as dg
+import pytest
 from kto_pipeline.config import PRESETS
 from kto_pipeline_tests.conftest import run_ok
 
-from kto_pipeline.definitions import defs
+pytestmark = pytest.mark.slow  # every test here runs Dagster and trains
 
 GRAPH = ["raw_preferences", "kto_dataset", "lora_adapter", "merged_model", "gguf_quantizations"]
 CHECKS = {"kto_dataset": "label_balance", "lora_adapter": "eval_loss", "gguf_quantizations": "gguf_files_intact"}
@@ -22,33 +23,6 @@ def _check_results(instance, asset: str) -> dict[str, bool]:
     records = instance.event_log_storage.get_asset_check_execution_history(
         dg.AssetCheckKey(dg.AssetKey(asset), CHECKS[asset]), limit=1)
     return {r.run_id: r.evaluation.passed for r in records if r.evaluation is not None}
-
-
-def test_full_graph_in_a_real_instance(project):
-    with project.instance() as instance:
-        job = defs.resolve_implicit_global_asset_job_def()
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
-        assert result.success
-        for asset in GRAPH:
-            assert project.latest(asset), f"{asset} not materialized"
-        data = project.latest("kto_dataset")
-        assert data["valid"] == 66 and data["quarantined"] == 0
-        assert data["records_in"] == data["valid"] + data["quarantined"] + data["duplicates_dropped"]
-        adapter = project.latest("lora_adapter")
-        assert adapter["steps"] == TINY_STEPS and math.isfinite(adapter["eval_loss"]) and adapter["tokens_per_s"] > 0
-        assert "data:image/png;base64," in adapter["training_curves"]
-        adapter_dir = project.artifacts / "lora_adapter" / adapter["data_version"]
-        assert (adapter_dir / "adapter_model.safetensors").stat().st_size > 0
-        assert list((adapter_dir / "tensorboard").glob("events.out.tfevents.*"))
-        merged = project.latest("merged_model")
-        assert merged["size_bytes"] > 0 and len(merged["sha256"]) == 64
-        gguf = project.latest("gguf_quantizations")
-        files = [r.data for r in gguf["files"].records]
-        assert [f["type"] for f in files] == ["F16", "Q4_K_M", "Q5_K_M", "Q8_0"] and all(f["passed"] for f in files)
-        assert gguf["transformers_tokenization_match"] and gguf["chat_format"] == "chatml"
-        assert "FROM ./model-Q4_K_M.gguf" in gguf["modelfile"]
-        for asset in CHECKS:
-            assert list(_check_results(instance, asset).values()) == [True], asset
 
 
 def test_label_balance_failure_blocks_training(project):
@@ -89,7 +63,8 @@ def test_gpu_pool_runs_one_training_at_a_time(project):
 
 
 def test_dagster_cli_materializes_whole_graph(project):
-    """`dagster asset materialize --select '*'`, and the merge is real: merged = base + a non-zero LoRA delta."""
+    """`dagster asset materialize --select '*'` (what `kto train` runs): every asset, every check, real outputs;
+    the merge is real: merged = base + a non-zero LoRA delta. The suite's one run of the whole graph."""
     import torch
     from safetensors.torch import load_file
 
@@ -99,7 +74,27 @@ def test_dagster_cli_materializes_whole_graph(project):
     for asset in GRAPH:
         meta = project.latest(asset)
         assert meta and meta["path"].startswith(str(project.artifacts)), asset
-    assert project.latest("lora_adapter")["wall_s"] < time.time() - started
+    data = project.latest("kto_dataset")
+    assert data["valid"] == 66 and data["quarantined"] == 0
+    assert data["records_in"] == data["valid"] + data["quarantined"] + data["duplicates_dropped"]
+    adapter = project.latest("lora_adapter")
+    assert adapter["steps"] == TINY_STEPS and math.isfinite(adapter["eval_loss"]) and adapter["tokens_per_s"] > 0
+    assert adapter["wall_s"] < time.time() - started
+    assert "data:image/png;base64," in adapter["training_curves"]
+    adapter_dir = project.artifacts / "lora_adapter" / adapter["data_version"]
+    assert (adapter_dir / "adapter_model.safetensors").stat().st_size > 0
+    assert list((adapter_dir / "tensorboard").glob("events.out.tfevents.*"))
+    merged_meta = project.latest("merged_model")
+    assert merged_meta["size_bytes"] > 0 and len(merged_meta["sha256"]) == 64
+    gguf = project.latest("gguf_quantizations")
+    files = [r.data for r in gguf["files"].records]
+    assert [f["type"] for f in files] == ["F16", "Q4_K_M", "Q5_K_M", "Q8_0"] and all(f["passed"] for f in files)
+    assert gguf["transformers_tokenization_match"] and gguf["chat_format"] == "chatml"
+    assert "FROM ./model-Q4_K_M.gguf" in gguf["modelfile"]
+    assert project.latest("hub_release")
+    with project.instance() as instance:
+        for asset in CHECKS:
+            assert list(_check_results(instance, asset).values()) == [True], asset
     merged = load_file(next((project.artifacts / "merged_model").glob("*/model.safetensors")))
     base = load_file(project.artifacts / "cache" / "tiny" / "model.safetensors")
     changed = [k for k in base if "proj" in k and not torch.equal(base[k], merged[k])]

@@ -344,6 +344,7 @@ def _step_failure(result, step: str) -> str:
                      if e.is_step_failure and e.step_key == step)
 
 
+@pytest.mark.slow
 def test_dagster_release_to_the_hub_is_gated_idempotent_and_keeps_the_token_out(project, hub):
     import dagster as dg
 

@@ -24,7 +24,7 @@ def test_presets_match_the_seed():
         assert c.model.load_in_4bit and c.lora.gradient_checkpointing and c.model.use_unsloth == "auto"
         assert c.training.optim == "auto"  # adamw_8bit on CUDA
     assert get_20b_config().training.beta == 0.05 and get_7b_config().training.beta == 0.1
-    assert set(PRESETS) == {"tiny", "3b", "7b", "13b", "20b"}
+    assert set(PRESETS) == {"tiny", "smol", "3b", "7b", "13b", "20b"}  # + the two that run offline
 
 
 def test_seed_python_api_edits_stick():

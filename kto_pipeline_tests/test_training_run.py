@@ -13,6 +13,8 @@ import pytest
 from kto_pipeline.config import Config, get_config
 from kto_pipeline.training.run import NonFiniteLoss, last_checkpoint, train
 
+pytestmark = pytest.mark.slow  # real training runs, some in subprocesses
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = """import json, sys
 from pathlib import Path

@@ -34,7 +34,7 @@ TrainingOverrides = _overrides_class("TrainingOverrides", SECTIONS["training"])
 class TrainConfig(dg.Config):
     """A preset plus per-field overrides (unset fields keep the preset's value)."""
 
-    preset: str = pydantic.Field(default="tiny", description="tiny (CPU demo), 3b, 7b, 13b or 20b.")
+    preset: str = pydantic.Field(default="tiny", description="tiny (CPU demo), smol (SmolLM2-135M-Instruct, offline), 3b, 7b, 13b or 20b.")
     model: ModelOverrides = pydantic.Field(default_factory=ModelOverrides)
     lora: LoraOverrides = pydantic.Field(default_factory=LoraOverrides)
     training: TrainingOverrides = pydantic.Field(default_factory=TrainingOverrides)

@@ -13,7 +13,7 @@ from kto_pipeline.artifacts import building, dir_digest, is_complete
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
 from kto_pipeline.export.merge import MergeError, merge_adapter, plan_merge
-from kto_pipeline.training.model import resolve_model_path
+from kto_pipeline.training.model import local_model_name, resolve_model_path
 
 
 class MergeConfig(dg.Config):
@@ -34,8 +34,9 @@ def merged_model(context: dg.AssetExecutionContext, config: MergeConfig,
     adapter_dir, adapter_version = upstream(context, "lora_adapter")
     metrics = json.loads((adapter_dir / "metrics.json").read_text())
     base = metrics["base_model"]
-    if base == "tiny" or base.endswith("/cache/tiny"):
-        base = resolve_model_path("tiny", artifacts.cache_dir)
+    local = local_model_name(base)
+    if local:  # built locally: this artifact root's copy (built again if it is missing)
+        base = resolve_model_path(local, artifacts.cache_dir)
     try:
         plan = plan_merge(base, config.quantized_base, config.base_16bit)
     except MergeError as e:

@@ -45,13 +45,16 @@ KNOWN: dict[str, dict[str, Any]] = {
                          tie_word_embeddings=False),
     "llama-2-13b": dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
                         num_attention_heads=40, num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
+    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
     "gpt-oss-20b": dict(model_type="gpt_oss", hidden_size=2880, intermediate_size=2880, num_hidden_layers=24,
                         num_attention_heads=64, num_key_value_heads=8, head_dim=64, vocab_size=201088,
                         num_local_experts=32, num_experts_per_tok=4, tie_word_embeddings=False),
 }
 # Hub-id fragments (lower case) -> KNOWN key; the first match wins
 ALIASES = [("qwen2.5-3b", "qwen2.5-3b"), ("mistral-7b", "mistral-7b"), ("llama-3.1-8b", "llama-3.1-8b"),
-           ("meta-llama-3.1-8b", "llama-3.1-8b"), ("llama-2-13b", "llama-2-13b"), ("gpt-oss-20b", "gpt-oss-20b")]
+           ("meta-llama-3.1-8b", "llama-3.1-8b"), ("llama-2-13b", "llama-2-13b"), ("gpt-oss-20b", "gpt-oss-20b"),
+           ("smollm2-135m", "smollm2-135m")]
 
 # Fitted on the H100 measurements (see the module docstring)
 PER_TOKEN = {"unsloth": 13.65, "transformers": 35.0}
@@ -137,6 +140,8 @@ def arch_for(model_name: str) -> Arch:
         from kto_pipeline.training.tiny import TINY_CONFIG, VOCAB_SIZE
 
         return Arch.from_config("tiny", {**TINY_CONFIG, "vocab_size": VOCAB_SIZE})
+    if model_name == "smol":
+        return Arch.from_config("smollm2-135m", KNOWN["smollm2-135m"])
     path = Path(model_name).expanduser()
     if path.is_dir():
         path = path / "config.json"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kto_pipeline.config import Config
+from kto_pipeline.training.smol import build_smol_model
 from kto_pipeline.training.tiny import build_tiny_model
 
 
@@ -20,11 +21,21 @@ class LoadedModel:
     model_path: str   # what was loaded: a local path or a Hub id
 
 
+# Base models built locally (no hub), once, under the artifact cache: name -> builder(out_dir) -> out_dir.
+LOCAL_MODELS = {"tiny": build_tiny_model, "smol": build_smol_model}
+
+
 def resolve_model_path(model_name: str, cache_dir: Path) -> str:
-    """'tiny' -> the locally built tiny model (built once under cache_dir); anything else unchanged."""
-    if model_name == "tiny":
-        return str(build_tiny_model(cache_dir / "tiny"))
+    """'tiny' / 'smol' -> the locally built model (built once under cache_dir); anything else unchanged."""
+    if model_name in LOCAL_MODELS:
+        return str(LOCAL_MODELS[model_name](cache_dir / model_name))
     return model_name
+
+
+def local_model_name(path: str) -> str | None:
+    """'tiny' or 'smol' when `path` names one of them, or is their folder under some artifact cache."""
+    p = Path(path)
+    return path if path in LOCAL_MODELS else p.name if p.name in LOCAL_MODELS and p.parent.name == "cache" else None
 
 
 def use_unsloth(config: Config) -> bool:
