@@ -71,8 +71,32 @@ def _build(src: Path, out: Path) -> None:
     tmp = out.with_name(out.name + f".partial-{os.getpid()}")
     model.to(torch.bfloat16).save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
+    _restore_byte_level_bpe(tmp / "tokenizer.json")
     info = {"source": f"{PACKAGE}/{GGUF_NAME}", "source_sha256": file_sha256(src),
             "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
     (tmp / "build_info.json").write_text(json.dumps(info, indent=2))
     (tmp / ".complete").write_text("")
     tmp.rename(out)
+
+
+def _restore_byte_level_bpe(path: Path) -> None:
+    """Give tokenizer.json SmolLM2's own byte-level BPE pipeline back.
+
+    transformers rebuilds a GGUF "gpt2" vocabulary with SentencePiece parts (byte fallback, a ▁-replacing decoder)
+    and without the digit splitting of the "smollm" pre-tokenizer. llama.cpp's converter then takes it for a
+    SentencePiece vocabulary and writes a file whose tokenizer aborts in llama.cpp (std::out_of_range), and
+    numbers tokenize differently from the original. With these parts the converter recognises the "smollm"
+    pre-tokenizer by its hash, as for HuggingFaceTB/SmolLM2-135M-Instruct itself.
+    """
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+
+    tok = Tokenizer.from_file(str(path))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
+    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    tok.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
+    spec = json.loads(tok.to_str())
+    spec["model"]["byte_fallback"] = False
+    path.write_text(json.dumps(spec, ensure_ascii=False, indent=2))
