@@ -16,7 +16,7 @@ from kto_pipeline.defs.resources import ArtifactStore
 from kto_pipeline.release import HubTarget, LocalRegistry, ReleaseError, release_model
 
 # The quality gates a release needs: check name -> the asset it checks.
-GATES = {"label_balance": "kto_dataset", "eval_loss": "lora_adapter"}
+GATES = {"label_balance": "kto_dataset", "eval_loss": "lora_adapter", "long_rows": "lora_adapter"}
 GGUF_ASSET = "gguf_quantizations"
 CARD_TRAINING_KEYS = {
     "model": ("model_name", "max_seq_length"),
