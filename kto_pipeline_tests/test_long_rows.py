@@ -129,8 +129,29 @@ def test_a_completion_that_cannot_fit_is_dropped_not_cut(tokenizer):
 
 
 def test_bad_policy_fails_fast_naming_the_field():
+    import argparse
+
+    from kto_pipeline.cli.train import add_parser, overrides
+
     with pytest.raises(ValueError, match=r"model\.long_rows must be one of \['cut_prompt', 'drop'\], not 'keep'"):
         get_config("tiny", {"model": {"long_rows": "keep"}})
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers(dest="cmd"))
+    assert overrides(p.parse_args(["train", "--long-rows", "drop"])) == {"model": {"long_rows": "drop"}}
+
+
+def test_a_trainer_that_tokenized_differently_stops_the_run():
+    from datasets import Dataset
+
+    from kto_pipeline.training.long_rows import check_trained
+
+    ds = Dataset.from_dict({"prompt_ids": [[1] * 100, [1] * 10], "completion_ids": [[2] * 40, [2] * 5]})
+    assert check_trained("train", ds, 2, 140) == 2
+    with pytest.raises(RuntimeError, match=r"train: TRL kept 2 rows \(1 longer than max_seq_length=128\) where the "
+                                           r"long-row accounting expected 2"):
+        check_trained("train", ds, 2, 128)
+    with pytest.raises(RuntimeError, match="expected 3"):
+        check_trained("train", ds, 3, 140)
 
 
 # ------------------------------------------------------------------------------------------- the trainer
@@ -216,6 +237,16 @@ def test_kl_zero_share_leaves_out_step_one():
     assert kl_health([{"step": 1, "loss": 0.5, "kl": 0.0}])["kl_zero_share"] is None
 
 
+def test_same_completion_share_follows_trls_kl_pairs():
+    from kto_pipeline.training.trainer import same_completion_share
+
+    # TRL pairs row i with row i-1's completion within blocks of the micro-batch, wrapping around: [a a] pairs
+    # a with a twice; [b c] pairs b-c and c-b; a last block of one row pairs it with itself.
+    assert same_completion_share(["a", "a", "b", "c"], 2) == 0.5
+    assert same_completion_share(["a", "a", "b", "c", "d"], 2) == 3 / 5
+    assert same_completion_share(["a", "b", "a", "b"], 4) == 0.0
+
+
 def _adapter(instance, folder: Path, metrics: dict) -> None:
     import dagster as dg
 
@@ -267,7 +298,10 @@ def test_training_reports_long_rows_and_the_check_fails_past_the_threshold(long_
             "lora_adapter", metadata={"path": str(out), "data_version": "v1"}))
         failed = _checks(instance)["long_rows"]
         assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR
-        assert "max_seq_length=128" in failed.description and "--max-seq-length 640" in failed.description
+        # the advice: the length that keeps 95 % of every split whole (the long chats: ~520 tokens), 64-aligned
+        need = max(s["tokens_needed"]["0.95"] for s in report["splits"].values())
+        assert 512 < need <= 576 and "--max-seq-length 576 keeps 95% of the rows whole" in failed.description
+        assert "max_seq_length=128 tokens. Raise model.max_seq_length" in failed.description
         assert "quality_gates.max_long_row_share=5.0%" in failed.description
         assert failed.metadata["train_rows_dropped"].value == train_split["dropped"]
         assert _checks(instance, max_long_row_share=1.0)["long_rows"].passed

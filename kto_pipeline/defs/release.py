@@ -140,7 +140,7 @@ def _gguf_inputs(context, instance, types: list[str]) -> tuple[list, list[dict]]
 
 @dg.asset(group_name="release", kinds={"huggingface"}, deps=["merged_model", GGUF_ASSET],
           description="One repo: merged weights (or adapter), verified GGUF files, model card; local registry by "
-                      "default, the Hub when configured. Blocked unless label_balance and eval_loss passed.")
+                      "default, the Hub when configured. Blocked unless label_balance, eval_loss and long_rows passed.")
 def hub_release(context: dg.AssetExecutionContext, config: ReleaseConfig, artifacts: ArtifactStore,
                 release_target: ReleaseTarget) -> dg.MaterializeResult:
     instance = context.instance
