@@ -332,3 +332,24 @@ def test_kl_health_warns_with_the_advice_that_fits(tmp_path):
                                             "processes": 1, "kl_pairs_same_completion": 0.0, "long_rows": long_rows})
         healthy = _checks(instance)["kl_health"]
         assert healthy.passed and healthy.metadata["kl_zero_share"].value == 0.2
+
+
+@pytest.mark.slow
+def test_kto_train_dry_run_prints_the_accounting(project, tmp_path):
+    """`kto train --dry-run` as a user runs it: validates the file (Dagster), then counts with the tokenizer."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "long_chats.jsonl"
+    src.write_text("".join(json.dumps(row(i)) + "\n" for i in range(40)))
+    kto = [sys.executable, "-c", "import sys; from kto_pipeline.cli import main; sys.exit(main())"]  # the script
+    out = subprocess.run([*kto, "train", "--dry-run", "--local-file", str(src), "--max-seq-length", str(MAX_LEN)],
+                         cwd=project.root, env=project.env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    data = Path(project.latest("kto_dataset")["path"])
+    n = Counter(kinds(data, "eval"))
+    assert f"Long rows (max_seq_length={MAX_LEN}, long_rows=cut_prompt" in out.stdout
+    assert (f"eval  {sum(n.values())} rows: {n['short']} whole, {n['long'] + n['medium']} prompt cut" in out.stdout
+            and "would drop 10 rows: " in out.stdout)
+    assert not (data / "dropped_at_training").exists()  # a dry run writes nothing

@@ -175,5 +175,6 @@ def kl_health(context: dg.AssetCheckExecutionContext, quality_gates: QualityGate
     passed = share <= limit
     description = None if passed else (
         f"the KL estimate was 0 on {metrics['kl_zero_steps']} of {metrics['kl_logged_steps']} logged steps "
-        f"({share:.0%} > {limit:.0%}): KTO then compares rewards with no reference point. {kl_advice(metrics)}.")
+        f"({share:.0%} > {limit:.0%}), so KTO's reference point was 0 rather than an estimate. Likely cause: "
+        f"{kl_advice(metrics)}.")
     return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=meta)
