@@ -192,6 +192,7 @@ def summary() -> str:
             continue
         meta = event.asset_materialization.metadata
         shown = {k: meta[k].value for k in ("valid", "quarantined", "eval_loss", "steps", "tokens_per_s",
+                                             "train_rows_prompt_cut", "train_rows_dropped", "kl_zero_share",
                                              "size_bytes") if k in meta}
         nums = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
         lines.append(f"  {key.to_user_string():<20} {meta['path'].value if 'path' in meta else ''}  {nums}")
