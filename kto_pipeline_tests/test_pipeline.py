@@ -95,6 +95,15 @@ def test_dagster_cli_materializes_whole_graph(project):
     with project.instance() as instance:
         for asset in CHECKS:
             assert list(_check_results(instance, asset).values()) == [True], asset
+        # The sample rows all fit the tiny preset's 256 tokens: trained on every one, and the accounting says so.
+        assert adapter["train_rows_whole"] == adapter["train_rows"] == data["train_rows"]
+        assert adapter["train_rows_dropped"] == adapter["eval_rows_dropped"] == adapter["train_rows_prompt_cut"] == 0
+        assert [r.data["split"] for r in adapter["long_rows"].records] == ["train", "eval"]
+        checks = {name: instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("lora_adapter"), name)]) for name in ("long_rows", "kl_health")}
+        evaluations = {name: next(iter(r.values())).evaluation for name, r in checks.items()}
+        assert evaluations["long_rows"].passed
+        assert 0 <= evaluations["kl_health"].metadata["kl_zero_share"].value <= 1
     merged = load_file(next((project.artifacts / "merged_model").glob("*/model.safetensors")))
     base = load_file(project.artifacts / "cache" / "tiny" / "model.safetensors")
     changed = [k for k in base if "proj" in k and not torch.equal(base[k], merged[k])]

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from kto_pipeline.cli.home import DAGSTER, child_env, dagster_home
@@ -21,6 +22,7 @@ from kto_pipeline.config import PRESETS, SECTIONS, get_config
 FLAGS: dict[str, tuple[str, str]] = {
     "model_name": ("model", "model_name"),
     "max_seq_length": ("model", "max_seq_length"),
+    "long_rows": ("model", "long_rows"),  # not in the seed: rows longer than max_seq_length
     "batch_size": ("training", "per_device_train_batch_size"),
     "gradient_accumulation": ("training", "gradient_accumulation_steps"),
     "learning_rate": ("training", "learning_rate"),
@@ -126,13 +128,15 @@ def run(args) -> int:
         os.environ.update(DAGSTER_HOME=env["DAGSTER_HOME"])
         print(summary(), flush=True)
     if args.dry_run:
-        print(dry_run_text(config))
+        print(dry_run_text(config, env["KTO_ARTIFACT_ROOT"] if code == 0 else None))
     return code
 
 
-def dry_run_text(config) -> str:
+def dry_run_text(config, artifact_root: str | None = None) -> str:
     lines = ["", "Dry run: data validated, no training. Resolved config:",
              json.dumps(config.to_dict(), indent=2)]
+    if artifact_root:
+        lines.append(long_rows_text(config, latest_dataset_dir(), Path(artifact_root) / "cache"))
     try:
         from kto_pipeline.training.memory import dry_run_report
     except ImportError:
@@ -140,6 +144,38 @@ def dry_run_text(config) -> str:
     else:
         lines.append(dry_run_report(config))
     return "\n".join(lines)
+
+
+def latest_dataset_dir() -> Path | None:
+    import dagster as dg
+
+    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("kto_dataset"))
+    return Path(str(event.asset_materialization.metadata["path"].value)) if event else None
+
+
+def long_rows_text(config, dataset_dir: Path | None, cache_dir: Path) -> str:
+    """How a kto_dataset's rows fit max_seq_length, counted as training counts them: the model's own tokenizer and
+    chat template (the tokenizer files only, no weights; the tiny model is built into cache_dir)."""
+    if dataset_dir is None:
+        return "Long-row accounting unavailable: kto_dataset has not been materialized"
+    try:
+        from transformers import AutoTokenizer
+
+        from kto_pipeline.training.long_rows import account, report_text
+        from kto_pipeline.training.model import resolve_model_path
+        from kto_pipeline.training.trainer import load_split
+
+        path = resolve_model_path(config.model.model_name, cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
+        _, report, dropped = account(dataset_dir, tokenizer, config.model.max_seq_length, config.model.long_rows,
+                                     bool(tokenizer.chat_template), load_split)
+    except Exception as e:  # noqa: BLE001 - the dry run still shows the rest (e.g. offline with an uncached model)
+        return f"Long-row accounting unavailable: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+    text = report_text(report)
+    if dropped:
+        ids = ", ".join(f"{d['split']}:{d['row_id']}" for d in dropped[:10])
+        text += f"\n  would drop {len(dropped)} rows: {ids}" + (" ..." if len(dropped) > 10 else "")
+    return text
 
 
 def summary() -> str:
@@ -156,6 +192,7 @@ def summary() -> str:
             continue
         meta = event.asset_materialization.metadata
         shown = {k: meta[k].value for k in ("valid", "quarantined", "eval_loss", "steps", "tokens_per_s",
+                                             "train_rows_prompt_cut", "train_rows_dropped", "kl_zero_share",
                                              "size_bytes") if k in meta}
         nums = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
         lines.append(f"  {key.to_user_string():<20} {meta['path'].value if 'path' in meta else ''}  {nums}")

@@ -81,3 +81,100 @@ def gguf_files_intact(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckRe
         passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(problems) or None,
         metadata={"files": len(expected), "path": str(folder)})
+
+
+def _long_row_share(s: dict) -> float:
+    return (s["dropped"] + s["prompt_cut"]) / s["rows"] if s["rows"] else 0.0
+
+
+def suggested_max_seq_length(report: dict, limit: float) -> tuple[int, float]:
+    """The max_seq_length that keeps at least 1 - limit of every split's rows whole (the smallest recorded quantile
+    that is enough), rounded up to a multiple of 64; and that quantile."""
+    quantiles = sorted(float(q) for q in next(iter(report["splits"].values()))["tokens_needed"])
+    q = next((q for q in quantiles if q >= 1 - limit), 1.0)
+    need = max(s["tokens_needed"][str(q)] for s in report["splits"].values())
+    return -(-need // 64) * 64, q
+
+
+@dg.asset_check(asset="lora_adapter", blocking=True,
+                description="Rows longer than model.max_seq_length (counted with the model's tokenizer and chat "
+                            "template before training): at most quality_gates.max_long_row_share of each split may "
+                            "be dropped or have their prompt cut.")
+def long_rows(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
+    path, _ = upstream(context, "lora_adapter")
+    report = json.loads((path / "metrics.json").read_text()).get("long_rows")
+    if report is None:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                                   description="metrics.json has no long-row accounting: train the adapter again")
+    limit = quality_gates.max_long_row_share
+    meta = {"max_long_row_share": limit, "max_seq_length": report["max_seq_length"], "long_rows": report["policy"]}
+    problems = []
+    for split, s in report["splits"].items():
+        share = _long_row_share(s)
+        meta.update({f"{split}_long_row_share": share, f"{split}_rows_dropped": s["dropped"],
+                     f"{split}_rows_prompt_cut": s["prompt_cut"]})
+        if share > limit:
+            problems.append(f"{split}: {s['dropped']} of {s['rows']} rows dropped and {s['prompt_cut']} with their "
+                            f"prompt cut ({share:.1%})")
+    description = None
+    if problems:
+        length, q = suggested_max_seq_length(report, limit)
+        description = (f"{'; '.join(problems)}: more than quality_gates.max_long_row_share={limit:.1%} of the rows "
+                       f"are longer than max_seq_length={report['max_seq_length']} tokens. Raise model.max_seq_length "
+                       f"(--max-seq-length {length} keeps {q:.0%} of the rows whole; `kto plan` shows whether it "
+                       f"fits in memory) or shorten the rows.")
+        if report.get("dropped_rows_file"):
+            description += f" Dropped rows: {report['dropped_rows_file']}"
+    return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+                               description=description, metadata=meta)
+
+
+# KTO's KL estimate is the mean over one micro-batch (gathered over the data-parallel processes) of mismatched
+# pairs; with fewer pairs than this it is noisy, and a negative mean is clamped to 0.
+MIN_KL_PAIRS = 8
+# Above this share of KL pairs whose "mismatched" completion is the row's own, the data is too uniform to tell.
+MAX_SAME_COMPLETION = 0.25
+
+
+def kl_advice(metrics: dict) -> str:
+    """What to change, for the causes the run's own numbers point to."""
+    pairs = metrics["micro_batch"] * metrics.get("processes", 1)
+    same = metrics.get("kl_pairs_same_completion") or 0.0
+    advice = []
+    if pairs < MIN_KL_PAIRS:
+        advice.append(f"per-device batch too small: each KL estimate averages only {pairs} mismatched pairs (micro-"
+                      f"batch {metrics['micro_batch']} x {metrics.get('processes', 1)} process(es)) and a negative "
+                      f"mean is clamped to 0; raise training.per_device_train_batch_size (--batch-size) to at least "
+                      f"{MIN_KL_PAIRS} and lower --gradient-accumulation to keep the effective batch (`kto plan` "
+                      "shows what fits)")
+    if same > MAX_SAME_COMPLETION:
+        advice.append(f"data too uniform: {same:.0%} of the KL pairs give a prompt its own completion again "
+                      "(identical completions next to each other), so the mismatched pairs are not mismatched; "
+                      "add varied completions or remove the repeated ones")
+    if not advice:
+        advice.append("the policy barely moves away from the reference on mismatched pairs: train longer or with "
+                      "a higher learning rate")
+    return "; ".join(advice)
+
+
+@dg.asset_check(asset="lora_adapter", blocking=True,
+                description="Share of logged training steps (after step 1) whose KL estimate was 0 is at most "
+                            "quality_gates.max_kl_zero_share; severity quality_gates.kl_health_severity (WARN).")
+def kl_health(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
+    path, _ = upstream(context, "lora_adapter")
+    metrics = json.loads((path / "metrics.json").read_text())
+    share, limit = metrics.get("kl_zero_share"), quality_gates.max_kl_zero_share
+    severity = dg.AssetCheckSeverity(quality_gates.kl_health_severity)
+    meta = {"max_kl_zero_share": limit, "kl_logged_steps": metrics.get("kl_logged_steps", 0),
+            "micro_batch": metrics["micro_batch"], "processes": metrics.get("processes", 1),
+            "kl_pairs_same_completion": metrics.get("kl_pairs_same_completion") or 0.0}
+    if share is None:
+        return dg.AssetCheckResult(passed=True, severity=severity, metadata=meta,
+                                   description="no KL estimate was logged after step 1: nothing to judge")
+    meta["kl_zero_share"] = share
+    passed = share <= limit
+    description = None if passed else (
+        f"the KL estimate was 0 on {metrics['kl_zero_steps']} of {metrics['kl_logged_steps']} logged steps "
+        f"({share:.0%} > {limit:.0%}), so KTO's reference point was 0 rather than an estimate. Likely cause: "
+        f"{kl_advice(metrics)}.")
+    return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=meta)

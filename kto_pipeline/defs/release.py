@@ -16,7 +16,7 @@ from kto_pipeline.defs.resources import ArtifactStore
 from kto_pipeline.release import HubTarget, LocalRegistry, ReleaseError, release_model
 
 # The quality gates a release needs: check name -> the asset it checks.
-GATES = {"label_balance": "kto_dataset", "eval_loss": "lora_adapter"}
+GATES = {"label_balance": "kto_dataset", "eval_loss": "lora_adapter", "long_rows": "lora_adapter"}
 GGUF_ASSET = "gguf_quantizations"
 CARD_TRAINING_KEYS = {
     "model": ("model_name", "max_seq_length"),
@@ -140,7 +140,7 @@ def _gguf_inputs(context, instance, types: list[str]) -> tuple[list, list[dict]]
 
 @dg.asset(group_name="release", kinds={"huggingface"}, deps=["merged_model", GGUF_ASSET],
           description="One repo: merged weights (or adapter), verified GGUF files, model card; local registry by "
-                      "default, the Hub when configured. Blocked unless label_balance and eval_loss passed.")
+                      "default, the Hub when configured. Blocked unless label_balance, eval_loss and long_rows passed.")
 def hub_release(context: dg.AssetExecutionContext, config: ReleaseConfig, artifacts: ArtifactStore,
                 release_target: ReleaseTarget) -> dg.MaterializeResult:
     instance = context.instance

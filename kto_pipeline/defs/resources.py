@@ -3,6 +3,7 @@
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import pydantic
@@ -35,3 +36,10 @@ class QualityGates(dg.ConfigurableResource):
     max_regression: float = pydantic.Field(default=0.01, description=(
         "eval_loss: how far the eval loss may exceed the released adapter's, both measured on the same eval rows "
         "(a retrain on new feedback must not release a worse model)."))
+    max_long_row_share: float = pydantic.Field(default=0.05, ge=0.0, le=1.0, description=(
+        "long_rows: highest share of a split's rows that may be dropped or have their prompt cut for being longer "
+        "than model.max_seq_length."))
+    max_kl_zero_share: float = pydantic.Field(default=0.5, ge=0.0, le=1.0, description=(
+        "kl_health: highest share of logged training steps whose KL estimate was 0."))
+    kl_health_severity: Literal["WARN", "ERROR"] = pydantic.Field(default="WARN", description=(
+        "kl_health: WARN reports a failure; ERROR also blocks everything downstream of lora_adapter."))

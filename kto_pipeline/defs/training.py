@@ -20,7 +20,35 @@ from kto_pipeline.training.run import launch_command
 GPU_LOCK = Path(os.environ.get("KTO_GPU_LOCK") or Path(tempfile.gettempdir()) / "kto_pipeline-gpu.lock")
 NUMERIC = ("steps", "train_loss", "final_loss", "eval_loss", "rewards_chosen", "rewards_rejected",
            "rewards_margins", "kl", "tokens", "tokens_per_s", "wall_s", "train_rows", "eval_rows",
-           "desirable_weight", "undesirable_weight", "processes")
+           "desirable_weight", "undesirable_weight", "processes", "kl_zero_share", "kl_logged_steps",
+           "kl_pairs_same_completion")
+
+
+def long_rows_metadata(report: dict) -> dict:
+    """Per split: rows kept whole, prompt cut, dropped (numbers, to chart across runs) and as tables."""
+    splits = report["splits"]
+    meta: dict = {f"{split}_rows_{k}": s[k] for split, s in splits.items() for k in ("whole", "prompt_cut", "dropped")}
+    cols = [("split", "string"), ("rows", "int"), ("whole", "int"), ("prompt_cut", "int"), ("dropped", "int"),
+            ("turns_removed", "int"), ("prompt_tokens_cut", "int"), ("tokens_p50", "int"), ("tokens_p95", "int"),
+            ("tokens_max", "int")]
+    records = [dg.TableRecord({"split": split, **{k: s[k] for k in ("rows", "whole", "prompt_cut", "dropped",
+                                                                  "turns_removed", "prompt_tokens_cut")},
+                               "tokens_p50": s["tokens_needed"]["0.5"], "tokens_p95": s["tokens_needed"]["0.95"],
+                               "tokens_max": s["tokens_needed"]["1.0"]}) for split, s in splits.items()]
+    bins = [b["tokens"] for b in splits["train"]["histogram"]]
+    hist = [dg.TableRecord({"tokens": b, "fits": splits["train"]["histogram"][i]["fits"],
+                            **{split: s["histogram"][i]["rows"] for split, s in splits.items()}})
+            for i, b in enumerate(bins)]
+    hist_cols = [("tokens", "string"), ("fits", "bool")] + [(split, "int") for split in splits]
+    meta.update({
+        "long_rows": dg.MetadataValue.table(records, dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in cols])),
+        "token_lengths": dg.MetadataValue.table(
+            hist, dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in hist_cols])),
+        "long_rows_policy": f"{report['policy']} at max_seq_length={report['max_seq_length']} ({report['trl_alone']})",
+    })
+    if report.get("dropped_rows_file"):
+        meta["dropped_rows"] = dg.MetadataValue.path(report["dropped_rows_file"])
+    return meta
 
 
 def adapter_metadata(out: Path, version: str) -> dict:
@@ -28,6 +56,8 @@ def adapter_metadata(out: Path, version: str) -> dict:
     meta: dict = {"path": str(out), "data_version": version, "backend": metrics["backend"],
                   "base_model": metrics["base_model"]}
     meta.update({k: float(metrics[k]) for k in NUMERIC if metrics.get(k) is not None})
+    if "long_rows" in metrics:
+        meta.update(long_rows_metadata(metrics["long_rows"]))
     plot = out / "training_curves.png"
     if plot.exists():
         b64 = base64.b64encode(plot.read_bytes()).decode()

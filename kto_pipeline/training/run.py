@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 from kto_pipeline.artifacts import COMPLETE
 from kto_pipeline.config import Config
+from kto_pipeline.training.long_rows import report_text
 
 
 class NonFiniteLoss(RuntimeError):
@@ -150,6 +151,11 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
     with oom_advice():  # loading, the reference pre-pass and training can each run out of memory
         loaded = load_for_training(config, cache_dir)
         trainer, info = build_trainer(config, loaded, dataset_dir, ckpt_dir, [_callback(log, history)])
+        for line in report_text(info["long_rows"]).splitlines():
+            log(line)
+        dropped = info.pop("dropped_rows")
+        if rank() == 0:
+            info["long_rows"]["dropped_rows_file"] = str(write_dropped(dataset_dir, output_dir.name, dropped))
         resume = last_checkpoint(ckpt_dir)
         log(f"backend={loaded.backend} model={loaded.model_path} rows={info['train_rows']} "
             f"micro-batch={trainer.args.per_device_train_batch_size}x{trainer.args.gradient_accumulation_steps}"
@@ -175,6 +181,7 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         "rewards_rejected": last.get("rewards/rejected"),
         "rewards_margins": last.get("rewards/margins"),
         "kl": last.get("kl"),
+        **kl_health(history),
         "eval": {k: v for k, v in eval_metrics.items() if isinstance(v, (int, float))},
         "champion": champ,
         "tokens": tokens,
@@ -194,6 +201,30 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         plot_metrics(history, output_dir / "training_curves.png")
     return metrics
+
+
+def write_dropped(dataset_dir: Path, adapter_version: str, records: list[dict[str, Any]]) -> Path:
+    """The ids of the rows this training left out, next to the dataset's quarantine (one file per adapter: which
+    rows are too long depends on the model and max_seq_length). Written even when empty: none were dropped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("row_id", pa.string()), ("split", pa.string()), ("source", pa.string()),
+                        ("line", pa.int64()), ("tokens", pa.int64()), ("prompt_tokens", pa.int64()),
+                        ("completion_tokens", pa.int64()), ("reason", pa.string())])
+    path = dataset_dir / "dropped_at_training" / f"{adapter_version}.parquet"
+    path.parent.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
+    return path
+
+
+def kl_health(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often TRL's KL estimate was 0 (it clamps a negative estimate to 0). The log of step 1 is left out: its
+    forward passes all ran before the first update, while the policy still equals the reference, so it is 0 by
+    construction."""
+    kls = [h["kl"] for h in history if "kl" in h and "loss" in h and h["step"] > 1]
+    zero = sum(k == 0 for k in kls)
+    return {"kl_logged_steps": len(kls), "kl_zero_steps": zero, "kl_zero_share": zero / len(kls) if kls else None}
 
 
 def peak_vram_gib() -> float | None:

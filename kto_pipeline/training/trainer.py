@@ -28,6 +28,7 @@ import pandas as pd
 
 from kto_pipeline.config import Config
 from kto_pipeline.data import label_balance
+from kto_pipeline.training.long_rows import account, check_trained
 
 
 def load_split(dataset_dir: Path, split: str, chat: bool):
@@ -248,10 +249,15 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
     install_if_needed()
     config = per_process(with_budget(config), world_size())
     chat = bool(getattr(loaded.tokenizer, "chat_template", None))
-    train_ds = load_split(dataset_dir, "train", chat)
-    eval_ds = load_split(dataset_dir, "eval", chat)
+    max_length = config.model.max_seq_length
+    # Rows longer than max_seq_length are fitted (or dropped) and counted here, so TRL drops and cuts nothing.
+    fitted, long_rows, dropped = account(dataset_dir, loaded.tokenizer, max_length, config.model.long_rows, chat,
+                                         load_split)
+    train_ds, eval_ds = fitted["train"], fitted["eval"]
     if len(train_ds) == 0:
-        raise ValueError(f"{dataset_dir / 'train.parquet'}: no training rows")
+        raise ValueError(f"{dataset_dir / 'train.parquet'}: no training rows"
+                         + (f" left: all {long_rows['splits']['train']['rows']} are longer than max_seq_length="
+                            f"{max_length}" if long_rows["splits"]["train"]["rows"] else ""))
     weights = kto_weights(config, train_ds["label"])
     t = config.training
     if t.group_by_length and len(train_ds) > t.per_device_train_batch_size:
@@ -266,7 +272,22 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
             peft_config=loaded.peft_config, callbacks=callbacks,
         )
     drop_reference_adapter(trainer.model)
-    info = {"train_rows": len(train_ds), "eval_rows": len(eval_ds), "desirable_weight": weights[0],
+    # The rows TRL will train on, counted on its own tokenized datasets (not on our estimate).
+    train_rows = check_trained("train", trainer.train_dataset, len(train_ds), max_length)
+    eval_rows = check_trained("eval", trainer.eval_dataset, len(eval_ds), max_length) if len(eval_ds) else 0
+    info = {"train_rows": train_rows, "eval_rows": eval_rows, "desirable_weight": weights[0],
             "undesirable_weight": weights[1], "chat_format": chat,
-            "processes": world_size()}
+            "processes": world_size(), "long_rows": long_rows, "dropped_rows": dropped,
+            "kl_pairs_same_completion": same_completion_share(train_ds["completion"], t.per_device_train_batch_size)}
     return trainer, info
+
+
+def same_completion_share(completions: list[Any], batch_size: int) -> float:
+    """Share of KTO's KL pairs whose "mismatched" completion is the row's own: TRL pairs row i with the completion
+    of row i-1 within each block of `batch_size` rows (its add_kl_completion_ids), in the dataset's order."""
+    same = total = 0
+    for s in range(0, len(completions), batch_size):
+        block = completions[s:s + batch_size]
+        same += sum(block[i] == block[i - 1] for i in range(len(block)))
+        total += len(block)
+    return same / total if total else 0.0
