@@ -42,16 +42,18 @@ BASE_TYPES = ("F16", "BF16")  # what the converter writes; every quantization st
 #   max_rel_error: ||logits_gguf - logits_hf|| / ||logits_hf|| over all positions
 #   min_top1:      share of decisive positions (see TIE_MARGIN) where both pick the same next token
 #   max_mean_kl:   mean KL(HF || GGUF) per position (not used by default; available as an override)
-# F16/BF16 must match to rounding. A quantized file must keep the model's decisions: the limits sit well
-# below every healthy file measured (larger models lose more to quantization than the tiny ones) and far
-# above every broken one (wrong tensor, other model: top-1 <= 46%). Other types need explicit limits.
+# F16/BF16 must match to rounding. A quantized file must keep the model's decisions: the limits sit below every
+# healthy file measured — tiny models and the real SmolLM2-135M-Instruct, which loses most (Q8_0 0.048 / 97.5%,
+# Q6_K 0.071 / 92.9%, Q5_K_M 0.19 / 86.1%, Q4_K_M 0.14 / 90.1%: its 576-wide rows are not a multiple of the
+# K-quant block, so llama.cpp falls back to other types there) — and above every broken file (wrong tensor,
+# other model: relative error >= 0.34, top-1 <= 46%). Other types need explicit limits.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "F16": {"max_rel_error": 1e-2, "min_top1": 0.99},
     "BF16": {"max_rel_error": 1e-2, "min_top1": 0.99},
-    "Q8_0": {"max_rel_error": 0.05, "min_top1": 0.99},
-    "Q6_K": {"max_rel_error": 0.10, "min_top1": 0.95},
-    "Q5_K_M": {"max_rel_error": 0.20, "min_top1": 0.90},
-    "Q4_K_M": {"max_rel_error": 0.25, "min_top1": 0.85},
+    "Q8_0": {"max_rel_error": 0.10, "min_top1": 0.95},
+    "Q6_K": {"max_rel_error": 0.15, "min_top1": 0.90},
+    "Q5_K_M": {"max_rel_error": 0.30, "min_top1": 0.80},
+    "Q4_K_M": {"max_rel_error": 0.30, "min_top1": 0.80},
 }
 THRESHOLD_KEYS = ("max_rel_error", "min_top1", "max_mean_kl")
 # Positions where the HF model's top-2 logits are closer than this (nats; a probability ratio of 1.05)
@@ -630,11 +632,8 @@ def export_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
         if inputs["transformers_check"]:
             tf = verify_transformers_loadback(path, reference)
             meta["transformers_loadback"] = tf
-            # Weights only: transformers rebuilds a tokenizer from GGUF metadata by its own rules (it drops
-            # SmolLM2's digit splitting, for one), so its tokenization is recorded, not held against the file;
-            # llama.cpp's, checked above, is the one that must match.
-            failures += [f"transformers load-back: {f}" for f in check_thresholds(
-                {**tf, "tokenization_match": True}, limits[qtype], who="transformers (gguf_file=)")]
+            failures += [f"transformers load-back: {f}"
+                         for f in check_thresholds(tf, limits[qtype], who="transformers (gguf_file=)")]
         if not figures["tokenization_match"]:
             failures += [f"hint: {h}" for h in tokenizer_hints(model_dir)]
         meta.update(passed=not failures, failures=failures, inputs=inputs)
