@@ -112,13 +112,46 @@ def generate_gguf(path: str, prompts: list[str], max_new_tokens: int) -> list[tu
     from kto_pipeline.inference import KTOInference
 
     out = []
-    with KTOInference(path, n_ctx=1024, seed=0) as bot:
+    with KTOInference(path, n_ctx=max(512, max_new_tokens + 256), seed=0) as bot:  # a chat prompt + answer fit
         for p in prompts:
             r = bot.backend.llm.create_chat_completion(  # finish_reason says whether it stopped by itself
                 messages=[{"role": "user", "content": p}], max_tokens=max_new_tokens, temperature=0.0,
                 top_p=1.0, seed=0)["choices"][0]
             out.append(((r["message"]["content"] or "").strip(), r["finish_reason"] == "stop"))
     return out
+
+
+def completion_logprob(model, tok, prompt: str, completion: str, max_tokens: int | None = None) -> float:
+    """Sum of log p(completion tokens | chat-formatted prompt): the sequence log-prob KTO's rewards are made of.
+    max_tokens keeps only the completion's first tokens (for models with a short context)."""
+    import torch
+
+    user = [{"role": "user", "content": prompt}]
+    head = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(user + [{"role": "assistant", "content": completion}], tokenize=False)
+    assert full.startswith(head), "chat template renders the prompt differently with an answer"
+    p_ids = tok(head, add_special_tokens=False)["input_ids"]
+    c_ids = tok(full[len(head):], add_special_tokens=False)["input_ids"][:max_tokens]
+    ids = torch.tensor([p_ids + c_ids], device=model.device)
+    with torch.inference_mode():
+        logits = model(ids).logits[0, len(p_ids) - 1:-1].float()
+    return float(logits.log_softmax(-1).gather(1, ids[0, len(p_ids):, None]).sum())
+
+
+def logprob_margin(model, tok, rows: list[dict[str, str]], max_tokens: int | None = None) -> float:
+    """Mean over held-out prompts of log p(concise answer) - log p(verbose answer): rises as the model learns
+    to prefer the concise style, whatever greedy decoding happens to pick."""
+    return statistics.mean(completion_logprob(model, tok, r["prompt"], r["concise"], max_tokens)
+                           - completion_logprob(model, tok, r["prompt"], r["verbose"], max_tokens) for r in rows)
+
+
+def hf_margin(path: str, device: str, rows: list[dict[str, str]]) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return logprob_margin(model, AutoTokenizer.from_pretrained(path), rows)
 
 
 def evaluate(model: str, name: str, out_dir: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -135,6 +168,8 @@ def evaluate(model: str, name: str, out_dir: Path, args: argparse.Namespace) -> 
     (out_dir / "generations" / f"{name}.jsonl").write_text(
         "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gens), encoding="utf-8")
     summary = {**summarize(gens), "generate_s": round(time.time() - t, 1)}
+    if not model.endswith(".gguf"):
+        summary["logprob_margin"] = hf_margin(model, args.device, rows)
     print(f"{name}: {summary}", flush=True)
     return summary
 
@@ -206,7 +241,7 @@ def gguf_files(model_dir: Path, out_dir: Path) -> tuple[dict[str, str], dict[str
 
 # --------------------------------------------------------------------------------------------- reporting
 
-METRICS = ["concise_rate", "mean_words", "stopped_rate", "filler_rate"]
+METRICS = ["concise_rate", "mean_words", "stopped_rate", "filler_rate", "logprob_margin"]
 TRAIN_METRICS = ["eval_loss", "eval_reward_margin", "eval_kl", "train_loss", "train_runtime_s"]
 
 
@@ -218,10 +253,10 @@ def spread(values: list[float | None]) -> dict[str, float] | None:
             "min": min(vs), "max": max(vs), "n": len(vs)}
 
 
-def fmt(s: dict[str, float] | None, pct: bool = False) -> str:
+def fmt(s: dict[str, float] | None, spec: str = ".3g", pct: bool = False) -> str:
     if s is None:
         return "–"
-    f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.3g}")
+    f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: format(v, spec))
     if s["n"] == 1:
         return f(s["mean"])
     return f"{f(s['mean'])} ± {f(s['sd'])} ({f(s['min'])}..{f(s['max'])})"
@@ -229,9 +264,14 @@ def fmt(s: dict[str, float] | None, pct: bool = False) -> str:
 
 def aggregate(result: dict[str, Any]) -> dict[str, Any]:
     variants = sorted({v for s in result["seeds"] for v in s["eval"]}, key=["merged", "Q8_0", "Q4_K_M"].index)
+    base_margin = result["base"]["hf"].get("logprob_margin")
+    for s in result["seeds"]:  # what training added to the preference, per seed
+        for v in s["eval"].values():
+            if v.get("logprob_margin") is not None:
+                v["margin_gain"] = v["logprob_margin"] - base_margin
     return {
-        "eval": {v: {m: spread([s["eval"][v][m] for s in result["seeds"] if v in s["eval"]]) for m in METRICS}
-                 for v in variants},
+        "eval": {v: {m: spread([s["eval"][v].get(m) for s in result["seeds"] if v in s["eval"]])
+                     for m in METRICS + ["margin_gain"]} for v in variants},
         "training": {m: spread([s["training"].get(m) for s in result["seeds"]]) for m in TRAIN_METRICS},
     }
 
@@ -240,14 +280,15 @@ def markdown(result: dict[str, Any]) -> str:
     agg = result["aggregate"]
     n = len(result["seeds"])
     lines = [f"Held-out prompts: {result['heldout_prompts']}; seeds: {n}; mean ± sd (min..max) over seeds.", "",
-             "| model | concise (≤ 40 words, stopped) | mean words | stopped by itself | filler phrase |",
-             "| --- | --- | --- | --- | --- |"]
-    for v, s in result["base"].items():
-        lines.append(f"| base {v} | {100 * s['concise_rate']:.0f}% | {s['mean_words']:.1f} | "
-                     f"{100 * s['stopped_rate']:.0f}% | {100 * s['filler_rate']:.0f}% |")
-    for v, s in agg["eval"].items():
-        lines.append(f"| trained {v} | {fmt(s['concise_rate'], True)} | {fmt(s['mean_words'])} | "
-                     f"{fmt(s['stopped_rate'], True)} | {fmt(s['filler_rate'], True)} |")
+             "| model | concise (≤ 40 words, stopped) | mean words | stopped by itself | filler phrase | "
+             "log p(concise) − log p(verbose) | gain over base |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    one = lambda v: {"mean": v, "n": 1} if v is not None else None  # noqa: E731
+    rows = [(f"base {v}", {m: one(s.get(m)) for m in METRICS + ["margin_gain"]}) for v, s in result["base"].items()]
+    rows += [(f"trained {v}", s) for v, s in agg["eval"].items()]
+    for name, s in rows:
+        lines.append(f"| {name} | {fmt(s['concise_rate'], pct=True)} | {fmt(s['mean_words'], '.1f')} | "
+                     f"{fmt(s['stopped_rate'], pct=True)} | {fmt(s['filler_rate'], pct=True)} | "
+                     f"{fmt(s['logprob_margin'], '.1f')} | {fmt(s['margin_gain'], '.1f')} |")
     lines += ["", "| training | " + " | ".join(TRAIN_METRICS) + " |", "| --- |" + " --- |" * len(TRAIN_METRICS),
               "| " + f"{n} seeds | " + " | ".join(fmt(agg["training"][m]) for m in TRAIN_METRICS) + " |"]
     return "\n".join(lines) + "\n"
