@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -296,11 +297,27 @@ def markdown(result: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------ commands
 
+def once(path: Path, key: dict[str, Any], make) -> dict[str, Any]:
+    """make()'s result, stored in path with key; read back instead of redone while the key is the same."""
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if done.get("key") == key:
+            print(f"{path.name}: done earlier, reused", flush=True)
+            return done["result"]
+    result = make()
+    path.write_text(json.dumps({"key": key, "result": result}, indent=2))
+    return result
+
+
 def experiment(args: argparse.Namespace) -> dict[str, Any]:
     from kto_pipeline.data.dataset import build_kto_dataset
     from kto_pipeline.export.merge import merge_adapter
     from kto_pipeline.training.model import resolve_model_path
 
+    if args.gguf:
+        from kto_pipeline.export.gguf import llama_cpp_version
+
+        llama_cpp_version()  # no llama.cpp here: say so now, not after the first seed has trained
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
@@ -312,25 +329,41 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
                                         "data_version")},
         "config": config_for(args.base, 0, args).to_dict(), "base": {}, "seeds": []}
     save = lambda: (out / "results.json").write_text(json.dumps(result, indent=2))  # noqa: E731
-    result["base"]["hf"] = evaluate(base, "base", out, args)
-    if args.gguf:
-        files, result["base_gguf_checks"] = gguf_files(Path(base), out / "gguf-base")
-        for q, path in files.items():
-            result["base"][q] = evaluate(path, f"base-{q}", out, args)
+    # Each finished part is kept beside its inputs: re-running the same command after a kill (or a device's
+    # per-command time limit) continues where it stopped; different settings redo the part.
+    measure_key = {"base": base, "limit": args.limit, "max_new_tokens": args.max_new_tokens, "gguf": args.gguf,
+                   "device": args.device}
+
+    def base_eval() -> dict[str, Any]:
+        b = {"hf": evaluate(base, "base", out, args)}
+        if args.gguf:
+            files, b["gguf_checks"] = gguf_files(Path(base), out / "gguf-base")
+            b.update({q: evaluate(path, f"base-{q}", out, args) for q, path in files.items()})
+        return b
+
+    b = once(out / "base.json", measure_key, base_eval)
+    result["base_gguf_checks"] = b.pop("gguf_checks", None)
+    result["base"] = b
     save()
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         run = out / f"seed-{seed}"
-        run.mkdir(exist_ok=True)
-        t = time.time()
-        s: dict[str, Any] = {"seed": seed, "training": train_seed(args.base, seed, out / "data", run, cache, args)}
-        print(f"seed {seed} trained in {time.time() - t:.0f}s: {s['training']}", flush=True)
-        merge_adapter(base, run / "adapter", run / "merged")
-        s["eval"] = {"merged": evaluate(str(run / "merged"), f"seed{seed}-merged", out, args)}
-        if args.gguf:
-            files, s["gguf_checks"] = gguf_files(run / "merged", run / "gguf")
-            for q, path in files.items():
-                s["eval"][q] = evaluate(path, f"seed{seed}-{q}", out, args)
-        result["seeds"].append(s)
+
+        def one_seed() -> dict[str, Any]:
+            shutil.rmtree(run, ignore_errors=True)  # a half-finished earlier attempt
+            run.mkdir()
+            t = time.time()
+            s: dict[str, Any] = {"seed": seed, "training": train_seed(args.base, seed, out / "data", run, cache, args)}
+            print(f"seed {seed} trained in {time.time() - t:.0f}s: {s['training']}", flush=True)
+            merge_adapter(base, run / "adapter", run / "merged")
+            s["eval"] = {"merged": evaluate(str(run / "merged"), f"seed{seed}-merged", out, args)}
+            if args.gguf:
+                files, s["gguf_checks"] = gguf_files(run / "merged", run / "gguf")
+                s["eval"].update({q: evaluate(path, f"seed{seed}-{q}", out, args) for q, path in files.items()})
+            return s
+
+        key = {**measure_key, "config": config_for(args.base, seed, args).fingerprint(),
+               "data": result["data"]["data_version"]}
+        result["seeds"].append(once(out / f"seed-{seed}.json", key, one_seed))
         result["aggregate"] = aggregate(result)
         save()
     (out / "results.md").write_text(markdown(result))
