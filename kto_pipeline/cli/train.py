@@ -191,7 +191,7 @@ def summary() -> str:
         if event is None or event.asset_materialization is None:
             continue
         meta = event.asset_materialization.metadata
-        shown = {k: meta[k].value for k in ("valid", "quarantined", "eval_loss", "steps", "tokens_per_s",
+        shown = {k: meta[k].value for k in ("valid", "quarantined", "eval_loss", "steps", "tokens_per_s", "peak_vram_gib",
                                              "train_rows_prompt_cut", "train_rows_dropped", "kl_zero_share",
                                              "size_bytes") if k in meta}
         nums = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())

@@ -21,7 +21,7 @@ GPU_LOCK = Path(os.environ.get("KTO_GPU_LOCK") or Path(tempfile.gettempdir()) / 
 NUMERIC = ("steps", "train_loss", "final_loss", "eval_loss", "rewards_chosen", "rewards_rejected",
            "rewards_margins", "kl", "tokens", "tokens_per_s", "wall_s", "train_rows", "eval_rows",
            "desirable_weight", "undesirable_weight", "processes", "kl_zero_share", "kl_logged_steps",
-           "kl_pairs_same_completion")
+           "kl_pairs_same_completion", "peak_vram_gib", "train_runtime_s")
 
 
 def long_rows_metadata(report: dict) -> dict:
