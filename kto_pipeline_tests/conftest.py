@@ -29,6 +29,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, tiny_model_dir) -> Path:
+    """An artifact cache holding the tiny model, as train() expects it (one per test module)."""
+    root = tmp_path_factory.mktemp("cache")
+    shutil.copytree(tiny_model_dir, root / "tiny")
+    return root
+
+
 @dataclass
 class Project:
     """A Dagster home + artifact root in a temp folder, as `kto` would create them."""

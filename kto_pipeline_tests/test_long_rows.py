@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -66,12 +65,6 @@ def long_data(tmp_path_factory) -> Path:
     build_kto_dataset([src], out, eval_fraction=0.25)
     return out
 
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, tiny_model_dir) -> Path:
-    root = tmp_path_factory.mktemp("cache")
-    shutil.copytree(tiny_model_dir, root / "tiny")
-    return root
 
 
 @pytest.fixture(scope="module")

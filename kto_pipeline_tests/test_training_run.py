@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -33,12 +32,6 @@ def kto_data(tmp_path_factory) -> Path:
     build_kto_dataset(sorted((REPO / "data" / "raw").glob("*.jsonl")), out, eval_fraction=0.2)
     return out
 
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, tiny_model_dir) -> Path:
-    root = tmp_path_factory.mktemp("cache")
-    shutil.copytree(tiny_model_dir, root / "tiny")
-    return root
 
 
 def tiny(**training) -> Config:
