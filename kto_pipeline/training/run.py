@@ -44,6 +44,10 @@ def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
     class StreamMetrics(TrainerCallback):
         """Send each log line to the caller; stop on a non-finite loss instead of training on garbage."""
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            # The total is known only here; `kto train` reads this line for its progress bar and ETA.
+            log(f"training {state.max_steps} steps")
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
             if not logs:
