@@ -103,15 +103,24 @@ def asset_line(asset: str, meta: dict[str, Any]) -> str:
     return f"done  {text}".rstrip() + (f"  -> {g('path')}" if g("path") and asset != "hub_release" else "")
 
 
+def gguf_file_line(file: str, size_bytes: float, bits_per_weight: float, verification: dict) -> str:
+    """One GGUF file and its verification against the HF model (export.gguf's figures)."""
+    v = verification
+    return (f"  {file}: {size_bytes / 2**20:.1f} MB, {bits_per_weight:.2f} bits/weight, rel. error "
+            f"{v['rel_error']:.3g}, top-1 {100 * v['top1_agreement']:.1f}% over {v['decisive_positions']} positions, "
+            f"KL {v['mean_kl']:.3g}, tokenization {'matches' if v['tokenization_match'] else 'DIFFERS'}")
+
+
 def gguf_lines(meta: dict[str, Any]) -> list[str]:
-    """Each file with its verification figures (the asset's `files` table)."""
+    """Each file of a gguf_quantizations materialization (its `files` table)."""
     table = meta.get("files")
     out = []
     for rec in (table.records if table is not None else []):
         r = rec.data
-        out.append(f"  {r['file']}: {r['size_mb']:.1f} MB, {r['bits_per_weight']:.2f} bits/weight, rel. error "
-                   f"{r['rel_error']:.3g}, top-1 {r['top1_pct']}% over {r['decisive_positions']} positions, "
-                   f"KL {r['mean_kl']:.3g}, tokenization {'matches' if r['tokenization_match'] else 'DIFFERS'}")
+        out.append(gguf_file_line(r["file"], r["size_mb"] * 2**20, r["bits_per_weight"], {
+            "rel_error": r["rel_error"], "top1_agreement": (r["top1_pct"] or 0) / 100,
+            "decisive_positions": r["decisive_positions"], "mean_kl": r["mean_kl"],
+            "tokenization_match": r["tokenization_match"]}))
     return out
 
 
