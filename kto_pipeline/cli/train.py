@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,12 @@ def run(args) -> int:
     if args.dry_run:
         args.select = "raw_preferences,kto_dataset"
     env = child_env(args.output_dir, args.hf_token or None)
-    cmd = [*DAGSTER, "asset", "materialize", "-m", MODULE, "--select", args.select,
-           "--config-json", json.dumps(run_config(args))]
+    try:
+        ops = run_config(args)
+    except Exception as e:  # noqa: BLE001 - a selection Dagster cannot resolve: say so, without our traceback
+        print(f"kto train: --select {args.select}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    cmd = [*DAGSTER, "asset", "materialize", "-m", MODULE, "--select", args.select, "--config-json", json.dumps(ops)]
     home = dagster_home()
     log = log_path(home, "train")
     print(f"DAGSTER_HOME={home} KTO_ARTIFACT_ROOT={env['KTO_ARTIFACT_ROOT']}", flush=True)

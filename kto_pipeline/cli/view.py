@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,7 +269,7 @@ class RunView:
         elif step in self.pipes_errors:
             reason, figures = self.pipes_errors[step], {}
         else:
-            reason, figures = root_message(error), {}
+            reason, figures = died_of_signal(step, error) or root_message(error), {}
         self.failed_steps.add(step)
         self.failures.append(Failure(step, reason, figures))
         self.say(step, "FAILED", "red")
@@ -286,3 +287,25 @@ def root_message(error) -> str:
         error = error.cause
     return error.message.strip()
 
+
+def died_of_signal(step: str, error) -> str | None:
+    """A Pipes process (training) killed by a signal reported no exception of its own: name the signal and what
+    usually sends it."""
+    chain = []
+    while error is not None:
+        chain.append(error.message)
+        error = error.cause
+    m = re.search(r"process failed with code (-\d+)", "\n".join(chain))
+    if not m:
+        return None
+    try:
+        name = signal.Signals(-int(m.group(1))).name
+    except ValueError:
+        name = f"signal {-int(m.group(1))}"
+    why = {"SIGKILL": "most often the kernel's out-of-memory killer (host RAM, not GPU memory): lower "
+                      "--batch-size or --max-seq-length, or free memory",
+           "SIGSEGV": "a crash in native code (torch, CUDA, bitsandbytes or unsloth kernels); the log holds the "
+                      "process's last lines",
+           "SIGABRT": "a native library aborted (torch, CUDA, bitsandbytes); the log holds its message"}
+    return f"the {step} process (python -m kto_pipeline.training.run) was killed by {name}: " + why.get(
+        name, "see the log for its last lines")
