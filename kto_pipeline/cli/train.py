@@ -124,7 +124,11 @@ def run_config(args) -> dict[str, Any]:
 
 
 def run(args) -> int:
-    config = get_config(args.model_size, overrides(args))  # fails early on a bad preset or value
+    try:
+        config = get_config(args.model_size, overrides(args))  # fails early on a bad preset or value
+    except ValueError as e:
+        print(f"kto train: {e}", file=sys.stderr)
+        return 2
     if args.dry_run:
         args.select = "raw_preferences,kto_dataset"
     env = child_env(args.output_dir, args.hf_token or None)
