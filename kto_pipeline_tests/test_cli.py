@@ -75,6 +75,16 @@ def test_kto_train_explains_a_failed_check(project):
     assert "desirable share 1.00 is outside [0.2, 0.8]" in out[out.index("FAILED: check label_balance"):]
 
 
+def test_kto_train_explains_a_run_that_never_started(project):
+    """A broken dagster.yaml stops Dagster's CLI before any run exists: its error line, not its traceback."""
+    (project.home / "dagster.yaml").write_text("storage:\n  bogus: 1\n")
+    code, out = Terminal([*KTO, "train", "--select", "raw_preferences"]).read_to_end()
+    assert code == 1
+    block = out[out.index("kto train: Dagster stopped before the run started:"):]
+    assert "DagsterInvalidConfigError: Errors whilst loading dagster instance config" in block
+    assert 'unexpected config entry "bogus"' in block and "Full log: " in block and "Traceback" not in out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
