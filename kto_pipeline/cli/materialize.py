@@ -83,7 +83,8 @@ def materialize(cmd: list[str], env: dict[str, str], log: Path, verbose: bool,
             try:
                 finished = proc.poll() is not None
                 if finished:
-                    output.join()  # the run id may sit in the last lines
+                    # The run id may sit in the last lines; a grandchild still holding the pipe must not hang us.
+                    output.join(timeout=10)
                 if output.run_id and instance is None:
                     instance = dg.DagsterInstance.get()
                 if instance is not None:
