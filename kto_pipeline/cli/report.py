@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from kto_pipeline.cli.materialize import Outcome
-from kto_pipeline.cli.view import RunView, fmt
+from kto_pipeline.cli.figures import fmt
+from kto_pipeline.cli.view import RunView
 
 RESULT_KEYS = ("valid", "quarantined", "eval_loss", "steps", "tokens_per_s", "train_rows_prompt_cut",
                "train_rows_dropped", "kl_zero_share", "size_bytes")

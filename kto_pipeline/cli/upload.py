@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from kto_pipeline.cli.view import gguf_file_line
+from kto_pipeline.cli.figures import gguf_file_line
 
 DEFAULT_QUANTS = ["Q4_K_M", "Q5_K_M", "Q8_0"]
 

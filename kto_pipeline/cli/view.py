@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import math
 import re
-import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.text import Text
+
+from kto_pipeline.cli.failures import Failure, died_of_signal, root_message
+from kto_pipeline.cli.figures import asset_line, duration, figures_of, gguf_lines
 
 # Log lines of the training process (kto_pipeline.training.run): the total at train begin, then one per logged step.
 TRAINING_BEGIN = re.compile(r"^training (\d+) steps")
@@ -28,101 +30,12 @@ STEP_LINES = 10
 WIDTH = 20  # asset names, as in the results table
 
 
-def figures_of(metadata: dict) -> dict[str, Any]:
-    return {k: getattr(v, "value", v) for k, v in metadata.items()}
-
-
-def fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def scalars(meta: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={fmt(v)}" for k, v in meta.items()
-                     if isinstance(v, (int, float, str)) and not isinstance(v, bool) and len(str(v)) < 80)
-
-
-def duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-@dataclass
-class Failure:
-    """One failed step or check, in plain words: what, why (with its numbers), and its figures."""
-
-    title: str
-    reason: str
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    def lines(self, max_reason_lines: int = 25) -> list[str]:
-        reason = self.reason.strip().splitlines() or ["(no description)"]
-        if len(reason) > max_reason_lines:
-            reason = [*reason[:max_reason_lines], "... (the rest is in the log)"]
-        out = [f"FAILED: {self.title}", *(f"  {line}" for line in reason)]
-        if self.figures:
-            out.append(f"  figures: {scalars(self.figures)}")
-        return out
-
-
 @dataclass
 class Training:
     total: int | None = None
     begin: float | None = None
     first_step: int = 0
     next_line: int = 0
-
-
-def asset_line(asset: str, meta: dict[str, Any]) -> str:
-    """The headline figures of one materialization."""
-    g = meta.get
-    if asset == "raw_preferences":
-        text = f"{g('valid')} valid rows, {g('quarantined')} quarantined, from {g('files')} file(s)"
-    elif asset == "kto_dataset":
-        text = (f"{g('valid')} valid rows ({g('train_rows')} train, {g('eval_rows')} eval; {g('n_desirable')} "
-                f"desirable, {g('n_undesirable')} undesirable), {g('quarantined')} quarantined, "
-                f"{g('duplicates_dropped')} duplicates dropped")
-    elif asset == "lora_adapter":
-        parts = [f"{int(g('steps', 0))} steps"]
-        parts += [f"{label} {fmt(g(k))}" for k, label in (("final_loss", "loss"), ("eval_loss", "eval loss"),
-                                                           ("rewards_margins", "margin")) if g(k) is not None]
-        if g("tokens_per_s"):
-            parts.append(f"{g('tokens_per_s'):,.0f} tok/s")
-        if g("wall_s"):
-            parts.append(f"in {duration(g('wall_s'))}")
-        text = ", ".join(parts)
-    elif asset == "merged_model":
-        text = f"{g('parameters', 0):,} parameters, {g('dtype')}, into {g('merged_into')}"
-    elif asset == "gguf_quantizations":
-        text = f"{len(g('files').records) if g('files') else 0} GGUF files verified, llama.cpp {g('llama_cpp_version')}"
-    elif asset == "hub_release":
-        text = (f"{g('target')} release {g('tag')} of {g('repo_id')} "
-                f"({'new version' if g('created') else 'unchanged'}) at {g('location')}")
-    else:
-        text = ""
-    return f"done  {text}".rstrip() + (f"  -> {g('path')}" if g("path") and asset != "hub_release" else "")
-
-
-def gguf_file_line(file: str, size_bytes: float, bits_per_weight: float, verification: dict) -> str:
-    """One GGUF file and its verification against the HF model (export.gguf's figures)."""
-    v = verification
-    return (f"  {file}: {size_bytes / 2**20:.1f} MB, {bits_per_weight:.2f} bits/weight, rel. error "
-            f"{v['rel_error']:.3g}, top-1 {100 * v['top1_agreement']:.1f}% over {v['decisive_positions']} positions, "
-            f"KL {v['mean_kl']:.3g}, tokenization {'matches' if v['tokenization_match'] else 'DIFFERS'}")
-
-
-def gguf_lines(meta: dict[str, Any]) -> list[str]:
-    """Each file of a gguf_quantizations materialization (its `files` table)."""
-    table = meta.get("files")
-    out = []
-    for rec in (table.records if table is not None else []):
-        r = rec.data
-        out.append(gguf_file_line(r["file"], r["size_mb"] * 2**20, r["bits_per_weight"], {
-            "rel_error": r["rel_error"], "top1_agreement": (r["top1_pct"] or 0) / 100,
-            "decisive_positions": r["decisive_positions"], "mean_kl": r["mean_kl"],
-            "tokenization_match": r["tokenization_match"]}))
-    return out
 
 
 class RunView:
@@ -277,35 +190,3 @@ class RunView:
     def not_run(self) -> list[str]:
         failed = {f.title for f in self.failures}
         return [a for a in self.planned if a not in self.done and a not in failed]
-
-
-def root_message(error) -> str:
-    """The innermost cause of a Dagster error: the exception the asset raised, not Dagster's wrapper."""
-    if error is None:
-        return "failed (no error recorded)"
-    while error.cause is not None:
-        error = error.cause
-    return error.message.strip()
-
-
-def died_of_signal(step: str, error) -> str | None:
-    """A Pipes process (training) killed by a signal reported no exception of its own: name the signal and what
-    usually sends it."""
-    chain = []
-    while error is not None:
-        chain.append(error.message)
-        error = error.cause
-    m = re.search(r"process failed with code (-\d+)", "\n".join(chain))
-    if not m:
-        return None
-    try:
-        name = signal.Signals(-int(m.group(1))).name
-    except ValueError:
-        name = f"signal {-int(m.group(1))}"
-    why = {"SIGKILL": "most often the kernel's out-of-memory killer (host RAM, not GPU memory): lower "
-                      "--batch-size or --max-seq-length, or free memory",
-           "SIGSEGV": "a crash in native code (torch, CUDA, bitsandbytes or unsloth kernels); the log holds the "
-                      "process's last lines",
-           "SIGABRT": "a native library aborted (torch, CUDA, bitsandbytes); the log holds its message"}
-    return f"the {step} process (python -m kto_pipeline.training.run) was killed by {name}: " + why.get(
-        name, "see the log for its last lines")
