@@ -52,7 +52,8 @@ def commands(run_id: str | None) -> list[str]:
     if adapter:
         lines += ["", "Eval (lora_adapter): " + ", ".join(f"{k}={fmt(adapter[k])}" for k in EVAL_KEYS if k in adapter)]
     lines += ["", "Next:"]
-    if merged.get("path"):
+    # Only a merged model of the latest adapter: one merged from an older adapter is not what was just trained.
+    if merged.get("path") and str(merged.get("data_version", "")).startswith(str(adapter.get("data_version", "~"))):
         lines.append(f"  kto chat {merged['path']}    # talk to the model")
     elif adapter:
         lines.append("  kto train --select merged_model    # merge the adapter, then kto chat <its path>")

@@ -28,6 +28,8 @@ RESUME = re.compile(r"resuming from \S*checkpoint-(\d+)")
 # Training-step lines printed on top of the bar: about this many per run (plus the first and the last).
 STEP_LINES = 10
 WIDTH = 20  # asset names, as in the results table
+INTERRUPTED = ("interrupted (Ctrl-C or SIGINT). Run the same kto train again: finished assets are reused and "
+               "training resumes from its last checkpoint (training.save_steps).")
 
 
 @dataclass
@@ -183,6 +185,8 @@ class RunView:
             reason, figures = self.pipes_errors[step], {}
         else:
             reason, figures = died_of_signal(step, error) or root_message(error), {}
+        if reason.startswith("KeyboardInterrupt"):
+            reason = INTERRUPTED
         self.failed_steps.add(step)
         self.failures.append(Failure(step, reason, figures))
         self.say(step, "FAILED", "red")
