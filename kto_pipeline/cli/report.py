@@ -66,8 +66,8 @@ def failure_text(view: RunView, outcome: Outcome, command: str = "kto train") ->
     for failure in view.failures:
         lines += [*failure.lines(), ""]
     if outcome.run_id is None:
-        lines += [f"{command}: Dagster stopped before the run started:", *(f"  {l}" for l in startup_error(outcome.tail)),
-                  ""]
+        lines += [f"{command}: Dagster stopped before the run started:",
+                  *(f"  {line}" for line in startup_error(outcome.tail)), ""]
     elif not view.failures:
         lines += [f"FAILED: {view.run_failure or 'the run did not finish'}", ""]
     if view.not_run():

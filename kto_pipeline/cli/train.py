@@ -142,7 +142,7 @@ def run(args) -> int:
     log = log_path(home, "train")
     print(f"DAGSTER_HOME={home} KTO_ARTIFACT_ROOT={env['KTO_ARTIFACT_ROOT']}", flush=True)
     print(f"Full Dagster log: {log}" + ("" if args.verbose else "  (--verbose prints it here)"), flush=True)
-    with RunView() as view:
+    with RunView(quiet=args.verbose) as view:
         outcome = materialize(cmd, env, log, args.verbose, view.on_event)
     ok = outcome.code == 0 and not outcome.interrupted
     print(success_text(view, outcome, next_steps=not args.dry_run) if ok else failure_text(view, outcome), flush=True)

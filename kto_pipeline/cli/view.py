@@ -43,9 +43,11 @@ class Training:
 class RunView:
     """Turns a run's events into what a person reads, live; keeps the failures and warnings for the summary."""
 
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, quiet: bool = False):
+        """quiet: print nothing while the run goes (--verbose streams Dagster's own log instead)."""
         self.console = console or Console(highlight=False)
-        self.live = self.console.is_interactive
+        self.quiet = quiet
+        self.live = self.console.is_interactive and not quiet
         self.progress: Progress | None = None
         self.tasks: dict[str, Any] = {}
         self.training = Training()
@@ -71,6 +73,8 @@ class RunView:
     # -- output
 
     def say(self, asset: str, text: str, style: str = "") -> None:
+        if self.quiet:
+            return
         line = Text(f"{asset:<{WIDTH}} ", style="bold")
         line.append(text, style=style)
         self.console.print(line, soft_wrap=True)
@@ -154,7 +158,7 @@ class RunView:
         self._end_task(asset)
         self.done.append(asset)
         self.say(asset, asset_line(asset, meta), "green")
-        if asset == "gguf_quantizations":
+        if asset == "gguf_quantizations" and not self.quiet:
             for line in gguf_lines(meta):
                 self.console.print(Text(line), soft_wrap=True)
 
