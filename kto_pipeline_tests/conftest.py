@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import shutil
+import struct
 import subprocess
 import sys
+import termios
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +102,51 @@ def run_ok(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 
 PYTHON = sys.executable
+KTO = [sys.executable, "-c", "import sys; from kto_pipeline.cli import main; sys.exit(main())"]  # the `kto` script
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-B]|[=>78])")
+
+
+class Terminal:
+    """A child process on a pseudo-terminal of 120 x 40; read() collects output until a marker shows up.
+
+    term: the TERM the child sees; "dumb" (the default) keeps rich from drawing live displays."""
+
+    def __init__(self, argv: list[str], term: str = "dumb"):
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "TERM": term})
+        os.close(slave)
+        self.buf = b""
+
+    def _read(self) -> bool:
+        """Whatever the child wrote within 0.2 s; False once it has closed the terminal."""
+        if select.select([self.master], [], [], 0.2)[0]:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: the child has closed the terminal
+                return False
+            self.buf += data
+            return bool(data)
+        return True
+
+    def read_until(self, marker: bytes, timeout: float = 120) -> bytes:
+        deadline = time.time() + timeout
+        while marker not in self.buf:
+            if not self._read() or time.time() > deadline:
+                raise AssertionError(f"no {marker!r} in terminal output:\n{self.buf.decode(errors='replace')[-3000:]}")
+        head, _, self.buf = self.buf.partition(marker)
+        return head
+
+    def read_to_end(self, timeout: float = 600) -> tuple[int, str]:
+        """(exit code, everything it printed as a person reads it: escape codes removed, \\r\\n as \\n)."""
+        deadline = time.time() + timeout
+        while self._read():
+            assert time.time() < deadline, self.buf.decode(errors="replace")[-3000:]
+        code = self.proc.wait(timeout=60)
+        os.close(self.master)
+        self.raw = self.buf  # escape codes included
+        return code, ANSI.sub("", self.buf.decode(errors="replace")).replace("\r\n", "\n")
+
+    def send(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")

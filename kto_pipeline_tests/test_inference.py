@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import pty
-import re
-import select
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,9 +11,9 @@ import pytest
 
 from kto_pipeline.cli.chat import ChatSession, _printable
 from kto_pipeline.inference import InferenceError, KTOInference
+from kto_pipeline_tests.conftest import KTO, Terminal
 
 Q = [{"role": "user", "content": "What is machine learning?"}]
-KTO = [sys.executable, "-c", "import sys; from kto_pipeline.cli import main; sys.exit(main())"]  # the `kto` script
 
 
 @pytest.fixture(scope="module")
@@ -101,35 +97,6 @@ def test_chat_session_keeps_history_and_resets(hf_bot):
     assert session.messages == [{"role": "system", "content": "Be brief."}]
     assert "".join(session.send("hello")) == first
     assert _printable("ok\x1b[2J\x07\n") == "ok\\x1b[2J\\x07\n"  # no terminal escapes from model output
-
-
-class Terminal:
-    """A child process on a pseudo-terminal; read() collects output until a marker shows up."""
-
-    def __init__(self, argv: list[str]):
-        self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "dumb"})
-        os.close(slave)
-        self.buf = b""
-
-    def read_until(self, marker: bytes, timeout: float = 120) -> bytes:
-        deadline = time.time() + timeout
-        while marker not in self.buf:
-            closed = False
-            if select.select([self.master], [], [], 0.2)[0]:
-                try:
-                    data = os.read(self.master, 65536)
-                    self.buf, closed = self.buf + data, not data
-                except OSError:  # EIO: the child has closed the terminal
-                    closed = True
-            if closed or time.time() > deadline:
-                raise AssertionError(f"no {marker!r} in terminal output:\n{self.buf.decode(errors='replace')[-3000:]}")
-        head, _, self.buf = self.buf.partition(marker)
-        return head
-
-    def send(self, line: str) -> None:
-        os.write(self.master, line.encode() + b"\n")
 
 
 def _answer(chunk: bytes) -> str:

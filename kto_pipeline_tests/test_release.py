@@ -439,6 +439,10 @@ def test_kto_upload_create_gguf_releases_verified_files(tiny_model_dir, tmp_path
                  "--gguf-quantizations", "Q4_K_M", "Q8_0"]) == 0
     version = LocalRegistry(tmp_path / "art").resolve("me/tiny-kto")
     assert {p.name for p in version.glob("*.gguf")} == {"model-Q4_K_M.gguf", "model-Q8_0.gguf"}  # not the F16 base
+    out = capsys.readouterr().out  # each released file with its verification figures, then what to run next
+    assert re.search(r"^  model-Q4_K_M\.gguf: [\d.]+ MB, [\d.]+ bits/weight, rel\. error [\d.e-]+, top-1 [\d.]+% over "
+                     r"\d+ positions, KL [\d.e-]+, tokenization matches$", out, re.M), out
+    assert f"kto chat {version.resolve()}" in out or f"kto chat {version}" in out
     card = (version / "README.md").read_text()
     assert re.search(r"\| model-Q4_K_M\.gguf \| Q4_K_M \| [\d.]+ KiB \| [\d.]+ \| [\d.e-]+ \| [\d.]+ \|", card), card
     assert "ollama run hf.co/me/tiny-kto:Q4_K_M" in card
@@ -447,3 +451,18 @@ def test_kto_upload_create_gguf_releases_verified_files(tiny_model_dir, tmp_path
         assert bot.backend.has_template  # the chat template travelled into the GGUF metadata
         answer = bot.chat(hello, temperature=0, max_new_tokens=4)
         assert isinstance(answer, str) and answer == bot.chat(hello, temperature=0, max_new_tokens=4)
+
+
+def test_kto_upload_reports_an_unexpected_error_in_plain_words(tmp_path, capsys):
+    from kto_pipeline.cli import main
+
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "merge_info.json").write_text("{not json")
+    args = ["upload", str(broken), "me/broken", "--root", str(tmp_path / "art")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "kto upload failed, nothing was released: JSONDecodeError: Expecting property name" in err
+    assert "--verbose shows the stack trace" in err and "Traceback" not in err
+    with pytest.raises(json.JSONDecodeError):
+        main([*args, "--verbose"])

@@ -98,8 +98,14 @@ def test_kto_plan_command(capsys):
     assert main(["plan", "--model-size", "7b"]) == 0
     out = capsys.readouterr().out
     assert "mistral-7b" in out and "fits 24 GiB" in out and "--batch-size" in out
+    assert out.rstrip().splitlines()[-1] == "Train: kto train --model-size 7b --batch-size 4 --gradient-accumulation 8"
     assert main(["plan", "--model-size", "13b", "--batch-size", "16", "--max-seq-length", "4096"]) == 1
-    assert "does NOT fit 24 GiB" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "does NOT fit 24 GiB" in out
+    # the verdict comes last, in plain words, with the command that fits
+    assert out.rstrip().splitlines()[-2].startswith("Does NOT fit 24 GiB: ~26.93 GiB on the card at micro-batch 16")
+    assert ("kto train --model-size 13b --max-seq-length 4096 --batch-size 8 --gradient-accumulation 32"
+            in out.rstrip().splitlines()[-1])
     assert main(["plan", "--model-name", "acme/unknown"]) == 2
     assert "no architecture known" in capsys.readouterr().err
     assert "fits 24 GiB" in dry_run_report(get_config("20b"))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -92,6 +93,7 @@ def test_cuda_oom_gives_the_seeds_advice(tmp_path, kto_data, cache, monkeypatch)
     text = str(err.value)
     assert "--batch-size 2 --gradient-accumulation 16" in text and "--max-seq-length 1024" in text
     assert "kto plan" in text and "Tried to allocate 2.00 GiB" in text
+    assert re.search(r"The planner('s pick| expected).* --batch-size \d+ --gradient-accumulation \d+", text), text
 
 
 def test_metrics_plot_and_tensorboard(tmp_path, kto_data, cache):

@@ -13,7 +13,8 @@ import argparse
 import sys
 
 from kto_pipeline.config import PRESETS, get_config
-from kto_pipeline.training.memory import DEFAULT_BUDGET_GIB, PER_TOKEN, arch_for, estimate, plan_report
+from kto_pipeline.training.memory import (DEFAULT_BUDGET_GIB, PER_TOKEN, arch_for, estimate, pick_micro_batch,
+                                          plan_report)
 
 
 def add_parser(sub) -> None:
@@ -56,4 +57,27 @@ def run(args) -> int:
     for b in (2, 4, 8, 16, 32):
         e = estimate(config, arch, args.backend, micro_batch=b)
         print(f"  {b:>5}  {e.on_card_gib:6.2f}  {'fits' if e.fits(args.budget_gib) else 'too big'}")
-    return 0 if estimate(config, arch, args.backend).fits(args.budget_gib) else 1
+    fits = estimate(config, arch, args.backend).fits(args.budget_gib)
+    print("\n" + verdict(args, config, arch, fits))
+    return 0 if fits else 1
+
+
+def verdict(args, config, arch, fits: bool) -> str:
+    """The answer in plain words, last, where a person looks: does it fit, and the `kto train` command to run."""
+    t = config.training
+    e = estimate(config, arch, args.backend)
+    flags = [f"--model-size {args.model_size}"] + [
+        f"--{flag} {value}" for flag, value in (("model-name", args.model_name), ("max-seq-length", args.max_seq_length))
+        if value is not None]
+    if fits:
+        return (f"Fits {args.budget_gib:g} GiB: ~{e.on_card_gib:.2f} GiB on the card at micro-batch {e.micro_batch}.\n"
+                f"Train: kto train {' '.join(flags)} --batch-size {t.per_device_train_batch_size} "
+                f"--gradient-accumulation {t.gradient_accumulation_steps}")
+    micro, accum = pick_micro_batch(config, args.budget_gib, arch)
+    if micro != t.per_device_train_batch_size:
+        return (f"Does NOT fit {args.budget_gib:g} GiB: ~{e.on_card_gib:.2f} GiB on the card at micro-batch "
+                f"{e.micro_batch}.\nWhat fits at the same effective batch: kto train {' '.join(flags)} "
+                f"--batch-size {micro} --gradient-accumulation {accum}  (or --memory-budget-gib {args.budget_gib:g})")
+    return (f"Does NOT fit {args.budget_gib:g} GiB: ~{e.on_card_gib:.2f} GiB on the card, and no micro-batch of at "
+            f"least 2 does. Lower --max-seq-length (now {config.model.max_seq_length}), take a smaller preset, or "
+            "plan for a larger card (--budget-gib).")

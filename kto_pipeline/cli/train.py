@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import subprocess
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from kto_pipeline.cli.home import DAGSTER, child_env, dagster_home
+from kto_pipeline.cli.materialize import log_path, materialize
+from kto_pipeline.cli.report import failure_text, success_text
+from kto_pipeline.cli.view import RunView
 from kto_pipeline.config import PRESETS, SECTIONS, get_config
 
 # seed flag -> (config section, field); the help text comes from the field's own documentation.
@@ -72,6 +75,9 @@ def add_parser(sub) -> None:
     p.add_argument("--hf-token", default=None,
                    help="Hugging Face token (prefer the HF_TOKEN environment variable: flags end up in shell history)")
     p.add_argument("--select", default="*", help="Dagster asset selection (default: the whole graph)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="print Dagster's full log as it is written (stack traces included), as `dagster asset "
+                        "materialize` does; by default it goes to a file under DAGSTER_HOME/logs")
     p.add_argument("--dry-run", action="store_true",
                    help="set up without training: validate the data and print the config and memory plan")
     p.set_defaults(func=run)
@@ -93,8 +99,10 @@ def selected_assets(select: str) -> set[str]:
 
     graph = defs.resolve_asset_graph()
     keys: set[str] = set()
-    for part in select.split(","):
-        keys |= {k.to_user_string() for k in dg.AssetSelection.from_string(part.strip()).resolve(graph)}
+    with warnings.catch_warnings():  # Dagster's BetaWarning about its own selection parser is not the user's concern
+        warnings.simplefilter("ignore")
+        for part in select.split(","):
+            keys |= {k.to_user_string() for k in dg.AssetSelection.from_string(part.strip()).resolve(graph)}
     return keys
 
 
@@ -116,20 +124,31 @@ def run_config(args) -> dict[str, Any]:
 
 
 def run(args) -> int:
-    config = get_config(args.model_size, overrides(args))  # fails early on a bad preset or value
+    try:
+        config = get_config(args.model_size, overrides(args))  # fails early on a bad preset or value
+    except ValueError as e:
+        print(f"kto train: {e}", file=sys.stderr)
+        return 2
     if args.dry_run:
         args.select = "raw_preferences,kto_dataset"
     env = child_env(args.output_dir, args.hf_token or None)
-    cmd = [*DAGSTER, "asset", "materialize", "-m", MODULE, "--select", args.select,
-           "--config-json", json.dumps(run_config(args))]
-    print(f"DAGSTER_HOME={dagster_home()} KTO_ARTIFACT_ROOT={env['KTO_ARTIFACT_ROOT']}", flush=True)
-    code = subprocess.call(cmd, env=env)
-    if code == 0:
-        os.environ.update(DAGSTER_HOME=env["DAGSTER_HOME"])
-        print(summary(), flush=True)
+    try:
+        ops = run_config(args)
+    except Exception as e:  # noqa: BLE001 - a selection Dagster cannot resolve: say so, without our traceback
+        print(f"kto train: --select {args.select}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    cmd = [*DAGSTER, "asset", "materialize", "-m", MODULE, "--select", args.select, "--config-json", json.dumps(ops)]
+    home = dagster_home()
+    log = log_path(home, "train")
+    print(f"DAGSTER_HOME={home} KTO_ARTIFACT_ROOT={env['KTO_ARTIFACT_ROOT']}", flush=True)
+    print(f"Full Dagster log: {log}" + ("" if args.verbose else "  (--verbose prints it here)"), flush=True)
+    with RunView(quiet=args.verbose) as view:
+        outcome = materialize(cmd, env, log, args.verbose, view.on_event)
+    ok = outcome.code == 0 and not outcome.interrupted
+    print(success_text(view, outcome, next_steps=not args.dry_run) if ok else failure_text(view, outcome), flush=True)
     if args.dry_run:
-        print(dry_run_text(config, env["KTO_ARTIFACT_ROOT"] if code == 0 else None))
-    return code
+        print(dry_run_text(config, env["KTO_ARTIFACT_ROOT"] if ok else None))
+    return outcome.code or (130 if outcome.interrupted else 0)
 
 
 def dry_run_text(config, artifact_root: str | None = None) -> str:
@@ -176,25 +195,3 @@ def long_rows_text(config, dataset_dir: Path | None, cache_dir: Path) -> str:
         ids = ", ".join(f"{d['split']}:{d['row_id']}" for d in dropped[:10])
         text += f"\n  would drop {len(dropped)} rows: {ids}" + (" ..." if len(dropped) > 10 else "")
     return text
-
-
-def summary() -> str:
-    """One line per asset: where its latest output is and its headline numbers."""
-    import dagster as dg
-
-    from kto_pipeline.definitions import defs
-
-    instance = dg.DagsterInstance.get()
-    lines = ["", "Results:"]
-    for key in defs.resolve_asset_graph().toposorted_asset_keys:
-        event = instance.get_latest_materialization_event(key)
-        if event is None or event.asset_materialization is None:
-            continue
-        meta = event.asset_materialization.metadata
-        shown = {k: meta[k].value for k in ("valid", "quarantined", "eval_loss", "steps", "tokens_per_s", "peak_vram_gib",
-                                             "train_rows_prompt_cut", "train_rows_dropped", "kl_zero_share",
-                                             "size_bytes") if k in meta}
-        nums = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-        lines.append(f"  {key.to_user_string():<20} {meta['path'].value if 'path' in meta else ''}  {nums}")
-    return "\n".join(lines)
-

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from kto_pipeline.cli.figures import gguf_file_line
+
 DEFAULT_QUANTS = ["Q4_K_M", "Q5_K_M", "Q8_0"]
 
 
@@ -52,6 +54,7 @@ def add_parser(sub) -> None:
     p.add_argument("--card-info", default=None, metavar="JSON",
                    help="JSON file with extra model card facts (dataset, training, eval, lineage)")
     p.add_argument("--token", default=None, help="DISCOURAGED: leaks into shell history; set HF_TOKEN instead")
+    p.add_argument("--verbose", "-v", action="store_true", help="show the stack trace of an unexpected error")
     p.set_defaults(func=run)
 
 
@@ -116,7 +119,17 @@ def _show_progress() -> Iterator[None]:
 
 def run(args) -> int:
     with _show_progress():
-        return _run(args)
+        try:
+            return _run(args)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error, in plain words; the trace with --verbose
+            if args.verbose:
+                raise
+            first = (str(exc).strip() or "(no message)").splitlines()
+            print(f"kto upload failed, nothing was released: {type(exc).__name__}: {first[0]}", file=sys.stderr)
+            for line in first[1:20]:
+                print(f"  {line}", file=sys.stderr)
+            print("  (--verbose shows the stack trace)", file=sys.stderr)
+            return 1
 
 
 def _run(args) -> int:
@@ -148,8 +161,16 @@ def _run(args) -> int:
                                    base_model=info.get("base_model"))
     except ReleaseError as exc:
         print(f"kto upload: {exc}", file=sys.stderr)
+        print("Nothing was released.", file=sys.stderr)
         return 1
     state = "new version" if result.created else "unchanged (already released; nothing uploaded)"
     print(f"{result.target}: {result.repo_id} {result.tag} -> {result.revision} [{state}]")
     print(f"  {result.files} files, {result.size_bytes:,} bytes at {result.location}")
+    for row in info.get("gguf", []):
+        print(gguf_file_line(row["file"], row["size_bytes"], row["bits_per_weight"], row["verification"]))
+    if result.target == "local" and args.save_method != "lora":
+        print("Next:")
+        print(f"  kto chat {result.location}    # talk to the released model")
+        for row in info.get("gguf", [])[:1]:
+            print(f"  kto chat {Path(result.location) / row['file']}    # the same, in llama.cpp")
     return 0

@@ -24,14 +24,23 @@ def label_balance(context: dg.AssetCheckExecutionContext, quality_gates: Quality
     weights = report.get("recommended_weights") or b
     lo, hi = quality_gates.min_desirable_share, quality_gates.max_desirable_share
     passed = n_d > 0 and n_u > 0 and lo <= b["desirable_share"] <= hi
+    share = b["desirable_share"]
+    # The description is what `kto train` prints on failure: the numbers, the gate, and what to do about it.
     if n_d + n_u == 0:
-        problem = f"no valid rows ({report.get('quarantined', 0)} quarantined): nothing to train on"
+        problem = (f"no valid rows ({report.get('quarantined', 0)} quarantined): nothing to train on. Fix the rows "
+                   "the quarantine lists (kto_dataset's quarantine_sample) or add feedback files.")
     elif n_d == 0 or n_u == 0:
-        problem = (f"one-class data: {n_d} desirable, {n_u} undesirable; KTO needs both labels "
-                   f"(desirable share {b['desirable_share']:.3f} is outside [{lo}, {hi}])")
+        missing = "undesirable (label false)" if n_u == 0 else "desirable (label true)"
+        problem = (f"one-class data: {n_d} desirable, {n_u} undesirable rows; desirable share {share:.2f} is "
+                   f"outside [{lo}, {hi}]. KTO learns from both labels: add {missing} rows.")
+    elif share > hi:
+        problem = (f"desirable share {share:.2f} ({n_d} desirable, {n_u} undesirable) is above "
+                   f"quality_gates.max_desirable_share={hi}: add undesirable rows, or raise "
+                   "quality_gates.max_desirable_share (training reweights the labels either way).")
     else:
-        problem = (f"desirable share {b['desirable_share']:.3f} ({n_d} desirable, {n_u} undesirable) "
-                   f"is outside [{lo}, {hi}]")
+        problem = (f"desirable share {share:.2f} ({n_d} desirable, {n_u} undesirable) is below "
+                   f"quality_gates.min_desirable_share={lo}: add desirable rows, or lower "
+                   "quality_gates.min_desirable_share (training reweights the labels either way).")
     return dg.AssetCheckResult(
         passed=passed, severity=dg.AssetCheckSeverity.ERROR,
         description=None if passed else problem,
@@ -50,16 +59,20 @@ def eval_loss(context: dg.AssetCheckExecutionContext, quality_gates: QualityGate
     limit = quality_gates.max_eval_loss
     if loss is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                                   description="no eval split: enable split_dataset to evaluate the adapter")
+                                   description="no eval split to measure the adapter on: train with an eval "
+                                               "split (kto train --split-dataset, the default)")
     meta = {"eval_loss": float(loss), "max_eval_loss": limit}
-    problems = [] if math.isfinite(loss) and loss <= limit else [f"eval loss {loss} is not finite or above {limit}"]
+    problems = [] if math.isfinite(loss) and loss <= limit else [
+        f"eval loss {loss:.4f} is not finite or above quality_gates.max_eval_loss={limit}: train longer "
+        "(--max-steps, --num-epochs), lower --learning-rate if the loss diverged, or raise the gate for this model"]
     champion = metrics.get("champion") or {}
     if "eval_loss" in champion:
         bar = champion["eval_loss"] + quality_gates.max_regression
         meta.update(released_eval_loss=float(champion["eval_loss"]), released_adapter=Path(champion["adapter"]).name)
         if not loss <= bar:
             problems.append(f"eval loss {loss:.4f} is worse than the released adapter's {champion['eval_loss']:.4f} "
-                            f"on the same eval rows (allowed: +{quality_gates.max_regression})")
+                            f"on the same eval rows (allowed: +{quality_gates.max_regression}); the released "
+                            "adapter stays the release: add feedback or change the training settings")
     elif champion.get("skipped"):
         meta["released_adapter"] = f"not compared: {champion['skipped']}"
     return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
@@ -79,7 +92,8 @@ def gguf_files_intact(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckRe
     problems = recheck_files(folder, expected)
     return dg.AssetCheckResult(
         passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(problems) or None,
+        description=("; ".join(problems) + ". Build them again: kto train --select gguf_quantizations")
+        if problems else None,
         metadata={"files": len(expected), "path": str(folder)})
 
 

@@ -44,6 +44,10 @@ def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
     class StreamMetrics(TrainerCallback):
         """Send each log line to the caller; stop on a non-finite loss instead of training on garbage."""
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            # The total is known only here; `kto train` reads this line for its progress bar and ETA.
+            log(f"training {state.max_steps} steps")
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
             if not logs:
@@ -76,14 +80,39 @@ def is_oom(e: BaseException) -> bool:
     return type(e).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(e)
 
 
+def planner_advice(config: Config) -> str:
+    """The memory planner's micro-batch for this run's config on this card (or the configured budget)."""
+    import torch
+
+    from kto_pipeline.training.memory import DEFAULT_BUDGET_GIB, pick_micro_batch
+
+    t = config.training
+    budget = (torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available()
+              else t.memory_budget_gib or DEFAULT_BUDGET_GIB)
+    micro, accum = pick_micro_batch(config, budget)
+    if micro >= t.per_device_train_batch_size:  # the plan said it fits: the rows or the card differ from the plan
+        micro, accum = max(1, t.per_device_train_batch_size // 2), t.gradient_accumulation_steps * 2
+        return (f"The planner expected micro-batch {t.per_device_train_batch_size} to fit {budget:.0f} GiB; halve "
+                f"it: --batch-size {micro} --gradient-accumulation {accum} (same effective batch).")
+    return (f"The planner's pick for {budget:.0f} GiB at the same effective batch: --batch-size {micro} "
+            f"--gradient-accumulation {accum} (or --memory-budget-gib {budget:.0f} picks it for you).")
+
+
 @contextlib.contextmanager
-def oom_advice() -> Iterator[None]:
-    """Turn the one error users hit most into the seed's advice; keep every other error as it is."""
+def oom_advice(config: Config | None = None) -> Iterator[None]:
+    """Turn the one error users hit most into the seed's advice, with the planner's suggestion for this config;
+    keep every other error as it is."""
     try:
         yield
     except Exception as e:
         if is_oom(e):
-            raise RuntimeError(f"{OOM_ADVICE}\n(original error: {str(e).splitlines()[0][:300]})") from e
+            advice = OOM_ADVICE
+            if config is not None:
+                try:
+                    advice += "\n" + planner_advice(config)
+                except Exception:  # noqa: BLE001 - an unknown architecture: the general advice still stands
+                    pass
+            raise RuntimeError(f"{advice}\n(original error: {str(e).splitlines()[0][:300]})") from e
         raise
 
 
@@ -148,7 +177,7 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
     setup_reporting(config, output_dir)
     started = time.time()
     history: list[dict[str, Any]] = []
-    with oom_advice():  # loading, the reference pre-pass and training can each run out of memory
+    with oom_advice(config):  # loading, the reference pre-pass and training can each run out of memory
         loaded = load_for_training(config, cache_dir)
         trainer, info = build_trainer(config, loaded, dataset_dir, ckpt_dir, [_callback(log, history)])
         for line in report_text(info["long_rows"]).splitlines():
