@@ -228,6 +228,9 @@ def gguf_files(model_dir: Path, out_dir: Path) -> tuple[dict[str, str], dict[str
                               modelfile_from=None, log=lambda s: None)
     except GGUFVerificationError as e:
         results = e.results
+    except Exception as e:  # noqa: BLE001 - a converter or llama.cpp failure: recorded, the HF results still count
+        print(f"GGUF export of {model_dir} failed: {str(e)[:2000]}", flush=True)
+        return {}, {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
     files, checks = {}, {}
     for r in results:
         checks[r["type"]] = {"passed": r["passed"], "failures": r["failures"],
