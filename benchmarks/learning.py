@@ -59,17 +59,21 @@ def heldout(limit: int | None = None) -> list[dict[str, str]]:
     return rows[:limit] if limit else rows
 
 
-def measure(text: str, stopped: bool) -> dict[str, Any]:
+def measure(text: str, stopped: bool, key: str | None = None) -> dict[str, Any]:
+    """key: for factual held-out questions, a regex the right answer contains ("correct" is None without one)."""
     n = len(text.split())
     return {"words": n, "stopped": stopped, "concise": stopped and n <= CONCISE_WORDS,
-            "filler": bool(FILLER.search(text))}
+            "filler": bool(FILLER.search(text)), "correct": bool(re.search(key, text, re.IGNORECASE)) if key else None}
 
 
 def summarize(gens: list[dict[str, Any]]) -> dict[str, float]:
     words = [g["words"] for g in gens]
     return {"concise_rate": _mean(g["concise"] for g in gens), "filler_rate": _mean(g["filler"] for g in gens),
             "stopped_rate": _mean(g["stopped"] for g in gens), "mean_words": statistics.mean(words),
-            "median_words": statistics.median(words), "n": len(gens)}
+            "median_words": statistics.median(words), "n": len(gens),
+            # brevity must not be bought with wrong answers: the share of factual questions answered right
+            "accuracy": _mean(g["correct"] for g in gens if g.get("correct") is not None)
+            if any(g.get("correct") is not None for g in gens) else None}
 
 
 def _mean(xs) -> float:
@@ -164,7 +168,8 @@ def evaluate(model: str, name: str, out_dir: Path, args: argparse.Namespace) -> 
         answers = generate_gguf(model, prompts, args.max_new_tokens)
     else:
         answers = generate_hf(model, prompts, args.device, args.max_new_tokens)
-    gens = [{"prompt": p, "answer": a, **measure(a, stopped)} for p, (a, stopped) in zip(prompts, answers)]
+    gens = [{"prompt": r["prompt"], "answer": a, **measure(a, stopped, r.get("key"))}
+            for r, (a, stopped) in zip(rows, answers)]
     (out_dir / "generations").mkdir(parents=True, exist_ok=True)
     (out_dir / "generations" / f"{name}.jsonl").write_text(
         "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gens), encoding="utf-8")
@@ -228,6 +233,9 @@ def gguf_files(model_dir: Path, out_dir: Path) -> tuple[dict[str, str], dict[str
                               modelfile_from=None, log=lambda s: None)
     except GGUFVerificationError as e:
         results = e.results
+    except Exception as e:  # noqa: BLE001 - a converter or llama.cpp failure: recorded, the HF results still count
+        print(f"GGUF export of {model_dir} failed: {str(e)[:2000]}", flush=True)
+        return {}, {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
     files, checks = {}, {}
     for r in results:
         checks[r["type"]] = {"passed": r["passed"], "failures": r["failures"],
@@ -242,7 +250,7 @@ def gguf_files(model_dir: Path, out_dir: Path) -> tuple[dict[str, str], dict[str
 
 # --------------------------------------------------------------------------------------------- reporting
 
-METRICS = ["concise_rate", "mean_words", "stopped_rate", "filler_rate", "logprob_margin"]
+METRICS = ["concise_rate", "mean_words", "stopped_rate", "filler_rate", "accuracy", "logprob_margin"]
 TRAIN_METRICS = ["eval_loss", "eval_reward_margin", "eval_kl", "train_loss", "train_runtime_s"]
 
 
@@ -282,14 +290,15 @@ def markdown(result: dict[str, Any]) -> str:
     n = len(result["seeds"])
     lines = [f"Held-out prompts: {result['heldout_prompts']}; seeds: {n}; mean ± sd (min..max) over seeds.", "",
              "| model | concise (≤ 40 words, stopped) | mean words | stopped by itself | filler phrase | "
-             "log p(concise) − log p(verbose) | gain over base |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "factual accuracy | log p(concise) − log p(verbose) | gain over base |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     one = lambda v: {"mean": v, "n": 1} if v is not None else None  # noqa: E731
     rows = [(f"base {v}", {m: one(s.get(m)) for m in METRICS + ["margin_gain"]}) for v, s in result["base"].items()]
     rows += [(f"trained {v}", s) for v, s in agg["eval"].items()]
     for name, s in rows:
         lines.append(f"| {name} | {fmt(s['concise_rate'], pct=True)} | {fmt(s['mean_words'], '.1f')} | "
                      f"{fmt(s['stopped_rate'], pct=True)} | {fmt(s['filler_rate'], pct=True)} | "
-                     f"{fmt(s['logprob_margin'], '.1f')} | {fmt(s['margin_gain'], '.1f')} |")
+                     f"{fmt(s['accuracy'], pct=True)} | {fmt(s['logprob_margin'], '.1f')} | {fmt(s['margin_gain'], '.1f')} |")
     lines += ["", "| training | " + " | ".join(TRAIN_METRICS) + " |", "| --- |" + " --- |" * len(TRAIN_METRICS),
               "| " + f"{n} seeds | " + " | ".join(fmt(agg["training"][m]) for m in TRAIN_METRICS) + " |"]
     return "\n".join(lines) + "\n"
@@ -377,10 +386,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     result = {"base": {"path": args.base, **evaluate(args.base, "base", out, args)}, "models": []}
     for i, m in enumerate(args.model):
         result["models"].append({"path": m, **evaluate(m, f"model{i}-{Path(m).name}", out, args)})
-    lines = ["| model | concise | mean words | stopped | filler |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| model | concise | mean words | stopped | filler | factual accuracy |", "| --- | --- | --- | --- | --- | --- |"]
     for r in [result["base"], *result["models"]]:
         lines.append(f"| {r['path']} | {100 * r['concise_rate']:.0f}% | {r['mean_words']:.1f} | "
-                     f"{100 * r['stopped_rate']:.0f}% | {100 * r['filler_rate']:.0f}% |")
+                     f"{100 * r['stopped_rate']:.0f}% | {100 * r['filler_rate']:.0f}% | "
+                     f"{fmt(None if r['accuracy'] is None else {'mean': r['accuracy'], 'n': 1}, pct=True)} |")
     (out / "results.json").write_text(json.dumps(result, indent=2))
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -399,11 +409,12 @@ def main() -> int:
     e = sub.add_parser("experiment", parents=[common], help="train per seed, merge, GGUF, evaluate every variant")
     e.add_argument("--seeds", type=int, default=3)
     e.add_argument("--first-seed", type=int, default=0)
-    # For SmolLM2-135M with LoRA on all linear layers: 406 training rows, batch 16 -> 26 steps an epoch, so
-    # 80 steps is ~3 epochs. 1e-4 is the usual LoRA rate for a model this size (the tiny preset's 3e-3 is for
-    # random weights); beta 0.1 is KTO's default.
+    # For SmolLM2-135M with LoRA on all linear layers: 406 training rows, batch 16 -> 26 steps an epoch; 48 steps
+    # is ~2 epochs. 1e-4 is the usual LoRA rate at this size (the tiny preset's 3e-3 is for random weights). Measured
+    # on the CPU: 32 x 8 rows at 2e-4 already moved the style strongly (and cost some factual answers), so the
+    # default is a comparable dose (lr x rows), not more. beta 0.1 is KTO's default.
     e.add_argument("--learning-rate", type=float, default=1e-4)
-    e.add_argument("--steps", type=int, default=80)
+    e.add_argument("--steps", type=int, default=48)
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2 r)")
     e.add_argument("--beta", type=float, default=0.1)

@@ -9,13 +9,15 @@ so the files are reproducible: `python benchmarks/learning_data.py` rewrites the
 
 KTO is unpaired: most training prompts get both labels, some only one (as real feedback would).
 The held-out questions are different questions (none is in training); each carries its concise answer and a
-verbose variant so the CI test can score both with a model.
+verbose variant so the CI test can score both with a model, and the factual ones a `key` (a regex the right
+answer contains: "Rome", "168") so the benchmark can tell whether brevity cost correctness.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "data" / "learning"
@@ -551,15 +553,15 @@ TRAIN = [
 ]
 
 HELDOUT = [
-    ("What is the capital of Italy?", "The capital of Italy is Rome."),
-    ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
+    ("What is the capital of Italy?", "The capital of Italy is Rome.", '\\bRome\\b'),
+    ("What is the capital of Egypt?", "The capital of Egypt is Cairo.", '\\bCairo\\b'),
     ("Which planet is known as the Red Planet?",
-     "Mars is known as the Red Planet because of the iron oxide on its surface."),
-    ("What is the chemical symbol for iron?", "The chemical symbol for iron is Fe, from the Latin \"ferrum\"."),
-    ("How long does it take Earth to orbit the Sun?", "Earth takes about 365.25 days to orbit the Sun."),
-    ("Who wrote \"1984\"?", "George Orwell wrote \"1984\", published in 1949."),
-    ("Who painted \"The Starry Night\"?", "Vincent van Gogh painted \"The Starry Night\" in 1889."),
-    ("When did World War I begin?", "World War I began in 1914."),
+     "Mars is known as the Red Planet because of the iron oxide on its surface.", '\\bMars\\b'),
+    ("What is the chemical symbol for iron?", "The chemical symbol for iron is Fe, from the Latin \"ferrum\".", '\\bFe\\b'),
+    ("How long does it take Earth to orbit the Sun?", "Earth takes about 365.25 days to orbit the Sun.", '\\b365'),
+    ("Who wrote \"1984\"?", "George Orwell wrote \"1984\", published in 1949.", '\\bOrwell\\b'),
+    ("Who painted \"The Starry Night\"?", "Vincent van Gogh painted \"The Starry Night\" in 1889.", '\\bGogh\\b'),
+    ("When did World War I begin?", "World War I began in 1914.", '\\b1914\\b'),
     ("What is a verb?",
      "A verb is a word that describes an action, state or occurrence, such as \"run\", \"be\" or \"happen\"."),
     ("What does \"resilient\" mean?", "\"Resilient\" means able to recover quickly from difficulties."),
@@ -595,15 +597,15 @@ HELDOUT = [
      "Use `str.join`: for example, `\", \".join(words)` joins the items with a comma and a space."),
     ("What does \"git pull\" do?",
      "`git pull` downloads new commits from the remote repository and merges them into your current branch."),
-    ("What is 20% of 150?", "20% of 150 is 30."),
-    ("A book costs $12. How much do 4 books cost?", "Four books cost $48 (4 × 12)."),
-    ("How many hours are in a week?", "There are 168 hours in a week (7 × 24)."),
+    ("What is 20% of 150?", "20% of 150 is 30.", '\\b30\\b'),
+    ("A book costs $12. How much do 4 books cost?", "Four books cost $48 (4 × 12).", '\\b48\\b'),
+    ("How many hours are in a week?", "There are 168 hours in a week (7 × 24).", '\\b168\\b'),
     ("If a runner covers 10 km in 50 minutes, what is the average pace per kilometer?",
-     "The average pace is 5 minutes per kilometer (50 ÷ 10)."),
-    ("What is 9 squared?", "9 squared is 81."),
+     "The average pace is 5 minutes per kilometer (50 ÷ 10).", '\\b5 min'),
+    ("What is 9 squared?", "9 squared is 81.", '\\b81\\b'),
     ("A class has 30 students and 40% are boys. How many girls are there?",
-     "There are 18 girls: 40% of 30 is 12 boys, and 30 − 12 = 18."),
-    ("What is the plural of \"child\"?", "The plural of \"child\" is \"children\"."),
+     "There are 18 girls: 40% of 30 is 12 boys, and 30 − 12 = 18.", '\\b18\\b'),
+    ("What is the plural of \"child\"?", "The plural of \"child\" is \"children\".", '\\bchildren\\b'),
     ("How do you say \"goodbye\" in Italian?", "\"Goodbye\" in Italian is \"arrivederci\", or informally \"ciao\"."),
     ("What is the difference between \"then\" and \"than\"?",
      "\"Than\" is used for comparisons (taller than me), while \"then\" refers to time or sequence (we ate, "
@@ -622,12 +624,12 @@ HELDOUT = [
     ("What does a router do?",
      "A router connects your devices to each other and to the internet, directing data between your home "
      "network and your provider."),
-    ("How many legs does an insect have?", "Insects have six legs."),
-    ("What is the tallest animal?", "The giraffe is the tallest animal, growing up to about 5.5 meters tall."),
+    ("How many legs does an insect have?", "Insects have six legs.", '\\b(six|6)\\b'),
+    ("What is the tallest animal?", "The giraffe is the tallest animal, growing up to about 5.5 meters tall.", '\\bgiraffe'),
     ("How many players does a basketball team have on the court?",
-     "Each basketball team has five players on the court."),
+     "Each basketball team has five players on the court.", '\\b(five|5)\\b'),
     ("What is the largest bone in the human body?",
-     "The femur, or thigh bone, is the largest bone in the human body."),
+     "The femur, or thigh bone, is the largest bone in the human body.", '\\b(femur|thigh)'),
     ("Why do we sweat?",
      "We sweat to cool down: as sweat evaporates from the skin, it carries heat away from the body."),
     ("What is a volcano?",
@@ -635,7 +637,7 @@ HELDOUT = [
     ("How do I stay motivated to exercise?",
      "Pick an activity you enjoy, schedule it like an appointment, start small, and track your progress or "
      "train with a friend."),
-    ("What is the currency of Japan?", "The currency of Japan is the yen."),
+    ("What is the currency of Japan?", "The currency of Japan is the yen.", '\\byen\\b'),
     ("How do I write a thank-you note?",
      "Address the person, thank them for something specific, say what it meant to you, and close warmly."),
     ("What is the difference between weather and climate?",
@@ -724,12 +726,13 @@ def train_rows(rng: random.Random) -> list[dict]:
 
 def check() -> None:
     prompts = [q for q, _ in TRAIN]
-    held = [q for q, _ in HELDOUT]
+    held = [h[0] for h in HELDOUT]
     assert len(set(prompts)) == len(prompts), "duplicate training prompt"
     assert len(set(held)) == len(held), "duplicate held-out prompt"
     assert not set(prompts) & set(held), f"held-out prompts in training: {set(prompts) & set(held)}"
-    for q, a in TRAIN + HELDOUT:
+    for q, a, *key in TRAIN + HELDOUT:
         assert words(a) <= CONCISE_MAX_WORDS, f"{q!r}: concise answer has {words(a)} words"
+        assert not key or re.search(key[0], a, re.IGNORECASE), f"{q!r}: the key does not match its own answer"
 
 
 def main() -> None:
@@ -737,7 +740,8 @@ def main() -> None:
     rng = random.Random(SEED)
     OUT.mkdir(parents=True, exist_ok=True)
     rows = train_rows(rng)
-    held = [{"prompt": q, "concise": a, "verbose": verbose(q, a, rng)} for q, a in HELDOUT]
+    held = [{"prompt": h[0], "concise": h[1], "verbose": verbose(h[0], h[1], rng), "key": h[2] if len(h) > 2 else None}
+            for h in HELDOUT]
     for r in rows:
         assert r["label"] or words(r["completion"]) >= VERBOSE_MIN_WORDS
     for name, data in (("train.jsonl", rows), ("heldout.jsonl", held)):
