@@ -39,15 +39,6 @@ def slice_dataset(tmp_path_factory) -> Path:
     return root / "data"
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, tiny_model_dir) -> Path:
-    import shutil
-
-    root = tmp_path_factory.mktemp("cache")
-    shutil.copytree(tiny_model_dir, root / "tiny")
-    return root
-
-
 def margin(model_dir: Path, adapter: Path | None = None) -> float:
     import torch
     from peft import PeftModel
