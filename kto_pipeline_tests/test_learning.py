@@ -33,8 +33,12 @@ def slice_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("learning")
     rows = (learning.DATA / "train.jsonl").read_text(encoding="utf-8").splitlines()
     prompts = list(dict.fromkeys(json.loads(r)["prompt"] for r in rows))[:TRAIN_PROMPTS]
-    keep = [r for r in rows if json.loads(r)["prompt"] in set(prompts)]
-    (root / "slice.jsonl").write_text("\n".join(keep) + "\n", encoding="utf-8")
+    keep = [json.loads(r) for r in rows if json.loads(r)["prompt"] in set(prompts)]
+    # Only the start of each answer: a whole verbose answer is ~500 tiny-tokenizer tokens and would be dropped at
+    # this max_seq_length (the completion is never cut); its first 40 words still carry the filler opener.
+    for row in keep:
+        row["completion"] = " ".join(row["completion"].split()[:40])
+    (root / "slice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
     build_kto_dataset([root / "slice.jsonl"], root / "data", eval_fraction=0.0)
     return root / "data"
 
