@@ -38,10 +38,10 @@ retrain = dg.define_asset_job(
     description="Rebuild the dataset from every validated raw file and retrain everything downstream.")
 
 
-def _settled_files(root: Path, settle_seconds: float) -> tuple[dict[str, str], list[str]]:
+def _settled_files(root: Path, settle_seconds: float, artifact_root: Path) -> tuple[dict[str, str], list[str]]:
     """{partition key: "size:mtime_ns"} of the supported files under root; plus names that cannot be keys."""
     now, files, refused = time.time(), {}, []
-    for p in discover(root, ArtifactStore().path):
+    for p in discover(root, artifact_root):
         st = p.stat()
         if now - st.st_mtime < settle_seconds:
             continue  # probably still being written: next tick
@@ -60,12 +60,13 @@ def build_raw_files_sensor(raw_dir: str | Path = RAW_DIR, *, name: str = "raw_fi
     @dg.sensor(name=name, job=ingest_raw_file, minimum_interval_seconds=interval_seconds,
                default_status=default_status,
                description=f"One raw_file partition and one ingest run per new or changed file in {raw_dir}.")
-    def raw_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    def raw_files_sensor(context: dg.SensorEvaluationContext,
+                         artifacts: ArtifactStore) -> dg.SensorResult | dg.SkipReason:
         root = Path(raw_dir).resolve()
         if not root.is_dir():
             return dg.SkipReason(f"{root} does not exist yet")
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-        files, refused = _settled_files(root, settle_seconds)
+        files, refused = _settled_files(root, settle_seconds, artifacts.path)  # the configured store, not a default
         for key in refused:
             context.log.warning(f"{key}: this file name cannot be a partition key; rename it to ingest it")
         todo = [k for k, stamp in files.items() if seen.get(k) != stamp]

@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import xxhash
-
-from kto_pipeline.artifacts import building, is_complete
+from kto_pipeline.artifacts import is_complete, version_of
 from kto_pipeline.data import DataFileError, build_from_validated, ingest_file, is_supported, label_balance
 from kto_pipeline.data import validate as validation
 from kto_pipeline.data.hf import snapshot
@@ -87,7 +85,7 @@ def _ingested_partitions(instance: dg.DagsterInstance, raw: Path) -> dict[str, P
             continue
         meta = records[0].asset_materialization.metadata
         source, folder = str(meta["source"].value), Path(str(meta["path"].value))
-        if Path(source).is_relative_to(raw) and (folder / validation.COMPLETE).exists():
+        if Path(source).is_relative_to(raw) and is_complete(folder):
             out[source] = folder
     return out
 
@@ -151,11 +149,9 @@ def raw_preferences(context: dg.AssetExecutionContext, config: SourceConfig,
         unique.setdefault(folder.name, (folder, report))
     entries = [{"folder": str(f), **{k: r.get(k) for k in ("source", "digest", "records_in", "valid", "quarantined")}}
                for f, r in unique.values()]
-    version = xxhash.xxh3_128_hexdigest("\n".join(sorted(unique)).encode())[:16]
-    out = artifacts.dir_for("raw_preferences", version)
-    if not is_complete(out):
-        with building(out) as tmp:
-            (tmp / "manifest.json").write_text(json.dumps({"files": entries}, indent=2))
+    version = version_of(validated_files=sorted(unique))
+    out = artifacts.get_or_build("raw_preferences", version, lambda tmp: (tmp / "manifest.json").write_text(
+        json.dumps({"files": entries}, indent=2))).path
     reasons: dict[str, int] = {}
     for _, r in unique.values():
         for k, v in r["reasons"].items():
@@ -176,15 +172,15 @@ def raw_preferences(context: dg.AssetExecutionContext, config: SourceConfig,
                       "duplicates dropped, bad rows quarantined with their reasons.")
 def kto_dataset(context: dg.AssetExecutionContext, config: SplitConfig,
                 artifacts: ArtifactStore) -> dg.MaterializeResult:
-    raw_dir, raw_version = upstream(context, "raw_preferences")
-    folders = [Path(e["folder"]) for e in json.loads((raw_dir / "manifest.json").read_text())["files"]]
+    raw = upstream(context, "raw_preferences")
+    folders = [Path(e["folder"]) for e in json.loads((raw.path / "manifest.json").read_text())["files"]]
     fraction = config.eval_fraction if config.split_dataset else 0.0
-    key = f"{raw_version}-{fraction}-{config.seed}-{config.max_chars}-v{validation.VERSION}"
-    out = artifacts.dir_for("kto_dataset", xxhash.xxh3_64_hexdigest(key.encode()))
-    if not is_complete(out):
-        with building(out) as tmp:
-            build_from_validated(folders, tmp, eval_fraction=fraction, seed=config.seed, max_chars=config.max_chars)
-    else:
+    version = version_of(raw_preferences=raw.version, eval_fraction=fraction, seed=config.seed,
+                         max_chars=config.max_chars, validator=validation.VERSION)
+    built = artifacts.get_or_build("kto_dataset", version, lambda tmp: build_from_validated(
+        folders, tmp, eval_fraction=fraction, seed=config.seed, max_chars=config.max_chars))
+    out = built.path
+    if not built.built:
         context.log.info(f"already built: {out}")
     report = json.loads((out / "report.json").read_text())
     overall = label_balance(report["n_desirable"], report["n_undesirable"])
