@@ -79,12 +79,17 @@ def store_trial(code: str, runs: int) -> dict:
             "errors": [e for s, _, e in got if s != "ok"]}
 
 
-def cli_trial(code: str, runs: int) -> dict:
+def cli_trial(code: str, runs: int, rows: int = 0) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="cli_race_"))
     home, artifacts = tmp / "home", tmp / "artifacts"
     home.mkdir()
     shutil.copyfile(REPO / "kto_pipeline" / "dagster.yaml", home / "dagster.yaml")
     shutil.copytree(REPO / "data" / "raw", tmp / "data" / "raw")
+    if rows:  # a bigger dataset: a build long enough for the runs to overlap (CLI start-up jitter is ~seconds)
+        with open(tmp / "data" / "raw" / "synthetic.jsonl", "w") as f:
+            for i in range(rows):
+                f.write(json.dumps({"prompt": f"question {i}", "completion": f"answer {i} " * 20,
+                                    "label": i % 3 != 0}) + "\n")
     env = dict(os.environ, DAGSTER_HOME=str(home), KTO_ARTIFACT_ROOT=str(artifacts), PYTHONPATH=code,
                PYTHONDONTWRITEBYTECODE="1")
 
@@ -102,7 +107,9 @@ def cli_trial(code: str, runs: int) -> dict:
     errors = []
     for p, o in zip(procs, outs):
         if p.returncode != 0:
-            errors.append(next((line.strip()[:160] for line in o.splitlines() if "Error:" in line), "exit != 0"))
+            causes = [line.strip() for line in o.splitlines()
+                      if "Error: " in line and "DagsterExecutionStepExecutionError" not in line]
+            errors.append(causes[0][:200] if causes else "exit != 0")
     folders = [p for p in (artifacts / "kto_dataset").iterdir() if not p.name.startswith(".")
                and not p.name.endswith((".partial", ".lock"))]
     corrupt = sum(not all((f / n).is_file() for n in (".complete", "report.json", "train.parquet")) for f in folders)
@@ -117,17 +124,18 @@ def main() -> int:
     p.add_argument("--code", default=str(REPO), help="the tree whose kto_pipeline runs")
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--rows", type=int, default=0, help="cli: add a synthetic raw file of this many rows")
     args = p.parse_args()
-    trial = store_trial if args.scenario == "store" else cli_trial
     rows = []
     for i in range(args.trials):
-        r = trial(str(Path(args.code).resolve()), args.runs)
+        code = str(Path(args.code).resolve())
+        r = store_trial(code, args.runs) if args.scenario == "store" else cli_trial(code, args.runs, args.rows)
         rows.append(r)
         print(f"trial {i + 1}: {r}", flush=True)
     total = args.trials * args.runs
     errors = Counter(e.split(":")[0] for r in rows for e in r["errors"])
     extra_builds = sum(r["builds"] - 1 for r in rows)
-    print(f"| {args.scenario} | {args.code} | {args.trials} x {args.runs} | "
+    print(f"| {args.scenario}{f' ({args.rows} rows)' if args.rows else ''} | {args.code} | {args.trials} x {args.runs} | "
           f"{sum(r['failed'] for r in rows)} of {total} | {sum(r['corrupt'] for r in rows)} | "
           f"{extra_builds} | {dict(errors) or '-'} |")
     return 0
