@@ -82,3 +82,21 @@ def test_each_data_parallel_process_gets_a_valid_share_of_the_run():
     big = get_config("7b", {"training": {"num_processes": 4, "gradient_accumulation_steps": 8}})
     micro, accum = pick_micro_batch(big, 80.0)
     assert accum % 4 == 0 and micro * accum == 32
+
+
+def test_the_environment_is_read_when_used_not_at_import(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from kto_pipeline.defs.automation import build_raw_files_sensor
+    from kto_pipeline.defs.resources import ArtifactStore
+    from kto_pipeline.defs.training import gpu_lock_path
+
+    monkeypatch.setenv("KTO_RAW_DIR", str(tmp_path / "later"))
+    monkeypatch.setenv("KTO_GPU_LOCK", str(tmp_path / "gpu.lock"))
+    monkeypatch.setenv("KTO_ARTIFACT_ROOT", str(tmp_path / "art"))
+    assert gpu_lock_path() == tmp_path / "gpu.lock"
+    assert ArtifactStore().path == tmp_path / "art" and ArtifactStore(root=str(tmp_path / "x")).path == tmp_path / "x"
+    sensor = build_raw_files_sensor(name="env_sensor")
+    with dg.DagsterInstance.ephemeral() as instance:
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources={"artifacts": ArtifactStore()}))
+    assert tick.skip_message == f"{tmp_path / 'later'} does not exist yet"

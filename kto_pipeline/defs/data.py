@@ -22,7 +22,7 @@ from kto_pipeline.artifacts import is_complete, version_of
 from kto_pipeline.data import DataFileError, build_from_validated, ingest_file, is_supported, label_balance
 from kto_pipeline.data import validate as validation
 from kto_pipeline.data.hf import snapshot
-from kto_pipeline.defs.config import RAW_DIR, SourceConfig, SplitConfig
+from kto_pipeline.defs.config import SourceConfig, SplitConfig, raw_dir
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
 
@@ -49,12 +49,12 @@ def file_metadata(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 class IngestConfig(dg.Config):
-    raw_dir: str = RAW_DIR
+    raw_dir: str = ""  # empty: $KTO_RAW_DIR or data/raw
 
 
 @dg.op(description="Validate one raw file (the run's partition) and record it as a raw_file partition.")
 def validate_raw_file(context: dg.OpExecutionContext, config: IngestConfig, artifacts: ArtifactStore) -> None:
-    path = Path(config.raw_dir) / context.partition_key
+    path = Path(config.raw_dir or raw_dir()) / context.partition_key
     try:
         folder, report = ingest_file(path, artifacts.path / "raw_file")
     except DataFileError as e:
@@ -111,7 +111,7 @@ def collect_sources(context: dg.AssetExecutionContext, config: SourceConfig,
                                               split=config.dataset_split)
                     found.append(ingest_file(parquet, cache, source=label))
             return found
-        raw = Path(config.raw_dir).resolve()
+        raw = Path(config.raw_dir or raw_dir()).resolve()
         if not raw.is_dir():
             raise DataFileError(f"raw data folder {raw} does not exist (set raw_dir, --local-file or --dataset-name)")
         files = discover(raw, artifacts.path)
