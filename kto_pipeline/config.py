@@ -19,6 +19,14 @@ from typing import Any
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LONG_ROWS = ("cut_prompt", "drop")  # policies for rows longer than max_seq_length (training/long_rows.py)
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+UNSLOTH = ("auto", "always", "never")
+
+
+def _choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    # exact spelling: "Never" or "bf16" would otherwise mean "auto" silently, or fail inside the training process
+    if value not in allowed:
+        raise ValueError(f"{field_name} must be one of {list(allowed)}, not {value!r}")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -42,8 +50,11 @@ class ModelConfig:
     trust_remote_code: bool = _f(False, "Run model code shipped in the Hub repo. Off unless you trust it.")
 
     def __post_init__(self) -> None:
-        if self.long_rows not in LONG_ROWS:
-            raise ValueError(f"model.long_rows must be one of {list(LONG_ROWS)}, not {self.long_rows!r}")
+        _choice("model.long_rows", self.long_rows, LONG_ROWS)
+        _choice("model.dtype", self.dtype, DTYPES)
+        _choice("model.use_unsloth", self.use_unsloth, UNSLOTH)
+        if self.max_seq_length < 1:
+            raise ValueError(f"model.max_seq_length must be at least 1, not {self.max_seq_length}")
 
 
 @dataclass
@@ -94,6 +105,29 @@ class TrainingConfig:
     wandb_project: str = _f("kto-pipeline", "W&B project name.", weights=False)
     wandb_run_name: str | None = _f(None, "W&B run name.", weights=False)
 
+    def __post_init__(self) -> None:
+        # Checked here, before any model loads (TRL would fail only after loading it, or not at all).
+        if self.per_device_train_batch_size < 2:
+            raise ValueError(f"training.per_device_train_batch_size must be at least 2, not "
+                             f"{self.per_device_train_batch_size}: KTO's KL term pairs each row with another row "
+                             "of its micro-batch (TRL needs a micro-batch > 1)")
+        for name in ("gradient_accumulation_steps", "num_processes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be at least 1, not {getattr(self, name)}")
+        if self.gradient_accumulation_steps % self.num_processes:
+            raise ValueError(f"training.num_processes={self.num_processes} must divide "
+                             f"training.gradient_accumulation_steps={self.gradient_accumulation_steps}: the "
+                             "accumulation is split among the processes, and a remainder would change the "
+                             "effective batch")
+        for name in ("desirable_weight", "undesirable_weight"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:  # 0.0 is a weight (that class is ignored), None is "derive"
+                raise ValueError(f"training.{name} must be >= 0 or None (derived from the label balance), not {value}")
+        if self.desirable_weight == 0 and self.undesirable_weight == 0:
+            raise ValueError("training.desirable_weight and training.undesirable_weight are both 0: nothing to learn")
+        if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
+            raise ValueError(f"training.memory_budget_gib must be > 0 GiB or None, not {self.memory_budget_gib}")
+
 
 @dataclass
 class Config:
@@ -102,6 +136,15 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        if self.training.memory_budget_gib is not None:  # the planner needs the architecture: fail now, not later
+            from kto_pipeline.training.memory import arch_for
+
+            try:
+                arch_for(self.model.model_name)
+            except ValueError as e:
+                raise ValueError(f"training.memory_budget_gib needs the model's architecture: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,10 +13,12 @@ import pytest
 
 from kto_pipeline.definitions import defs
 from kto_pipeline.defs.automation import build_raw_files_sensor, build_retrain_schedule
+from kto_pipeline.defs.resources import ArtifactStore
 
 pytestmark = pytest.mark.slow  # real sensor and schedule ticks against an instance
 
 SCHEDULE = "test_retrain"
+RESOURCES = {"artifacts": ArtifactStore()}  # the root: $KTO_ARTIFACT_ROOT of the test project, read at run time
 
 
 def rows(n: int, tag: str, share: float = 0.5) -> str:
@@ -27,7 +29,8 @@ def rows(n: int, tag: str, share: float = 0.5) -> str:
 def tick(sensor: dg.SensorDefinition, instance, cursor: str | None):
     """One sensor evaluation, with what the daemon would do with its result: add the requested
     partitions, then execute the requested runs."""
-    data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor, definitions=defs))
+    data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor, definitions=defs,
+                                                       resources=RESOURCES))
     for req in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
     job = defs.resolve_job_def("ingest_raw_file")
@@ -55,7 +58,8 @@ def test_sensor_adds_one_partition_per_new_file_with_a_cursor(tmp_path, project)
     drop = tmp_path / "drop"
     sensor = build_raw_files_sensor(drop, name="test_sensor", settle_seconds=0)
     with project.instance() as instance:
-        assert "does not exist" in sensor.evaluate_tick(dg.build_sensor_context(instance=instance)).skip_message
+        assert "does not exist" in sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, resources=RESOURCES)).skip_message
         drop.mkdir()
         first = tick(sensor, instance, None)
         assert not first.run_requests and "no new files" in first.skip_message
@@ -86,7 +90,7 @@ def test_sensor_adds_one_partition_per_new_file_with_a_cursor(tmp_path, project)
 
         fresh = build_raw_files_sensor(drop, name="test_sensor", settle_seconds=3600)
         (drop / "c.jsonl").write_text(rows(4, "c"))  # still "being written" for an hour-long settle time
-        assert not fresh.evaluate_tick(dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=fourth.cursor, definitions=defs)).run_requests
+        assert not fresh.evaluate_tick(dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=fourth.cursor, definitions=defs, resources=RESOURCES)).run_requests
 
 
 def test_schedule_retrains_only_on_new_validated_data(tmp_path, project):

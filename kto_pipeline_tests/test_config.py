@@ -45,3 +45,58 @@ def test_dagster_config_mirrors_dataclasses():
         derived = type(getattr(tc, section)).model_fields
         assert set(derived) == {f.name for f in dataclasses.fields(cls)}
         assert all(derived[name].description for name in derived)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model": {"use_unsloth": "Never"}}, "model.use_unsloth must be one of ['auto', 'always', 'never'], not 'Never'"),
+    ({"model": {"dtype": "bf16"}}, "model.dtype must be one of ['auto', 'bfloat16', 'float16', 'float32'], not 'bf16'"),
+    ({"training": {"per_device_train_batch_size": 1}}, "training.per_device_train_batch_size must be at least 2"),
+    ({"training": {"num_processes": 3}}, "training.num_processes=3 must divide training.gradient_accumulation_steps=8"),
+    ({"training": {"desirable_weight": -0.5}}, "training.desirable_weight must be >= 0"),
+    ({"training": {"desirable_weight": 0.0, "undesirable_weight": 0.0}}, "both 0"),
+    ({"training": {"memory_budget_gib": 16}, "model": {"model_name": "someone/unknown-7b"}},
+     "training.memory_budget_gib needs the model's architecture: no architecture known for 'someone/unknown-7b'"),
+])
+def test_invalid_config_fails_before_any_model_loads(overrides, message):
+    with pytest.raises(ValueError) as e:
+        get_config("7b", overrides)
+    assert message in str(e.value)
+
+
+def test_a_zero_weight_is_a_weight_not_unset():
+    from kto_pipeline.training.trainer import kto_weights
+
+    config = get_config("tiny", {"training": {"desirable_weight": 0.0}})
+    dw, uw = kto_weights(config, [True, False, False, False])
+    assert dw == 0.0 and uw > 0  # before: `0.0 or auto` silently used the derived weight
+    assert kto_weights(get_config("tiny"), [True, False])[0] > 0
+
+
+def test_each_data_parallel_process_gets_a_valid_share_of_the_run():
+    from kto_pipeline.training.memory import pick_micro_batch
+    from kto_pipeline.training.trainer import per_process
+
+    config = get_config("tiny", {"training": {"num_processes": 2, "gradient_accumulation_steps": 2}})
+    share = per_process(config, 2)
+    assert share.training.gradient_accumulation_steps == 1 and share.training.num_processes == 1
+    big = get_config("7b", {"training": {"num_processes": 4, "gradient_accumulation_steps": 8}})
+    micro, accum = pick_micro_batch(big, 80.0)
+    assert accum % 4 == 0 and micro * accum == 32
+
+
+def test_the_environment_is_read_when_used_not_at_import(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from kto_pipeline.defs.automation import build_raw_files_sensor
+    from kto_pipeline.defs.resources import ArtifactStore
+    from kto_pipeline.defs.training import gpu_lock_path
+
+    monkeypatch.setenv("KTO_RAW_DIR", str(tmp_path / "later"))
+    monkeypatch.setenv("KTO_GPU_LOCK", str(tmp_path / "gpu.lock"))
+    monkeypatch.setenv("KTO_ARTIFACT_ROOT", str(tmp_path / "art"))
+    assert gpu_lock_path() == tmp_path / "gpu.lock"
+    assert ArtifactStore().path == tmp_path / "art" and ArtifactStore(root=str(tmp_path / "x")).path == tmp_path / "x"
+    sensor = build_raw_files_sensor(name="env_sensor")
+    with dg.DagsterInstance.ephemeral() as instance:
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources={"artifacts": ArtifactStore()}))
+    assert tick.skip_message == f"{tmp_path / 'later'} does not exist yet"

@@ -505,3 +505,45 @@ def test_hf_dataset_that_cannot_be_reached_says_so(tmp_path):
     assert first.startswith("Hugging Face dataset hf://someone/not-cached-anywhere: could not be loaded")
     assert "offline" in first
     assert second.startswith(f"Hugging Face dataset hf://{tmp_path}/nope.jsonl: could not be loaded")
+
+
+# ---- bad input that gets a hint -------------------------------------------------------------------
+
+@pytest.mark.parametrize("record, reason", [
+    ({"Prompt": "q", "completion": "a", "label": True}, "missing field: prompt (found 'Prompt': field names are lower case)"),
+    ({"prompt": "q", "completion": "a", "Label": True}, "missing field: label (found 'Label': field names are lower case)"),
+    ({"prompt": "q", "response": "a", "label": True}, "missing field: completion (found 'response': rename it to completion)"),
+    ({"prompt": "q", "output": "a", "label": True}, "missing field: completion (found 'output': rename it to completion)"),
+    ({"prompt": "q", "chosen": "a", "rejected": "b", "label": True}, "found 'chosen'/'rejected': a paired preference row"),
+    ({"prompt": "q", "text": "a", "label": True}, "missing field: completion (the record has: 'prompt', 'text', 'label')"),
+])
+def test_missing_field_names_what_was_found(record, reason):
+    with pytest.raises(BadRow) as e:
+        normalize(record)
+    assert reason in str(e.value)
+
+
+def test_a_chat_role_outside_system_user_assistant_tool_is_quarantined(tmp_path):
+    f = tmp_path / "chat.jsonl"
+    good = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    bot = [{"role": "user", "content": "hi"}, {"role": "bot", "content": "hello"}]
+    odd = [{"role": "narrator", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    f.write_text(jl(*({"messages": m, "label": i % 2 == 0} for i, m in enumerate([good, bot, odd, good]))))
+    report = validate_file(f, tmp_path / "out")
+    assert (report["valid"], report["quarantined"]) == (2, 2)  # the bulk (Arrow) path agrees with normalize
+    reasons = sorted(bad_of(tmp_path / "out").reason)
+    assert reasons[0].startswith("bad conversation: messages[0].role is 'narrator', expected one of "
+                                 "system/user/assistant/tool")
+    assert reasons[1].startswith("bad conversation: messages[1].role is 'bot'")
+
+
+@pytest.mark.parametrize("content, what", [("", "an empty file"), ("prompt,completion,label\n", "only a header")])
+def test_a_file_without_records_is_an_error_that_says_so(tmp_path, content, what):
+    from kto_pipeline.data import ingest_file
+
+    f = tmp_path / "feedback.csv"
+    f.write_text(content)
+    with pytest.raises(DataFileError, match=f"feedback.csv: no records in it \\({what}"):
+        ingest_file(f, tmp_path / "cache")
+    with pytest.raises(DataFileError, match="no records"):  # the cached validation says so too
+        ingest_file(f, tmp_path / "cache")

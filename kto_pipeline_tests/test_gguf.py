@@ -327,7 +327,7 @@ def test_gguf_asset_records_files_and_a_failing_file_fails_it(trained_model, tmp
         assert result.success
         meta = result.asset_materializations_for_node("gguf_quantizations")[0].metadata
         folder = Path(meta["path"].value)
-        assert folder.parent == tmp_path / "gguf_quantizations" and meta["data_version"].value.startswith("m1-")
+        assert folder.parent == tmp_path / "gguf_quantizations" and meta["merged_model"].value == "m1"
         records = [r.data for r in meta["files"].value.records]
         assert [(r["type"], r["passed"]) for r in records] == [("F16", True), ("Q8_0", True)]
         assert all((folder / r["file"]).is_file() for r in records) and (folder / "Modelfile").is_file()

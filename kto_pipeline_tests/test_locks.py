@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from kto_pipeline.artifacts import exclusive
+from kto_pipeline.artifacts import exclusive, holder_file
 
 HOLD = """import sys, time
 from pathlib import Path
@@ -23,10 +23,10 @@ def test_second_taker_waits_and_names_the_holder(tmp_path):
     started = time.monotonic()
     with exclusive(lock, "run B", on_wait=waits.append):
         waited = time.monotonic() - started
-        assert "run B" in lock.read_text()
+        assert "run B" in holder_file(lock).read_text()
     assert waited > 1.0, "got the lock while the other process still held it (for 1.5 s)"
     assert len(waits) == 1 and waits[0].startswith("run A (pid ")
-    assert lock.read_text() == ""  # released and cleared
+    assert not holder_file(lock).exists()  # released and cleared
 
 
 def test_a_killed_holder_frees_the_lock(tmp_path):
@@ -36,4 +36,4 @@ def test_a_killed_holder_frees_the_lock(tmp_path):
     holder.kill()
     holder.wait()
     with exclusive(lock, "run B", on_wait=lambda h: None):
-        assert "run B" in lock.read_text()
+        assert "run B" in holder_file(lock).read_text()

@@ -245,6 +245,7 @@ def _adapter(instance, folder: Path, metrics: dict) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / ".complete").write_text("")  # finished, as the artifact store leaves it
     instance.report_runless_asset_event(dg.AssetMaterialization(
         "lora_adapter", metadata={"path": str(folder), "data_version": folder.name}))
 
@@ -287,6 +288,7 @@ def test_training_reports_long_rows_and_the_check_fails_past_the_threshold(long_
     assert isinstance(meta["kl_logged_steps"], float) and "cut_prompt" in meta["long_rows_policy"]
 
     with dg.DagsterInstance.ephemeral() as instance:
+        (out / ".complete").write_text("")  # finished, as the artifact store leaves it
         instance.report_runless_asset_event(dg.AssetMaterialization(
             "lora_adapter", metadata={"path": str(out), "data_version": "v1"}))
         failed = _checks(instance)["long_rows"]

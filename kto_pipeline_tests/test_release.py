@@ -249,6 +249,17 @@ def test_local_registry_versions_tags_and_content_addressing(tiny_model_dir, tmp
     assert reg.verify(REPO, "v1") and reg.verify(REPO, "v2")
     with pytest.raises(ReleaseError, match="no version or tag"):
         reg.resolve(REPO, "v9")
+
+    # a flipped byte in a released file (bit rot, an edit through the read-only link): caught before it is handed out
+    assert reg.checkout(REPO, "v1") == reg.resolve(REPO, "v1")
+    weights = Path(a.location) / "model.safetensors"
+    weights.chmod(0o644)
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert not reg.verify(REPO, "v1") and not reg.verify(REPO, "v2")  # one blob, linked by both versions
+    with pytest.raises(ReleaseError, match=r"v1 in .* is damaged: model.safetensors: content changed"):
+        reg.checkout(REPO, "v1")
     with pytest.raises(ReleaseError, match="invalid repo id"):
         reg.publish(Path(a.location), "../escape")
 

@@ -22,6 +22,11 @@ from typing import Any
 TRUE_LABELS = frozenset({"true", "1", "yes", "👍", "👍\ufe0f"})
 FALSE_LABELS = frozenset({"false", "0", "no", "👎", "👎\ufe0f"})
 CONVERSATION_KEYS = ("conversations", "messages")
+ROLES = ("system", "user", "assistant", "tool")  # what chat templates know; anything else is quarantined
+# Field names people use for ours: named in the "missing field" reason, so the fix is obvious.
+SYNONYMS = {"prompt": ("input", "question", "instruction", "query"),
+            "completion": ("response", "output", "answer", "chosen", "rejected"),
+            "label": ("rating", "feedback", "thumbs_up")}
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "tool": "tool"}
 
@@ -68,9 +73,25 @@ def _check_utf8(value: str, where: str) -> None:
         raise BadRow(f"not UTF-8: {where} holds an unencodable character (lone surrogate or bad byte)") from None
 
 
+def missing(record: dict, key: str) -> BadRow:
+    """"missing field: key", with what the record has instead when it looks like the same thing."""
+    names = [k for k in record if isinstance(k, str)]
+    wanted = (key, *CONVERSATION_KEYS) if key == "prompt" else (key,)
+    same = [k for k in names if k.lower() in wanted and k not in wanted]
+    if same:
+        return BadRow(f"missing field: {key} (found {same[0]!r}: field names are lower case)")
+    if key == "completion" and {"chosen", "rejected"} & {k.lower() for k in names}:
+        return BadRow("missing field: completion (found 'chosen'/'rejected': a paired preference row; KTO takes one "
+                      "completion and a label per row: make each pair a desirable and an undesirable row)")
+    synonym = next((k for k in names if k.lower() in SYNONYMS.get(key, ())), None)
+    if synonym:
+        return BadRow(f"missing field: {key} (found {synonym!r}: rename it to {key})")
+    return BadRow(f"missing field: {key} (the record has: {', '.join(map(repr, names[:8])) or 'no fields'})")
+
+
 def _text(record: dict, key: str) -> str:
     if key not in record:
-        raise BadRow(f"missing field: {key}")
+        raise missing(record, key)
     value = record[key]
     if not isinstance(value, str):
         raise BadRow(f"wrong type: {key} is {_type(value)}, expected string")
@@ -105,6 +126,8 @@ def _messages(value: Any, key: str) -> list[dict[str, str]]:
             role, content = _SHAREGPT_ROLES.get(m.get("from"), m.get("from")), m.get("value")
         if not isinstance(role, str) or not role.strip():
             raise BadRow(f"wrong type: {key}[{i}].role is {_type(role)}, expected a non-empty string")
+        if role not in ROLES:
+            raise BadRow(f"bad conversation: {key}[{i}].role is {role!r}, expected one of {'/'.join(ROLES)}")
         if not isinstance(content, str):
             raise BadRow(f"wrong type: {key}[{i}].content is {_type(content)}, expected string")
         _check_utf8(content, f"{key}[{i}].content")
@@ -137,7 +160,7 @@ def _from_conversation(record: dict, key: str) -> tuple[str, str, list[dict]]:
 def _from_trl_conversational(record: dict) -> tuple[str, str, list[dict] | None]:
     """TRL's conversational prompt/completion: either side may be a message list."""
     if "prompt" not in record:
-        raise BadRow("missing field: prompt")
+        raise missing(record, "prompt")
     prompt, turns = record["prompt"], None
     if isinstance(prompt, (list, tuple)):
         turns = _messages(list(prompt), "prompt")
@@ -170,7 +193,7 @@ def normalize(record: Any) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise BadRow(f"not an object: got {_type(record)}")
     if "label" not in record:
-        raise BadRow("missing field: label")
+        raise missing(record, "label")
     label = coerce_label(record["label"])
     key = next((k for k in CONVERSATION_KEYS if record.get(k) is not None), None)
     if key is not None:

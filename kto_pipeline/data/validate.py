@@ -11,11 +11,9 @@ a byte-for-byte copy of the original, so a file is validated once however often 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import shutil
 import threading
-import uuid
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,14 +25,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from kto_pipeline.artifacts import hash_file
-from kto_pipeline.data.normalize import (CONVERSATION_KEYS, FALSE_LABELS, TRUE_LABELS, BadRow, normalize,
+from kto_pipeline.artifacts import build_once, hash_file
+from kto_pipeline.data.normalize import (CONVERSATION_KEYS, FALSE_LABELS, ROLES, TRUE_LABELS, BadRow, normalize,
                                          reason_category)
 from kto_pipeline.data.readers import Batch, DataFileError, NeedExactCsv, Part, chat_column, read_batches
 
-VERSION = 2  # bump when a rule or the cache format changes: older cached validations are then redone
+VERSION = 3  # bump when a rule or the cache format changes: older cached validations are then redone
 SAMPLES_PER_REASON = 3
-COMPLETE = ".complete"
 
 # rows.arrow of one validated file (internal: the dataset build turns row_key into a hex row_id).
 # An Arrow IPC file, not Parquet: it is read back once, memory-mapped, with no decoding at all.
@@ -118,7 +115,7 @@ def _fast_chat(t: pa.Table, key: str, ok: np.ndarray) -> tuple[dict[str, pa.Arra
     turns = pc.list_flatten(msgs)  # only the turns of non-null lists, in row order
     parent = pc.list_parent_indices(msgs).to_numpy()
     roles, contents = pc.struct_field(turns, "role"), pc.struct_field(turns, "content")  # null turn -> null
-    bad_turn = ~(_mask(pc.is_valid(roles)) & _mask(pc.is_valid(contents)) & _nonblank(roles))
+    bad_turn = ~(_mask(pc.is_valid(roles)) & _mask(pc.is_valid(contents)) & _mask(pc.is_in(roles, pa.array(ROLES))))
     bad_turn |= _mask(pc.match_substring_regex(roles, _OTHER_CONTROL)) | _mask(
         pc.match_substring_regex(contents, _OTHER_CONTROL))
     ok &= np.bincount(parent[bad_turn], minlength=n) == 0
@@ -415,25 +412,20 @@ def ingest_file(path: Path, cache_root: Path, *, source: str | None = None,
     except OSError as e:
         raise DataFileError(f"{path}: cannot read file: {e.strerror}") from None
     folder = Path(cache_root) / validated_dir_name(digest, source)
-    if (folder / COMPLETE).exists():
-        return folder, json.loads((folder / "report.json").read_text())
-    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
+
+    def build(tmp: Path) -> None:
         report = validate_file(path, tmp, source=source)
         report.update(digest=digest, size_bytes=path.stat().st_size, file=path.name)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
         if keep_original:
             shutil.copyfile(path, tmp / ("original" + "".join(path.suffixes)))
-        (tmp / COMPLETE).write_text("")
-        try:
-            tmp.rename(folder)
-        except OSError:  # another run finished the same file first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder, json.loads((folder / "report.json").read_text())
+
+    build_once(folder, build, holder=f"validating {path}")
+    report = json.loads((folder / "report.json").read_text())
+    if report["records_in"] == 0:  # else it would add 0 rows without a word
+        what = "an empty file" if report["size_bytes"] == 0 else "only a header or blank lines"
+        raise DataFileError(f"{path}: no records in it ({what}): add rows or remove the file")
+    return folder, report
 
 
 def read_reports(folders: Iterable[Path]) -> list[dict[str, Any]]:

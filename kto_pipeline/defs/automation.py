@@ -22,15 +22,24 @@ from pathlib import Path
 
 import dagster as dg
 
-from kto_pipeline.defs.config import RAW_DIR
+from kto_pipeline.defs.config import raw_dir as default_raw_dir
 from kto_pipeline.defs.data import discover, ingest_raw_file, raw_files
 from kto_pipeline.defs.resources import ArtifactStore
 
 # Dagster 1.13 passes owners=None to every SensorDefinition it builds and then warns that `owners` is beta.
 warnings.filterwarnings("ignore", message="Parameter `owners` of initializer `SensorDefinition.__init__`")
 
-RETRAIN_CRON = os.environ.get("KTO_RETRAIN_CRON", "0 3 * * *")
-SETTLE_SECONDS = float(os.environ.get("KTO_SETTLE_SECONDS", "5"))
+
+
+def settle_seconds_default() -> float:
+    return float(os.environ.get("KTO_SETTLE_SECONDS") or 5)
+
+
+def retrain_cron_default() -> str:
+    # A schedule's cron is part of its definition: read when the definitions are built (the module below builds
+    # the default one), not per tick.
+    return os.environ.get("KTO_RETRAIN_CRON") or "0 3 * * *"
+
 _BAD_KEY_PARTS = ("...", "\a", "\b", "\f", "\n", "\r", "\t", "\v", "\0")  # Dagster refuses these in partition keys
 
 retrain = dg.define_asset_job(
@@ -38,10 +47,10 @@ retrain = dg.define_asset_job(
     description="Rebuild the dataset from every validated raw file and retrain everything downstream.")
 
 
-def _settled_files(root: Path, settle_seconds: float) -> tuple[dict[str, str], list[str]]:
+def _settled_files(root: Path, settle_seconds: float, artifact_root: Path) -> tuple[dict[str, str], list[str]]:
     """{partition key: "size:mtime_ns"} of the supported files under root; plus names that cannot be keys."""
     now, files, refused = time.time(), {}, []
-    for p in discover(root, ArtifactStore().path):
+    for p in discover(root, artifact_root):
         st = p.stat()
         if now - st.st_mtime < settle_seconds:
             continue  # probably still being written: next tick
@@ -53,19 +62,22 @@ def _settled_files(root: Path, settle_seconds: float) -> tuple[dict[str, str], l
     return files, refused
 
 
-def build_raw_files_sensor(raw_dir: str | Path = RAW_DIR, *, name: str = "raw_files_sensor",
-                           settle_seconds: float = SETTLE_SECONDS, interval_seconds: int = 30,
+def build_raw_files_sensor(raw_dir: str | Path | None = None, *, name: str = "raw_files_sensor",
+                           settle_seconds: float | None = None, interval_seconds: int = 30,
                            default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING
                            ) -> dg.SensorDefinition:
     @dg.sensor(name=name, job=ingest_raw_file, minimum_interval_seconds=interval_seconds,
                default_status=default_status,
-               description=f"One raw_file partition and one ingest run per new or changed file in {raw_dir}.")
-    def raw_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        root = Path(raw_dir).resolve()
+               description="One raw_file partition and one ingest run per new or changed file in "
+                           f"{raw_dir or '$KTO_RAW_DIR (default data/raw)'}.")
+    def raw_files_sensor(context: dg.SensorEvaluationContext,
+                         artifacts: ArtifactStore) -> dg.SensorResult | dg.SkipReason:
+        root = Path(raw_dir or default_raw_dir()).resolve()  # None: $KTO_RAW_DIR, read per tick
         if not root.is_dir():
             return dg.SkipReason(f"{root} does not exist yet")
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-        files, refused = _settled_files(root, settle_seconds)
+        settle = settle_seconds_default() if settle_seconds is None else settle_seconds
+        files, refused = _settled_files(root, settle, artifacts.path)  # the configured store, not a default
         for key in refused:
             context.log.warning(f"{key}: this file name cannot be a partition key; rename it to ingest it")
         todo = [k for k, stamp in files.items() if seen.get(k) != stamp]
@@ -104,16 +116,17 @@ def retrain_decision(instance: dg.DagsterInstance, schedule_name: str) -> str | 
     return {"kto/new_files": str(len({r.partition_key for r in fresh})), "kto/new_data_at": str(int(newest))}
 
 
-def build_retrain_schedule(cron: str = RETRAIN_CRON, raw_dir: str | Path = RAW_DIR, *, name: str = "retrain_schedule",
+def build_retrain_schedule(cron: str | None = None, raw_dir: str | Path | None = None, *, name: str = "retrain_schedule",
                            default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.RUNNING
                            ) -> dg.ScheduleDefinition:
-    @dg.schedule(name=name, cron_schedule=cron, job=retrain, default_status=default_status,
+    @dg.schedule(name=name, cron_schedule=cron or retrain_cron_default(), job=retrain, default_status=default_status,
                  description="Retrain when new validated data arrived since the last training (never otherwise).")
     def retrain_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         decision = retrain_decision(context.instance, name)
         if isinstance(decision, str):
             return dg.SkipReason(decision)
-        return dg.RunRequest(run_config={"ops": {"raw_preferences": {"config": {"raw_dir": str(Path(raw_dir).resolve())}}}},
+        root = Path(raw_dir or default_raw_dir()).resolve()
+        return dg.RunRequest(run_config={"ops": {"raw_preferences": {"config": {"raw_dir": str(root)}}}},
                              tags=decision)
 
     return retrain_schedule

@@ -16,7 +16,7 @@ from kto_pipeline.defs.resources import QualityGates
                 description="Desirable share inside [min, max]; one-class (or empty) data always fails. Reports the "
                             "desirable/undesirable weights training will use (KTO paper: w_d*n_d/(w_u*n_u) in [1, 4/3]).")
 def label_balance(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
-    path, _ = upstream(context, "kto_dataset")
+    path = upstream(context, "kto_dataset").path
     report = json.loads((path / "report.json").read_text())
     n_d, n_u = report["n_desirable"], report["n_undesirable"]
     b = balance_of(n_d, n_u)
@@ -53,7 +53,7 @@ def label_balance(context: dg.AssetCheckExecutionContext, quality_gates: Quality
                 description="Eval KTO loss is finite, at most quality_gates.max_eval_loss, and not worse (by more "
                             "than max_regression) than the released adapter's on the same eval rows.")
 def eval_loss(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
-    path, _ = upstream(context, "lora_adapter")
+    path = upstream(context, "lora_adapter").path
     metrics = json.loads((path / "metrics.json").read_text())
     loss = metrics.get("eval_loss")
     limit = quality_gates.max_eval_loss
@@ -85,9 +85,8 @@ def eval_loss(context: dg.AssetCheckExecutionContext, quality_gates: QualityGate
 def gguf_files_intact(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     from kto_pipeline.export.gguf import recheck_files
 
-    folder, _ = upstream(context, "gguf_quantizations")
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("gguf_quantizations"))
-    table = event.asset_materialization.metadata["files"].value
+    gguf = upstream(context, "gguf_quantizations")
+    folder, table = gguf.path, gguf.metadata["files"]
     expected = {rec.data["file"]: rec.data["sha256"] for rec in table.records}
     problems = recheck_files(folder, expected)
     return dg.AssetCheckResult(
@@ -115,7 +114,7 @@ def suggested_max_seq_length(report: dict, limit: float) -> tuple[int, float]:
                             "template before training): at most quality_gates.max_long_row_share of each split may "
                             "be dropped or have their prompt cut.")
 def long_rows(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
-    path, _ = upstream(context, "lora_adapter")
+    path = upstream(context, "lora_adapter").path
     report = json.loads((path / "metrics.json").read_text()).get("long_rows")
     if report is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
@@ -175,7 +174,7 @@ def kl_advice(metrics: dict) -> str:
                 description="Share of logged training steps (after step 1) whose KL estimate was 0 is at most "
                             "quality_gates.max_kl_zero_share; severity quality_gates.kl_health_severity (WARN).")
 def kl_health(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
-    path, _ = upstream(context, "lora_adapter")
+    path = upstream(context, "lora_adapter").path
     metrics = json.loads((path / "metrics.json").read_text())
     share, limit = metrics.get("kl_zero_share"), quality_gates.max_kl_zero_share
     severity = dg.AssetCheckSeverity(quality_gates.kl_health_severity)

@@ -44,15 +44,18 @@ class TrainConfig(dg.Config):
         return get_config(self.preset, overrides)
 
 
-RAW_DIR = os.environ.get("KTO_RAW_DIR", "data/raw")  # the folder the sensor watches, and the default source
+def raw_dir() -> str:
+    """The folder the sensor watches, and the default source: $KTO_RAW_DIR (read when a run or tick needs it, not
+    at import), else data/raw."""
+    return os.environ.get("KTO_RAW_DIR") or "data/raw"
 
 
 class SourceConfig(dg.Config):
     """Where raw feedback comes from (raw_preferences). local_file and/or dataset_name replace raw_dir."""
 
-    raw_dir: str = pydantic.Field(default=RAW_DIR, description=(
+    raw_dir: str = pydantic.Field(default="", description=(
         "Folder of raw feedback files (.jsonl, .json, .csv, .tsv, .parquet; text formats also .gz/.bz2/.zst), "
-        "read recursively; plus every file the sensor ingested from it earlier. Default: $KTO_RAW_DIR or data/raw."))
+        "read recursively; plus every file the sensor ingested from it earlier. Empty: $KTO_RAW_DIR or data/raw."))
     local_file: Optional[str] = pydantic.Field(default=None, description="Read only this file (--local-file).")
     dataset_name: Optional[str] = pydantic.Field(default=None, description=(
         "Hugging Face dataset: a Hub id (cache when HF_HUB_OFFLINE=1) or a local dataset folder (--dataset-name)."))

@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import xxhash
-
-from kto_pipeline.artifacts import building, is_complete
+from kto_pipeline.artifacts import is_complete, version_of
 from kto_pipeline.data import DataFileError, build_from_validated, ingest_file, is_supported, label_balance
 from kto_pipeline.data import validate as validation
 from kto_pipeline.data.hf import snapshot
-from kto_pipeline.defs.config import RAW_DIR, SourceConfig, SplitConfig
+from kto_pipeline.defs.config import SourceConfig, SplitConfig, raw_dir
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
 
@@ -51,12 +49,12 @@ def file_metadata(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 class IngestConfig(dg.Config):
-    raw_dir: str = RAW_DIR
+    raw_dir: str = ""  # empty: $KTO_RAW_DIR or data/raw
 
 
 @dg.op(description="Validate one raw file (the run's partition) and record it as a raw_file partition.")
 def validate_raw_file(context: dg.OpExecutionContext, config: IngestConfig, artifacts: ArtifactStore) -> None:
-    path = Path(config.raw_dir) / context.partition_key
+    path = Path(config.raw_dir or raw_dir()) / context.partition_key
     try:
         folder, report = ingest_file(path, artifacts.path / "raw_file")
     except DataFileError as e:
@@ -87,7 +85,7 @@ def _ingested_partitions(instance: dg.DagsterInstance, raw: Path) -> dict[str, P
             continue
         meta = records[0].asset_materialization.metadata
         source, folder = str(meta["source"].value), Path(str(meta["path"].value))
-        if Path(source).is_relative_to(raw) and (folder / validation.COMPLETE).exists():
+        if Path(source).is_relative_to(raw) and is_complete(folder):
             out[source] = folder
     return out
 
@@ -113,7 +111,7 @@ def collect_sources(context: dg.AssetExecutionContext, config: SourceConfig,
                                               split=config.dataset_split)
                     found.append(ingest_file(parquet, cache, source=label))
             return found
-        raw = Path(config.raw_dir).resolve()
+        raw = Path(config.raw_dir or raw_dir()).resolve()
         if not raw.is_dir():
             raise DataFileError(f"raw data folder {raw} does not exist (set raw_dir, --local-file or --dataset-name)")
         files = discover(raw, artifacts.path)
@@ -151,11 +149,9 @@ def raw_preferences(context: dg.AssetExecutionContext, config: SourceConfig,
         unique.setdefault(folder.name, (folder, report))
     entries = [{"folder": str(f), **{k: r.get(k) for k in ("source", "digest", "records_in", "valid", "quarantined")}}
                for f, r in unique.values()]
-    version = xxhash.xxh3_128_hexdigest("\n".join(sorted(unique)).encode())[:16]
-    out = artifacts.dir_for("raw_preferences", version)
-    if not is_complete(out):
-        with building(out) as tmp:
-            (tmp / "manifest.json").write_text(json.dumps({"files": entries}, indent=2))
+    version = version_of(validated_files=sorted(unique))
+    out = artifacts.get_or_build("raw_preferences", version, lambda tmp: (tmp / "manifest.json").write_text(
+        json.dumps({"files": entries}, indent=2))).path
     reasons: dict[str, int] = {}
     for _, r in unique.values():
         for k, v in r["reasons"].items():
@@ -176,15 +172,15 @@ def raw_preferences(context: dg.AssetExecutionContext, config: SourceConfig,
                       "duplicates dropped, bad rows quarantined with their reasons.")
 def kto_dataset(context: dg.AssetExecutionContext, config: SplitConfig,
                 artifacts: ArtifactStore) -> dg.MaterializeResult:
-    raw_dir, raw_version = upstream(context, "raw_preferences")
-    folders = [Path(e["folder"]) for e in json.loads((raw_dir / "manifest.json").read_text())["files"]]
+    raw = upstream(context, "raw_preferences")
+    folders = [Path(e["folder"]) for e in json.loads((raw.path / "manifest.json").read_text())["files"]]
     fraction = config.eval_fraction if config.split_dataset else 0.0
-    key = f"{raw_version}-{fraction}-{config.seed}-{config.max_chars}-v{validation.VERSION}"
-    out = artifacts.dir_for("kto_dataset", xxhash.xxh3_64_hexdigest(key.encode()))
-    if not is_complete(out):
-        with building(out) as tmp:
-            build_from_validated(folders, tmp, eval_fraction=fraction, seed=config.seed, max_chars=config.max_chars)
-    else:
+    version = version_of(raw_preferences=raw.version, eval_fraction=fraction, seed=config.seed,
+                         max_chars=config.max_chars, validator=validation.VERSION)
+    built = artifacts.get_or_build("kto_dataset", version, lambda tmp: build_from_validated(
+        folders, tmp, eval_fraction=fraction, seed=config.seed, max_chars=config.max_chars))
+    out = built.path
+    if not built.built:
         context.log.info(f"already built: {out}")
     report = json.loads((out / "report.json").read_text())
     overall = label_balance(report["n_desirable"], report["n_undesirable"])

@@ -9,7 +9,7 @@ from typing import Literal, Optional
 import dagster as dg
 import pydantic
 
-from kto_pipeline.artifacts import building, dir_digest, is_complete
+from kto_pipeline.artifacts import dir_digest, version_of
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
 from kto_pipeline.export.merge import MergeError, merge_adapter, plan_merge
@@ -31,7 +31,8 @@ class MergeConfig(dg.Config):
           description="Base weights with the LoRA adapter merged in, 16-bit (safetensors + tokenizer).")
 def merged_model(context: dg.AssetExecutionContext, config: MergeConfig,
                  artifacts: ArtifactStore) -> dg.MaterializeResult:
-    adapter_dir, adapter_version = upstream(context, "lora_adapter")
+    adapter = upstream(context, "lora_adapter")
+    adapter_dir = adapter.path
     metrics = json.loads((adapter_dir / "metrics.json").read_text())
     base = metrics["base_model"]
     local = local_model_name(base)
@@ -41,18 +42,22 @@ def merged_model(context: dg.AssetExecutionContext, config: MergeConfig,
         plan = plan_merge(base, config.quantized_base, config.base_16bit)
     except MergeError as e:
         raise dg.Failure(description=str(e)) from None
-    version = "-".join(filter(None, [adapter_version, plan.key]))  # keyed by what the adapter goes into
-    out = artifacts.dir_for("merged_model", version)
-    if not is_complete(out):
+    version = version_of(lora_adapter=adapter.version, merged_into=plan.key)  # plan.key: what it goes into
+
+    def merge(tmp: Path) -> None:
         context.log.info(f"merging {adapter_dir} into {plan.describe()}")
-        with building(out) as tmp:
-            merge_adapter(base, adapter_dir, tmp, plan=plan)
-    else:
+        merge_adapter(base, adapter_dir, tmp, plan=plan)
+
+    merged = artifacts.get_or_build("merged_model", version, merge)
+    out = merged.path
+    if not merged.built:
         context.log.info(f"already merged: {out}")
     info = json.loads((out / "merge_info.json").read_text())
     digest = dir_digest(out, "*.safetensors")
     return dg.MaterializeResult(
-        metadata={"path": str(out), "data_version": version, "base_model": info["base_model"],
+        # lora_adapter: which adapter these weights hold; hub_release refuses to pair them with another's metrics
+        metadata={"path": str(out), "data_version": version, "lora_adapter": adapter.version,
+                  "base_model": info["base_model"],
                   "merged_into": info.get("merged_into", info["base_model"]), "dtype": info["dtype"],
                   "parameters": info["parameters"], **digest},
         data_version=dg.DataVersion(version))
@@ -77,6 +82,9 @@ class GGUFConfig(dg.Config):
     def fingerprint(self, llama_cpp: str) -> str:
         blob = json.dumps({**self.model_dump(), "llama_cpp": llama_cpp}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+RESULTS = "results.json"  # export_gguf's figures per file, kept so a finished folder is only ever read
 
 
 def gguf_table(results: list[dict]) -> dg.TableMetadataValue:
@@ -107,21 +115,36 @@ def gguf_quantizations(context: dg.AssetExecutionContext, config: GGUFConfig,
     from kto_pipeline.export.gguf import GGUFExportError, GGUFVerificationError, export_gguf, llama_cpp_version
     from kto_pipeline.export.llama import NativeCrash
 
-    model_dir, merged_version = upstream(context, "merged_model")
-    version = f"{merged_version}-{config.fingerprint(llama_cpp_version())}"
-    out = artifacts.dir_for("gguf_quantizations", version)
-    try:
-        results = export_gguf(model_dir, out, config.quantizations, config.thresholds, base=config.base,
-                              name=config.name, transformers_check=config.transformers_check,
-                              system_prompt=config.system_prompt, log=context.log.info)
-    except GGUFVerificationError as e:
-        raise dg.Failure(description=str(e), metadata={"path": str(out), "files": gguf_table(e.results)}) from None
-    except (GGUFExportError, NativeCrash, ValueError) as e:
-        raise dg.Failure(description=str(e)) from None
+    merged = upstream(context, "merged_model")
+    version = version_of(merged_model=merged.version, gguf=config.fingerprint(llama_cpp_version()))
+
+    def export(scratch: Path) -> None:
+        try:
+            results = export_gguf(
+                merged.path, scratch, config.quantizations, config.thresholds, base=config.base, name=config.name,
+                transformers_check=config.transformers_check, system_prompt=config.system_prompt,
+                log=context.log.info)
+        except GGUFVerificationError as e:
+            raise dg.Failure(description=str(e), metadata={"path": str(scratch), "files": gguf_table(e.results)})
+        except (GGUFExportError, NativeCrash, ValueError) as e:
+            raise dg.Failure(description=str(e)) from None
+        (scratch / RESULTS).write_text(json.dumps(results, indent=2, default=str))
+
+    # resumable: files already verified in a failed attempt are not built again (their sidecars say so), and
+    # the rejected ones stay for inspection.
+    built = artifacts.get_or_build("gguf_quantizations", version, export, resumable=True)
+    out = built.path
+    if not built.built:
+        context.log.info(f"already built and verified: {out}")
+    results = json.loads((out / RESULTS).read_text())
+    for r in results:  # built in the scratch folder: point at where the files are now
+        r["path"] = str(out / r["file"])
+        if "modelfile" in r:
+            r["modelfile"]["path"] = str(out / Path(r["modelfile"]["path"]).name)
     modelfile = next(r["modelfile"] for r in results if "modelfile" in r)
     base = results[0]
     meta = {
-        "path": str(out), "data_version": version, "files": gguf_table(results),
+        "path": str(out), "data_version": version, "merged_model": merged.version, "files": gguf_table(results),
         "total_size_bytes": sum(r["size_bytes"] for r in results), "llama_cpp_version": base["llama_cpp_version"],
         "thresholds": {r["type"]: r["thresholds"] for r in results},
         "modelfile": dg.MetadataValue.md(f"```\n{Path(modelfile['path']).read_text()}```"),

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 import dagster as dg
 import pydantic
 
-from kto_pipeline.defs.lineage import upstream
+from kto_pipeline.defs.lineage import Upstream, upstream
 from kto_pipeline.defs.resources import ArtifactStore
 from kto_pipeline.release import HubTarget, LocalRegistry, ReleaseError, release_model
 
@@ -59,26 +59,39 @@ class ReleaseConfig(dg.Config):
     message: Optional[str] = pydantic.Field(default=None, description="Commit message.")
 
 
-def _latest_storage_id(instance, key: str) -> int | None:
-    records = instance.fetch_materializations(dg.AssetKey(key), limit=1).records
-    return records[0].storage_id if records else None
-
-
-def gate_problems(instance) -> list[str]:
-    """Why the current kto_dataset / lora_adapter may not be released (empty: all gates passed on them)."""
+def gate_problems(instance, consumed: dict[str, Upstream]) -> list[str]:
+    """Why the kto_dataset / lora_adapter this release consumes may not be released (empty: all gates passed on
+    exactly those materializations)."""
     problems = []
     for check, asset in GATES.items():
         key = dg.AssetCheckKey(dg.AssetKey(asset), check)
         record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
         evaluation = record.evaluation if record is not None else None
-        latest = _latest_storage_id(instance, asset)
         if evaluation is None:
             problems.append(f"{check} has not been evaluated on {asset}")
+        elif evaluation.target_materialization_data is None or (
+                evaluation.target_materialization_data.run_id != consumed[asset].run_id):
+            problems.append(f"{check} was last evaluated on another {asset} than {consumed[asset].version}, the one "
+                            "this release consumes; run the check again")
         elif not evaluation.passed:
             problems.append(f"{check} failed on {asset}: {evaluation.description or 'see the check'}")
-        elif evaluation.target_materialization_data is None or (
-                evaluation.target_materialization_data.storage_id != latest):
-            problems.append(f"{check} passed on an older {asset}, not on the current one; run the check again")
+    return problems
+
+
+def lineage_problems(dataset: Upstream, adapter: Upstream, merged: Upstream) -> list[str]:
+    """Weights, metrics and data of one release must be one lineage: the merged weights hold this adapter, and the
+    adapter was trained on this dataset."""
+    problems = []
+    holds = merged.metadata.get("lora_adapter")
+    if holds != adapter.version:
+        problems.append(
+            f"merged_model {merged.version} holds lora_adapter {holds or '(not recorded)'}, but the lora_adapter "
+            f"whose metrics would be released is {adapter.version}: materialize merged_model (and "
+            "gguf_quantizations) from it, e.g. select 'lora_adapter*'")
+    trained_on = adapter.metadata.get("kto_dataset")
+    if trained_on is not None and trained_on != dataset.version:
+        problems.append(f"lora_adapter {adapter.version} was trained on kto_dataset {trained_on}, not on "
+                        f"{dataset.version}: materialize lora_adapter and what follows from this dataset")
     return problems
 
 
@@ -89,20 +102,16 @@ def _check_metadata(instance, check: str, asset: str) -> dict:
     return {k: v.value for k, v in meta.items()}
 
 
-def _materialization_metadata(instance, asset: str) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
-    if event is None or event.asset_materialization is None:
-        return {}
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()
-            if isinstance(v.value, (str, int, float, bool)) and k != "training_curves"}
+def _plain_metadata(up: Upstream) -> dict:
+    return {k: v for k, v in up.metadata.items()
+            if isinstance(v, (str, int, float, bool)) and k != "training_curves"}
 
 
-def _training_config(instance, adapter_meta: dict) -> dict:
-    """The resolved training config of the run that trained the current adapter (preset + overrides)."""
+def _training_config(instance, adapter: Upstream) -> dict:
+    """The resolved training config of the run that trained this adapter (preset + overrides)."""
     from kto_pipeline.defs.config import TrainConfig
 
-    event = instance.get_latest_materialization_event(dg.AssetKey("lora_adapter"))
-    run = instance.get_run_by_id(event.run_id) if event is not None else None
+    run = instance.get_run_by_id(adapter.run_id)
     op_config = ((run.run_config or {}).get("ops", {}).get("lora_adapter", {}).get("config", {})) if run else {}
     try:
         resolved = TrainConfig(**op_config).resolve().to_dict()
@@ -111,20 +120,25 @@ def _training_config(instance, adapter_meta: dict) -> dict:
     out = {"preset": op_config.get("preset", "tiny")}
     for section, keys in CARD_TRAINING_KEYS.items():
         out.update({f"{section}.{k}": resolved[section][k] for k in keys if k in resolved.get(section, {})})
+    adapter_meta = _plain_metadata(adapter)
     for k in ("steps", "backend", "desirable_weight", "undesirable_weight"):
         if k in adapter_meta:
             out[f"run.{k}"] = adapter_meta[k]
     return out
 
 
-def _gguf_inputs(context, instance, types: list[str]) -> tuple[list, list[dict]]:
-    """The verified GGUF files of the wanted types built from the current merged model, with their figures."""
+def _gguf_inputs(context, merged: Upstream, types: list[str]) -> tuple[Upstream | None, list, list[dict]]:
+    """The verified GGUF files of the wanted types built from exactly this merged model, with their figures."""
     import json
 
-    ours, theirs = _latest_storage_id(instance, "merged_model"), _latest_storage_id(instance, GGUF_ASSET)
-    if theirs is None or ours is None or theirs < ours:  # none yet, or built from an older merged model
-        return [], []
-    folder, _ = upstream(context, GGUF_ASSET)
+    try:
+        gguf = upstream(context, GGUF_ASSET)
+    except dg.Failure:  # none built (or gone): release without GGUF files
+        return None, [], []
+    if gguf.metadata.get("merged_model") != merged.version:
+        context.log.info(f"{GGUF_ASSET} {gguf.version} was built from another merged_model: not released")
+        return None, [], []
+    folder = gguf.path
     wanted = {t.upper() for t in types}
     files, figures = [], []
     for f in sorted(folder.glob("*.gguf")):
@@ -135,7 +149,7 @@ def _gguf_inputs(context, instance, types: list[str]) -> tuple[list, list[dict]]
         if str(meta.get("type", "")).upper() in wanted:
             files.append(f)
             figures.append(meta)
-    return files, figures
+    return gguf, files, figures
 
 
 @dg.asset(group_name="release", kinds={"huggingface"}, deps=["merged_model", GGUF_ASSET],
@@ -144,30 +158,33 @@ def _gguf_inputs(context, instance, types: list[str]) -> tuple[list, list[dict]]
 def hub_release(context: dg.AssetExecutionContext, config: ReleaseConfig, artifacts: ArtifactStore,
                 release_target: ReleaseTarget) -> dg.MaterializeResult:
     instance = context.instance
-    problems = gate_problems(instance)
+    merged = upstream(context, "merged_model")
+    adapter_up = upstream(context, "lora_adapter")
+    dataset_up = upstream(context, "kto_dataset")
+    problems = lineage_problems(dataset_up, adapter_up, merged)
+    if problems:
+        raise dg.Failure("release refused, weights and metrics would not match: " + "; ".join(problems))
+    problems = gate_problems(instance, {"kto_dataset": dataset_up, "lora_adapter": adapter_up})
     if problems:
         raise dg.Failure("release blocked by quality gates: " + "; ".join(problems))
-    merged_dir, merged_version = upstream(context, "merged_model")
-    adapter_dir, adapter_version = upstream(context, "lora_adapter")
-    dataset = _materialization_metadata(instance, "kto_dataset")
-    adapter = _materialization_metadata(instance, "lora_adapter")
+    merged_dir, merged_version = merged.path, merged.version
+    adapter_dir, adapter_version = adapter_up.path, adapter_up.version
+    dataset, adapter = _plain_metadata(dataset_up), _plain_metadata(adapter_up)
     balance = _check_metadata(instance, "label_balance", "kto_dataset")
-    gguf_files, gguf_figures = (_gguf_inputs(context, instance, config.gguf_types) if config.include_gguf
-                                else ([], []))
+    gguf, gguf_files, gguf_figures = (_gguf_inputs(context, merged, config.gguf_types) if config.include_gguf
+                                      else (None, [], []))
     card = {
         "base_model": adapter.get("base_model"),
         "dataset": {k: dataset[k] for k in ("data_version", "valid", "train_rows", "eval_rows", "n_desirable",
                                             "n_undesirable", "quarantined", "duplicates_dropped") if k in dataset},
         "label_balance": {"desirable_share": balance.get("desirable_share"), "min_share": balance.get("min_share"),
                           "max_share": balance.get("max_share"), "passed": True},
-        "training": _training_config(instance, adapter),
+        "training": _training_config(instance, adapter_up),
         "eval": {k: adapter[k] for k in ("eval_loss", "train_loss", "final_loss", "rewards_chosen",
                                          "rewards_rejected", "rewards_margins", "kl") if k in adapter},
         "gguf": gguf_figures,
         "lineage": {"kto_dataset": dataset.get("data_version"), "lora_adapter": adapter_version,
-                    "merged_model": merged_version,
-                    **({GGUF_ASSET: _materialization_metadata(instance, GGUF_ASSET).get("data_version")}
-                       if gguf_files else {})},
+                    "merged_model": merged_version, **({GGUF_ASSET: gguf.version} if gguf_files else {})},
     }
     source = adapter_dir if config.save_method == "lora" else merged_dir
     try:

@@ -3,28 +3,44 @@
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import dagster as dg
 import pydantic
 
+from kto_pipeline.artifacts import Artifact, Store
+
 
 class ArtifactStore(dg.ConfigurableResource):
-    """Where every asset writes: {root}/{asset}/{version}/. Default: $KTO_ARTIFACT_ROOT or ./artifacts."""
+    """Where every asset builds and reads: {root}/{asset}/{version}/, through kto_pipeline.artifacts.Store.
+
+    root: a path or dg.EnvVar("KTO_ARTIFACT_ROOT"); empty: $KTO_ARTIFACT_ROOT at run time, else ./artifacts.
+    """
 
     root: str = ""
 
     @property
+    def store(self) -> Store:
+        return Store(self.root or os.environ.get("KTO_ARTIFACT_ROOT") or "artifacts")
+
+    @property
     def path(self) -> Path:
-        return Path(self.root or os.environ.get("KTO_ARTIFACT_ROOT", "artifacts")).resolve()
+        return self.store.root
+
+    def get_or_build(self, asset: str, version: str, build: Callable[[Path], Any], **kw: Any) -> Artifact:
+        """The complete folder of (asset, version); build(scratch) runs only if none exists (see Store)."""
+        return self.store.get_or_build(asset, version, build, **kw)
+
+    def get(self, asset: str, version: str) -> Artifact:
+        return self.store.get(asset, version)
 
     def dir_for(self, asset: str, version: str) -> Path:
-        return self.path / asset / version
+        return self.store.path(asset, version)
 
     @property
     def cache_dir(self) -> Path:
         """Built base models (the tiny preset) live here, shared by all versions."""
-        return self.path / "cache"
+        return self.store.cache_dir
 
 
 class QualityGates(dg.ConfigurableResource):

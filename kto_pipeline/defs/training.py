@@ -10,14 +10,18 @@ from pathlib import Path
 
 import dagster as dg
 
-from kto_pipeline.artifacts import exclusive, is_complete
+from kto_pipeline.artifacts import exclusive, is_complete, version_of
 from kto_pipeline.defs.config import TrainConfig
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
 from kto_pipeline.training.run import launch_command
 
-# One training at a time per machine, whatever project or Dagster instance it comes from.
-GPU_LOCK = Path(os.environ.get("KTO_GPU_LOCK") or Path(tempfile.gettempdir()) / "kto_pipeline-gpu.lock")
+
+def gpu_lock_path() -> Path:
+    """One training at a time per machine, whatever project or Dagster instance it comes from: $KTO_GPU_LOCK
+    (read when a training starts, not at import), else a file in the temp folder."""
+    return Path(os.environ.get("KTO_GPU_LOCK") or Path(tempfile.gettempdir()) / "kto_pipeline-gpu.lock")
+
 NUMERIC = ("steps", "train_loss", "final_loss", "eval_loss", "rewards_chosen", "rewards_rejected",
            "rewards_margins", "kl", "tokens", "tokens_per_s", "wall_s", "train_rows", "eval_rows",
            "desirable_weight", "undesirable_weight", "processes", "kl_zero_share", "kl_logged_steps",
@@ -67,8 +71,8 @@ def adapter_metadata(out: Path, version: str) -> dict:
 
 def released_adapter(context: dg.AssetExecutionContext, artifacts: ArtifactStore, version: str) -> Path | None:
     """The adapter behind the latest hub_release, when it is another one and still on disk (the champion)."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("hub_release"))
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    records = context.instance.fetch_materializations(dg.AssetKey("hub_release"), limit=1).records
+    meta = records[0].asset_materialization.metadata if records else {}
     released = meta["lora_adapter"].value if "lora_adapter" in meta else None
     if not released or released == version:
         return None
@@ -80,25 +84,34 @@ def released_adapter(context: dg.AssetExecutionContext, artifacts: ArtifactStore
           description="LoRA adapter trained with TRL's KTOTrainer in a subprocess; resumes from checkpoints.")
 def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, artifacts: ArtifactStore,
                  pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-    dataset_dir, data_version = upstream(context, "kto_dataset")
+    dataset = upstream(context, "kto_dataset")
     train_config = config.resolve()
-    version = f"{data_version}-{train_config.fingerprint()}"
-    out = artifacts.dir_for("lora_adapter", version)
-    if is_complete(out):
-        context.log.info(f"already trained for this data and config: {out}")
-        return dg.MaterializeResult(metadata=adapter_metadata(out, version), data_version=dg.DataVersion(version))
+    version = version_of(kto_dataset=dataset.version, training=train_config.fingerprint())
     champion = released_adapter(context, artifacts, version)
-    if champion:
-        context.log.info(f"will compare with the released adapter {champion.name} on the same eval rows")
-    # The pool is the scheduler; the lock is the guarantee: on the default SQLite storage two steps asking for
-    # the pool's one slot at the same instant can both get it (its claim is a read, then a write).
-    with exclusive(GPU_LOCK, f"run {context.run.run_id}, training {version}",
-                   on_wait=lambda holder: context.log.info(f"waiting for the GPU, held by {holder}")):
-        result = pipes_subprocess_client.run(
-            command=launch_command(sys.executable, train_config.training.num_processes),
-            context=context,
-            extras={"config": train_config.to_dict(), "dataset_dir": str(dataset_dir), "output_dir": str(out),
-                    "cache_dir": str(artifacts.cache_dir), "champion": str(champion) if champion else None},
-        ).get_materialize_result()
-    return dg.MaterializeResult(metadata={**result.metadata, **adapter_metadata(out, version)},
-                                data_version=dg.DataVersion(version))
+    reported: dict = {}
+
+    def train(scratch: Path) -> None:
+        # The store holds this version's lock and found it incomplete; the GPU lock only orders different
+        # versions. The pool is the scheduler, the lock the guarantee: on the default SQLite storage two steps
+        # asking for the pool's one slot at the same instant can both get it (its claim is a read, then a write).
+        if champion:
+            context.log.info(f"will compare with the released adapter {champion.name} on the same eval rows")
+        with exclusive(gpu_lock_path(), f"run {context.run.run_id}, training {version}",
+                       on_wait=lambda holder: context.log.info(f"waiting for the GPU, held by {holder}")):
+            result = pipes_subprocess_client.run(
+                command=launch_command(sys.executable, train_config.training.num_processes),
+                context=context,
+                extras={"config": train_config.to_dict(), "dataset_dir": str(dataset.path),
+                        "output_dir": str(scratch), "cache_dir": str(artifacts.cache_dir),
+                        "champion": str(champion) if champion else None},
+            ).get_materialize_result()
+        reported.update(result.metadata or {})
+
+    # resumable: a killed training continues from its checkpoints in the scratch folder.
+    adapter = artifacts.get_or_build(
+        "lora_adapter", version, train, resumable=True, holder=f"run {context.run.run_id}",
+        on_wait=lambda holder: context.log.info(f"{version} is being trained by {holder}: waiting for it"))
+    if not adapter.built:
+        context.log.info(f"already trained for this data and config: {adapter.path}")
+    meta = {**reported, **adapter_metadata(adapter.path, version), "kto_dataset": dataset.version}
+    return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))

@@ -49,12 +49,26 @@ class LocalRegistry:
             raise ReleaseError(f"{repo_id} has no version or tag {ref!r} in {self.repo_dir(repo_id)}")
         return self.repo_dir(repo_id) / "versions" / vid
 
-    def verify(self, repo_id: str, ref: str = "latest") -> bool:
-        """Re-hash a version folder against its manifest."""
+    def problems(self, repo_id: str, ref: str = "latest") -> list[str]:
+        """Re-hash a version folder against its manifest: one sentence per file missing, added or changed."""
         folder = self.resolve(repo_id, ref)
         entry = next(v for v in self.index(repo_id)["versions"] if v["id"] == folder.name)
         have = {p: d.sha256 for p, d in folder_manifest(folder).items()}
-        return have == {p: f["sha256"] for p, f in entry["files"].items()}
+        want = {p: f["sha256"] for p, f in entry["files"].items()}
+        return ([f"{p}: missing" for p in sorted(want.keys() - have.keys())]
+                + [f"{p}: not part of the release" for p in sorted(have.keys() - want.keys())]
+                + [f"{p}: content changed (sha256 {have[p][:12]}, released {want[p][:12]})"
+                   for p in sorted(want.keys() & have.keys()) if have[p] != want[p]])
+
+    def verify(self, repo_id: str, ref: str = "latest") -> bool:
+        return not self.problems(repo_id, ref)
+
+    def checkout(self, repo_id: str, ref: str = "latest") -> Path:
+        """The version folder to load, verified first: a flipped byte is reported, never handed out."""
+        problems = self.problems(repo_id, ref)
+        if problems:
+            raise ReleaseError(f"{repo_id} {ref} in {self.resolve(repo_id, ref)} is damaged: " + "; ".join(problems))
+        return self.resolve(repo_id, ref)
 
     @contextlib.contextmanager
     def _locked(self, repo_id: str):

@@ -221,8 +221,9 @@ def pick_micro_batch(config: Config, budget_gib: float, arch: Arch | None = None
     t = config.training
     effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
     arch = arch or arch_for(config.model.model_name)
-    fitting = [b for b in range(2, effective + 1)
-               if effective % b == 0 and estimate(config, arch, micro_batch=b).fits(budget_gib)]
+    fitting = [b for b in range(2, effective + 1)  # the accumulation must still split among the processes
+               if effective % b == 0 and (effective // b) % t.num_processes == 0
+               and estimate(config, arch, micro_batch=b).fits(budget_gib)]
     if not fitting:
         return t.per_device_train_batch_size, t.gradient_accumulation_steps
     return max(fitting), effective // max(fitting)

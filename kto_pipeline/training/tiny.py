@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from kto_pipeline.artifacts import exclusive
+from kto_pipeline.artifacts import build_once
 
 # Where the corpus comes from does not matter much: what matters is that it is fixed.
 _CORPUS = """\
@@ -97,11 +97,7 @@ def build_tiny_model(out_dir: str | os.PathLike) -> Path:
     Idempotent: a finished build leaves `.complete`, and a later call returns at once.
     """
     out = Path(out_dir)
-    if (out / ".complete").exists():
-        return out
-    with exclusive(out.parent / f".{out.name}.lock", "building the tiny model"):  # data-parallel ranks race here
-        if not (out / ".complete").exists():
-            _build(out)
+    build_once(out, _build, holder="building the tiny model")  # data-parallel ranks race here
     return out
 
 

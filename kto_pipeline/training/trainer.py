@@ -100,8 +100,10 @@ def per_process(config: Config, processes: int) -> Config:
     if processes <= 1:
         return config
     accum = max(1, round(config.training.gradient_accumulation_steps / processes))
+    # This process's share of the run: one process's accumulation (the others run the same config).
     return dataclasses.replace(config, training=dataclasses.replace(config.training,
-                                                                    gradient_accumulation_steps=accum))
+                                                                    gradient_accumulation_steps=accum,
+                                                                    num_processes=1))
 
 
 def wants_precompute(config: Config, train_rows: int) -> bool:
@@ -186,8 +188,9 @@ def kto_weights(config: Config, train_labels: list[bool]) -> tuple[float, float]
     """The user's weights where set, else the paper's rule from the label balance."""
     n_d = sum(train_labels)
     auto = label_balance(n_d, len(train_labels) - n_d)
-    dw = config.training.desirable_weight or auto["desirable_weight"]
-    uw = config.training.undesirable_weight or auto["undesirable_weight"]
+    t = config.training  # None derives a weight; 0.0 is a weight the user chose
+    dw = auto["desirable_weight"] if t.desirable_weight is None else t.desirable_weight
+    uw = auto["undesirable_weight"] if t.undesirable_weight is None else t.undesirable_weight
     return dw, uw
 
 
