@@ -122,3 +122,22 @@ def test_kto_ui_stops_its_whole_process_tree_on_sigterm(tmp_path):
                 pass
         if proc.poll() is None:
             proc.kill()
+
+
+def test_next_commands_offer_chat_only_for_the_latest_adapters_merge(project):
+    """`kto chat <merged>` only when the merged model holds the adapter just trained (its recorded lineage)."""
+    import dagster as dg
+
+    from kto_pipeline.cli.report import commands
+
+    def report(asset, **meta):
+        with project.instance() as instance:
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset, metadata=meta))
+
+    report("lora_adapter", path="/a/1", data_version="a1", eval_loss=0.4)
+    report("merged_model", path="/m/1", data_version="m1", lora_adapter="a1")
+    assert "  kto chat /m/1    # talk to the model" in commands("r1")
+    report("lora_adapter", path="/a/2", data_version="a2", eval_loss=0.3)  # retrained, not merged yet
+    lines = commands("r2")
+    assert not any(line.startswith("  kto chat") for line in lines), lines
+    assert any(line.startswith("  kto train --select merged_model") for line in lines)

@@ -53,7 +53,7 @@ def commands(run_id: str | None) -> list[str]:
         lines += ["", "Eval (lora_adapter): " + ", ".join(f"{k}={fmt(adapter[k])}" for k in EVAL_KEYS if k in adapter)]
     lines += ["", "Next:"]
     # Only a merged model of the latest adapter: one merged from an older adapter is not what was just trained.
-    if merged.get("path") and str(merged.get("data_version", "")).startswith(str(adapter.get("data_version", "~"))):
+    if merged.get("path") and merged.get("lora_adapter") == adapter.get("data_version", "~"):  # the lineage it records
         lines.append(f"  kto chat {merged['path']}    # talk to the model")
     elif adapter:
         lines.append("  kto train --select merged_model    # merge the adapter, then kto chat <its path>")
