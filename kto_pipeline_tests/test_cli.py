@@ -94,13 +94,14 @@ def _free_port() -> int:
 def test_kto_ui_stops_its_whole_process_tree_on_sigterm(tmp_path):
     port = _free_port()
     env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "home"), KTO_ARTIFACT_ROOT=str(tmp_path / "artifacts"))
-    proc = subprocess.Popen([*KTO, "ui", "--port", str(port)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = open(tmp_path / "ui.log", "w")  # a file, not a pipe nobody reads while the server runs
+    proc = subprocess.Popen([*KTO, "ui", "--port", str(port)], cwd=tmp_path, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     tree: list[psutil.Process] = []
     try:
         deadline = time.time() + 240
         while True:
-            assert proc.poll() is None and time.time() < deadline, proc.communicate(timeout=30)[0][-3000:]
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
             try:
                 if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=5).ok:
                     break
@@ -122,6 +123,7 @@ def test_kto_ui_stops_its_whole_process_tree_on_sigterm(tmp_path):
                 pass
         if proc.poll() is None:
             proc.kill()
+        log.close()
 
 
 def test_next_commands_offer_chat_only_for_the_latest_adapters_merge(project):

@@ -102,7 +102,7 @@ def test_metrics_plot_and_tensorboard(tmp_path, kto_data, cache):
     out = tmp_path / "out"
     lines: list[str] = []
     m = train(tiny(max_steps=3), kto_data, out, cache, log=lines.append)
-    assert m["steps"] == 3 and m["micro_batch"] == 4 and m["backend"] == "transformers"
+    assert m["steps"] == 3 and m["micro_batch"] == 8 and m["backend"] == "transformers"
     assert all(isinstance(m[k], float) for k in ("final_loss", "eval_loss", "kl", "tokens_per_s"))
     assert sum(line.startswith("step ") for line in lines) >= 3  # streamed, one line per logged step
     assert json.loads((out / "metrics.json").read_text())["eval_loss"] == m["eval_loss"]

@@ -46,15 +46,21 @@ def run(args) -> int:
     # `kto ui` (a service manager's SIGTERM, a closed terminal's SIGHUP, Ctrl-C) reaches every one of them: with
     # a plain subprocess a SIGTERM ended `kto ui` alone and left the rest running.
     proc = subprocess.Popen(cmd, env=child_env(), start_new_session=True)
-    received: list[int] = []
+    received: list[tuple[int, float]] = []
 
     def forward(signum, _frame) -> None:
-        received.append(signum)
+        received.append((signum, time.time()))
         stop_group(proc.pid, signum)
 
     saved = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
-        code = proc.wait()
+        while True:  # dagster dev may take its time, or hang (a full stdout pipe): GRACE_S, then SIGKILL
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received and time.time() - received[0][1] > GRACE_S:
+                    stop_group(proc.pid, signal.SIGKILL)
         deadline = time.time() + GRACE_S
         while _group_alive(proc.pid) and time.time() < deadline:  # children still shutting down
             time.sleep(0.2)
@@ -63,4 +69,4 @@ def run(args) -> int:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-    return 128 + received[0] if received else code
+    return 128 + received[0][0] if received else code
