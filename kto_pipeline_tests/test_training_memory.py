@@ -114,3 +114,20 @@ def test_kto_plan_command(capsys):
     out = capsys.readouterr().out
     assert "LoRA on each of the 32 experts' MLPs: 13.18 GiB" in out and "leaves 17.14 GiB" in out
     assert "unavailable" in dry_run_report(get_config("7b", {"model": {"model_name": "acme/unknown"}}))
+
+
+def test_planner_plans_for_the_backend_that_will_run(monkeypatch):
+    """On a CUDA machine without Unsloth, 'auto' trains with transformers + PEFT: plan for that, not for Unsloth."""
+    import importlib.util
+
+    import torch
+
+    from kto_pipeline.training.memory import backend_for
+
+    auto, never = get_config("7b"), get_config("7b", {"model": {"use_unsloth": "never"}})
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "unsloth" else real_find_spec(name, *a))
+    assert backend_for(auto) == "transformers" and backend_for(never) == "transformers"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # planning ahead on a CPU machine
+    assert backend_for(auto) == "unsloth"

@@ -188,8 +188,19 @@ class Estimate:
 
 
 def backend_for(config: Config) -> str:
-    """The backend a CUDA machine would use: Unsloth unless the config says never."""
-    return "transformers" if config.model.use_unsloth == "never" else "unsloth"
+    """The backend a CUDA machine would use: Unsloth unless the config says never, or says auto on a CUDA machine
+    without Unsloth installed (there transformers + PEFT runs, at ~2.5x Unsloth's memory: planning for Unsloth
+    would promise a fit that then runs out of memory). Planning ahead on a CPU machine assumes Unsloth."""
+    import importlib.util
+
+    import torch
+
+    if config.model.use_unsloth == "never":
+        return "transformers"
+    if (config.model.use_unsloth == "auto" and torch.cuda.is_available()
+            and importlib.util.find_spec("unsloth") is None):
+        return "transformers"
+    return "unsloth"
 
 
 def estimate(config: Config, arch: Arch | None = None, backend: str | None = None,
