@@ -122,7 +122,8 @@ def test_data_parallel_training_through_torchrun(project):
     runs = {}
     for processes, accumulation in ((2, 2), (1, 2)):
         out = run_ok(project.materialize_cli("lora_adapter", {"ops": {"lora_adapter": {"config": {"training": {
-            "num_processes": processes, "max_steps": 6, "gradient_accumulation_steps": accumulation}}}}}))
+            "num_processes": processes, "max_steps": 6, "gradient_accumulation_steps": accumulation,
+            "per_device_train_batch_size": 4}}}}}))  # 6 steps x 8 rows stay inside one epoch of the 53 rows
         assert out.count("backend=transformers") == 1, "more than one rank reported through Pipes"
         meta = project.latest("lora_adapter")
         runs[processes] = json.loads((project.artifacts / "lora_adapter" / meta["data_version"] / "metrics.json")
