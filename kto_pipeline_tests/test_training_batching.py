@@ -39,8 +39,9 @@ def test_precompute_only_when_it_saves_work():
                                          "max_steps": -1, "num_train_epochs": 1.0}})
     assert not wants_precompute(c, 80)  # one epoch: the same reference passes, just moved (and measured slower)
     assert wants_precompute(get_config("tiny", {"training": {"num_train_epochs": 2.0, "max_steps": -1}}), 80)
-    assert wants_precompute(get_config("tiny", {"training": {"max_steps": 12}}), 16)  # 12 steps > 4 per epoch
-    assert not wants_precompute(get_config("tiny", {"training": {"max_steps": 3}}), 16)
+    four = {"per_device_train_batch_size": 4}  # 16 rows: 4 steps an epoch
+    assert wants_precompute(get_config("tiny", {"training": {**four, "max_steps": 12}}), 16)  # 12 steps > 4 per epoch
+    assert not wants_precompute(get_config("tiny", {"training": {**four, "max_steps": 3}}), 16)
     assert not wants_precompute(get_config("tiny", {"training": {"precompute_ref_log_probs": False,
                                                                  "num_train_epochs": 2.0, "max_steps": -1}}), 80)
     assert wants_precompute(get_config("tiny", {"training": {"precompute_ref_log_probs": True}}), 16)
