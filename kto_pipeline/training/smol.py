@@ -79,9 +79,9 @@ def _restore_byte_level_bpe(path: Path) -> None:
 
     transformers rebuilds a GGUF "gpt2" vocabulary with SentencePiece parts (byte fallback, a ▁-replacing decoder)
     and without the digit splitting of the "smollm" pre-tokenizer. llama.cpp's converter then takes it for a
-    SentencePiece vocabulary and writes a file whose tokenizer aborts in llama.cpp (std::out_of_range), and
-    numbers tokenize differently from the original. With these parts the converter recognises the "smollm"
-    pre-tokenizer by its hash, as for HuggingFaceTB/SmolLM2-135M-Instruct itself.
+    SentencePiece vocabulary and writes a file whose tokenizer aborts in llama.cpp (std::out_of_range). With
+    these parts the converter recognises the "smollm" pre-tokenizer by its hash, as for
+    HuggingFaceTB/SmolLM2-135M-Instruct itself (test_smol checks llama.cpp then tokenizes exactly like HF).
     """
     from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
 
