@@ -72,6 +72,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "b_unchunked": dict(label="(b) with an unchunked LM head ([tokens, vocab] fp32 logits)", backend="unsloth",
                         trainer="trl", lm_head="unchunked"),
     "b_repeat": dict(label="(b) again, last: run-to-run spread", backend="unsloth", trainer="trl"),
+    # issue 20: (b') and one lever per row, each against the row above it
+    "b16": dict(label="(b') Unsloth + TRL at 16 x 1 (the micro-batch ours picks)", backend="unsloth", trainer="trl",
+                batch=16, accum=1),
+    "c_pack": dict(label="(c) + packed (padding-free) passes", backend="unsloth", trainer="ours", budget=BUDGET_GIB,
+                   packing=True),
+    "c_pack_fuse": dict(label="(c) + packed + fused reference forward (rows and KL rows in one)", backend="unsloth",
+                        trainer="ours", budget=BUDGET_GIB, packing=True, fuse_reference=True),
 }
 
 
@@ -337,6 +344,7 @@ def ours_config(model_dir: Path, opts: dict, steps_cfg: dict):
                      "num_train_epochs": float(steps_cfg.get("epochs", 1)), "max_steps": -1, "logging_steps": 1, "save_steps": 10**9,
                      "warmup_ratio": 0.1, "group_by_length": opts.get("group_by_length", True),
                      "precompute_ref_log_probs": opts.get("precompute"),
+                     "packing": opts.get("packing", False), "fuse_reference": opts.get("fuse_reference", False),
                      "memory_budget_gib": opts.get("budget")},
     })
 
@@ -415,10 +423,20 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
             stats = batch_stats(trainer, a)
             epochs = steps_cfg.get("epochs", 1)  # every epoch walks the same batches
             stats = {k: v * epochs for k, v in stats.items()}
+            packing = getattr(trainer, "pack_stats", None)
+            if packing is not None and packing.enabled:
+                result.update(packed_logp_check(trainer))
+                packing.calls = packing.tokens = packing.padded = 0
             t0 = time.perf_counter()
             out = trainer.train()
             sync()
             train_s = time.perf_counter() - t0 - save_t.total
+            if packing is not None and packing.enabled:
+                # what the model computed: every packed forward (policy KL, policy, reference) of the run
+                result["packed_forwards"] = packing.calls
+                result["forwards_per_micro_batch"] = round(packing.calls / (stats["batches"] or 1), 2)
+                result["padding_share_padded_path"] = round(1 - stats["tokens"] / stats["padded"], 3)
+                stats["padded"], stats["kl_padded"] = stats["tokens"], stats["kl_tokens"]
             result["train_s"] = round(train_s, 1)
             result["checkpoint_s"] = round(save_t.total, 1)
             result["steps"] = trainer.state.global_step
@@ -432,6 +450,10 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
             result["padding_share"] = round(1 - stats["tokens"] / stats["padded"], 3)
             result["mfu"] = round(stats["flops"] / total / (PEAK_TFLOPS * 1e12), 4)
             result.update(memory())
+            result["run_peak_allocated_gib"] = result.get("peak_allocated_gib")
+            result["run_peak_reserved_gib"] = result.get("peak_reserved_gib")
+            if opts["trainer"] == "ours":
+                result.update(planned_peaks(trainer, model_dir, opts, steps_cfg))
             result["peak_allocated_gib"] = max(result.get("peak_allocated_gib", 0), result.get("warm_peak_allocated_gib", 0))
             result["peak_reserved_gib"] = max(result.get("peak_reserved_gib", 0), result.get("warm_peak_reserved_gib", 0))
             del trainer
@@ -440,6 +462,65 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
         reset_lora(loaded)
         fresh_memory()
     return result
+
+
+def planned_peaks(trainer, model_dir: Path, opts: dict, steps_cfg: dict) -> dict[str, Any]:
+    """The planner's peak for the measured run (packed: from the rows' real tokens, as TRL tokenized them) and for
+    the warm-up micro-batch (every row at max_length), to set beside the measured peaks."""
+    from kto_pipeline.training.memory import estimate, packed_tokens
+
+    config = ours_config(model_dir, opts, steps_cfg)
+    b, max_len = trainer.args.per_device_train_batch_size, steps_cfg["max_length"]
+    ds = trainer.train_dataset
+    toks = [len(p) + len(c) for p, c in zip(ds["prompt_ids"], ds["completion_ids"])]
+    run = estimate(config, micro_batch=b, tokens=packed_tokens(toks, b, max_len) if opts.get("packing") else None)
+    warm = estimate(config, micro_batch=b)
+    return {"plan_run_allocated_gib": round(run.peak_allocated_gib, 2),
+            "plan_run_reserved_gib": round(run.peak_reserved_gib, 2), "plan_run_tokens": run.tokens,
+            "plan_warm_allocated_gib": round(warm.peak_allocated_gib, 2),
+            "plan_warm_reserved_gib": round(warm.peak_reserved_gib, 2)}
+
+
+def packed_logp_check(trainer) -> dict[str, Any]:
+    """Per-row summed log-probs of the run's first micro-batch (rows of mixed lengths), padded and packed, with the
+    policy's adapter moved off zero (a copy of the LoRA B weights is restored afterwards): the GPU side of the CPU
+    test's equality, in the run's dtype."""
+    import torch
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    out: dict[str, Any] = {}
+    try:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in saved:
+                    p.copy_((torch.randn(p.shape, generator=gen) * 0.02).to(p.device, p.dtype))
+        for prefix in ("", "KL_"):
+            ids, am, cm = (batch[f"{prefix}{k}"].to(model.device)
+                           for k in ("input_ids", "attention_mask", "completion_mask"))
+            sums = {}
+            for packed in (False, True):
+                trainer.pack_stats.enabled = packed
+                with torch.no_grad(), trainer.accelerator.autocast():
+                    lp = model(input_ids=ids, attention_mask=am, labels=ids.masked_fill(cm == 0, -100),
+                               use_cache=False, fused_lm_head=True).log_probs
+                sums[packed] = lp.float().sum(-1)
+            rel = ((sums[True] - sums[False]).abs() / sums[False].abs().clamp(min=1e-6)).max().item()
+            out[f"packed_vs_padded_max_rel{'_kl' if prefix else ''}"] = rel
+            out[f"padded_row_logps{'_kl' if prefix else ''}"] = [round(x, 3) for x in sums[False].tolist()]
+            out[f"packed_row_logps{'_kl' if prefix else ''}"] = [round(x, 3) for x in sums[True].tolist()]
+    finally:
+        trainer.pack_stats.enabled = True
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n])
+    print(f"[packing] per-row log-probs packed vs padded, max relative difference: "
+          f"{out['packed_vs_padded_max_rel']:.2e} (rows), {out['packed_vs_padded_max_rel_kl']:.2e} (KL rows)",
+          flush=True)
+    return out
 
 
 def snapshot_lora(loaded) -> None:
@@ -529,18 +610,21 @@ def child(args) -> None:
     if args.sweep and args.backend == "unsloth":
         sweep(loaded, model_dir, work / "sweep", steps_cfg, args.sweep, args.out)
     if args.profile:
-        profile(loaded, model_dir, work / "profile", steps_cfg, Path(args.out).parent)
+        profile(loaded, model_dir, work / "profile", steps_cfg, Path(args.out).parent, args.profile)
 
 
-def profile(loaded, model_dir: Path, work: Path, steps_cfg: dict, out_dir: Path) -> None:
-    """Is the GPU busy? Device-kernel time against wall time for two micro-batches of (c) at micro-batch 4."""
+def profile(loaded, model_dir: Path, work: Path, steps_cfg: dict, out_dir: Path, name: str) -> None:
+    """Is the GPU busy? Device-kernel time against wall time for two micro-batches of `name` at its micro-batch,
+    and the kernels that take the time."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    cfg = dict(steps_cfg, accum=2, epochs=1)
-    rows = synth_rows(model_dir, 2 * cfg["batch"], cfg["max_length"], seed=5)
-    tr = make_trainer("c_mb4", VARIANTS["c_mb4"], loaded, rows, model_dir, work, cfg, [], "profile")
+    opts = VARIANTS[name]
+    batch = planned_micro_batch(model_dir, opts, steps_cfg)
+    cfg = dict(steps_cfg, batch=batch, accum=2, epochs=1)
+    rows = synth_rows(model_dir, 2 * batch, cfg["max_length"], seed=5)
+    tr = make_trainer(name, opts, loaded, rows, model_dir, work, cfg, [], "profile")
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda() else [])
     with torch_profile(activities=acts) as prof:
         t0 = time.perf_counter()
@@ -550,10 +634,10 @@ def profile(loaded, model_dir: Path, work: Path, steps_cfg: dict, out_dir: Path)
     events = prof.key_averages()
     device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
     kernels = sum(getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA and e.count or 0 for e in events)
-    line = {"profile": True, "wall_s": round(wall, 2), "device_busy_s": round(device_us / 1e6, 2),
+    line = {"profile": name, "micro_batch": batch, "wall_s": round(wall, 2), "device_busy_s": round(device_us / 1e6, 2),
             "device_busy_share": round(device_us / 1e6 / wall, 3), "launched_kernels": kernels}
     sort = "self_device_time_total" if cuda() else "self_cpu_time_total"
-    (out_dir / "profile.txt").write_text(json.dumps(line) + "\n" + events.table(sort_by=sort, row_limit=30))
+    (out_dir / f"profile_{name}.txt").write_text(json.dumps(line) + "\n" + events.table(sort_by=sort, row_limit=30))
     print(f"PROFILE {json.dumps(line)}", flush=True)
     del tr
     reset_lora(loaded)
@@ -614,8 +698,8 @@ def run(args) -> int:
                "--out", args.out, "--work", args.work, "--batch", str(args.batch), "--accum", str(args.accum),
                "--examples", str(args.examples), "--max-length", str(args.max_length),
                "--epochs", str(args.epochs), "--compile-warmup", args.compile_warmup]
-        if args.profile:
-            cmd.append("--profile")
+        if args.profile and backend == "unsloth":
+            cmd += ["--profile", args.profile]
         if args.sweep and backend == "unsloth":
             cmd += ["--sweep", args.sweep]
         if not names:
@@ -635,18 +719,29 @@ def table(path: str) -> str:
     runs = [r for r in rows if not r.get("sweep")]
     lines = ["| variant | tokens/s (non-pad) | train-only tokens/s | padding | peak alloc GiB | peak reserved GiB "
              "| at micro-batch x max_length: alloc / reserved GiB | first-step loss | first logps/chosen | MFU "
-             "| precompute s | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| precompute s | train s | vs (a) | vs best of (b), (b') | packed vs padded row log-probs (max rel.) "
+             "| model forwards per micro-batch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    speed = {r["variant"]: r["tokens_per_s"] for r in runs if "error" not in r}
+    best_b = max((speed[v] for v in ("b", "b16") if v in speed), default=None)
+
+    def ratio(x: float, base: float | None) -> str:
+        return f"{x / base:.2f}x" if base else "-"
+
     for r in runs:
         if "error" in r:
-            lines.append(f"| {r['label']} | failed: {r['error'][:120]} |" + " |" * 10)
+            lines.append(f"| {r['label']} | failed: {r['error'][:120]} |" + " |" * 14)
             continue
+        check = r.get("packed_vs_padded_max_rel")
+        check = "-" if check is None else f"{check:.1e} / {r['packed_vs_padded_max_rel_kl']:.1e}"
         lines.append(
             f"| {r['label']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_train_only']:,.0f} "
             f"| {r['padding_share']:.0%} | {r.get('peak_allocated_gib', '-')} | {r.get('peak_reserved_gib', '-')} "
             f"| {r.get('warm_peak_allocated_gib', '-')} / {r.get('warm_peak_reserved_gib', '-')} "
             f"| {r['first_loss']} | {r['first_logps_chosen']} | {r['mfu']:.1%} | {r['precompute_s']} "
-            f"| {r['train_s']} |")
+            f"| {r['train_s']} | {ratio(r['tokens_per_s'], speed.get('a'))} | {ratio(r['tokens_per_s'], best_b)} "
+            f"| {check} "
+            f"| {r.get('forwards_per_micro_batch', '-')} |")
     sweeps = [r for r in rows if r.get("sweep")]
     if sweeps:
         lines += ["", "| micro-batch x seq | peak alloc GiB | peak reserved GiB |", "|---|---|---|"]
@@ -676,8 +771,8 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument("--epochs", type=int, default=1)
         r.add_argument("--compile-warmup", default="b,c_mb4,c_precompute",
                        help="variants run once, untimed, before anything is measured")
-        r.add_argument("--profile", action="store_true",
-                       help="after the variants: profile two micro-batches of (c) at micro-batch 4")
+        r.add_argument("--profile", default="",
+                       help="after the variants: profile two micro-batches of this variant (e.g. c_pack_fuse)")
         if name == "child":
             r.add_argument("--backend", required=True)
     t = sub.add_parser("table")

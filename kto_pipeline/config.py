@@ -88,6 +88,10 @@ class TrainingConfig:
         1, "Data-parallel training processes, one per GPU (launched with torchrun; on a CPU, gloo processes). The "
            "effective batch stays that of one process: the accumulation steps are divided among them.")
     group_by_length: bool = _f(True, "Put rows of similar length in the same micro-batch (less padding, faster).")
+    packing: bool = _f(False, "Run every model pass on the micro-batch's rows packed into one padding-free "
+                              "sequence (position ids restart per row, attention stays inside each row).")
+    fuse_reference: bool = _f(False, "Score the reference on the rows and on KTO's KL rows in one forward "
+                                     "instead of two (in each step, and in the precompute pass).")
     precompute_ref_log_probs: bool | None = _f(
         None, "Score the reference model once before training instead of in every step; None: only when "
               "training covers more than one epoch (for one epoch it is the same work, measured slower).")
@@ -125,6 +129,9 @@ class TrainingConfig:
                 raise ValueError(f"training.{name} must be >= 0 or None (derived from the label balance), not {value}")
         if self.desirable_weight == 0 and self.undesirable_weight == 0:
             raise ValueError("training.desirable_weight and training.undesirable_weight are both 0: nothing to learn")
+        for name in ("packing", "fuse_reference", "group_by_length"):
+            if not isinstance(getattr(self, name), bool):  # "false" from a YAML string would read as on
+                raise ValueError(f"training.{name} must be true or false, not {getattr(self, name)!r}")
         if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
             raise ValueError(f"training.memory_budget_gib must be > 0 GiB or None, not {self.memory_budget_gib}")
 

@@ -3,6 +3,7 @@
     kto plan --model-size 7b                          # the preset, against the seed's 24 GB card
     kto plan --model-size 13b --batch-size 4 --max-seq-length 4096
     kto plan --model-name ./my-model/config.json --budget-gib 16
+    kto plan --model-size 7b --packing                # packed micro-batches: how many real tokens fit
 
 Exit status 0 when the run fits the budget, 1 when it does not, 2 on bad input.
 """
@@ -32,6 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-4bit", action="store_true", help="plan 16-bit weights instead of 4-bit NF4")
     p.add_argument("--backend", choices=sorted(PER_TOKEN), default=None,
                    help="unsloth (default where installed) or transformers (plain PEFT + bitsandbytes)")
+    p.add_argument("--packing", action="store_true",
+                   help="plan packed (padding-free) micro-batches (training.packing): prints the tokens one may hold")
     p.add_argument("--budget-gib", type=float, default=DEFAULT_BUDGET_GIB,
                    help=f"GPU memory to fit in (default {DEFAULT_BUDGET_GIB:g}: an RTX 3090)")
     p.set_defaults(func=run)
@@ -45,7 +48,8 @@ def run(args) -> int:
                       "use_unsloth": "never" if args.backend == "transformers" else None},
             "lora": {"r": args.lora_r, "target_modules": args.lora_target_modules},
             "training": {"per_device_train_batch_size": args.batch_size,
-                         "gradient_accumulation_steps": args.gradient_accumulation},
+                         "gradient_accumulation_steps": args.gradient_accumulation,
+                         "packing": True if args.packing else None},
         })
         print(plan_report(config, args.budget_gib, args.backend))
         arch = arch_for(config.model.model_name)

@@ -12,7 +12,9 @@ checked against every preset's architecture (benchmarks/plan_check.py: within -0
   set lives on the GPU: 13.65 * (hidden + intermediate) bytes per token.
 - transformers: PEFT's checkpointing keeps every layer's input on the GPU (layers * hidden * 2 bytes per token)
   plus a larger working set: 35 * (hidden + intermediate) bytes per token (fitted on one point only).
-The worst micro-batch is planned: every row at max_seq_length. MoE layers count the experts a token visits, times
+The worst micro-batch is planned: every row at max_seq_length; with packing (training.packing) activations follow
+the micro-batch's real tokens instead, so given the rows' token counts the worst micro-batch is its longest rows
+(`packed_tokens`), and plain transformers' SDPA adds its [tokens, tokens] block-diagonal boolean mask. MoE layers count the experts a token visits, times
 MOE_PER_TOKEN (fitted on one gpt-oss-20b point, checked on two others); targeting their MLP puts a LoRA adapter on
 every expert.
 
@@ -169,6 +171,7 @@ class Estimate:
     lora_gib: float
     activations_gib: float
     fixed_gib: float
+    tokens: int = 0  # tokens of the micro-batch planned (micro_batch x seq unless packed rows were given)
 
     @property
     def peak_allocated_gib(self) -> float:
@@ -203,8 +206,15 @@ def backend_for(config: Config) -> str:
     return "unsloth"
 
 
+def packed_tokens(row_tokens: list[int], micro_batch: int, max_seq_length: int) -> int:
+    """Tokens of the worst packed micro-batch: its `micro_batch` longest rows (each at most max_seq_length), whatever
+    the order the rows come in."""
+    return sum(sorted((min(t, max_seq_length) for t in row_tokens), reverse=True)[:micro_batch])
+
+
 def estimate(config: Config, arch: Arch | None = None, backend: str | None = None,
-             micro_batch: int | None = None, seq: int | None = None) -> Estimate:
+             micro_batch: int | None = None, seq: int | None = None, tokens: int | None = None) -> Estimate:
+    """Planned peak of one micro-batch: `tokens` packed tokens, or micro_batch x seq (every row at max length)."""
     arch = arch or arch_for(config.model.model_name)
     backend = backend or backend_for(config)
     if backend not in PER_TOKEN:
@@ -222,37 +232,68 @@ def estimate(config: Config, arch: Arch | None = None, backend: str | None = Non
         per_token += arch.layers * arch.hidden * 2
     if not config.lora.gradient_checkpointing:  # every layer's activations stay: ~layers x one layer's
         per_token *= arch.layers
+    n = tokens if tokens is not None else b * t
+    activations = n * per_token
+    if config.training.packing and backend == "transformers":
+        activations += n * n  # SDPA's block-diagonal mask: one bool per (query, key) pair (Unsloth builds none)
     return Estimate(arch, backend, b, t, weights_gib=(block_bytes + emb_bytes) / GiB, lora_gib=lora / GiB,
-                    activations_gib=b * t * per_token / GiB, fixed_gib=FIXED_GIB)
+                    activations_gib=activations / GiB, fixed_gib=FIXED_GIB, tokens=n)
 
 
-def pick_micro_batch(config: Config, budget_gib: float, arch: Arch | None = None) -> tuple[int, int]:
+def pick_micro_batch(config: Config, budget_gib: float, arch: Arch | None = None,
+                     row_tokens: list[int] | None = None) -> tuple[int, int]:
     """Largest micro-batch (a divisor of the effective batch, at least 2 for KTO's KL term) whose planned peak
-    fits the budget, and the accumulation that keeps the effective batch; unchanged if none fits."""
+    fits the budget, and the accumulation that keeps the effective batch; unchanged if none fits.
+
+    row_tokens: the training rows' token counts; with packing the micro-batch is planned by its longest rows'
+    real tokens instead of micro-batch x max_seq_length."""
     t = config.training
     effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
     arch = arch or arch_for(config.model.model_name)
+    packed = t.packing and row_tokens
+
+    def tokens(b: int) -> int | None:
+        return packed_tokens(row_tokens, b, config.model.max_seq_length) if packed else None
+
     fitting = [b for b in range(2, effective + 1)  # the accumulation must still split among the processes
                if effective % b == 0 and (effective // b) % t.num_processes == 0
-               and estimate(config, arch, micro_batch=b).fits(budget_gib)]
+               and estimate(config, arch, micro_batch=b, tokens=tokens(b)).fits(budget_gib)]
     if not fitting:
         return t.per_device_train_batch_size, t.gradient_accumulation_steps
     return max(fitting), effective // max(fitting)
 
 
-def with_budget(config: Config) -> Config:
-    """config with the micro-batch chosen by the planner when training.memory_budget_gib is set."""
+def with_budget(config: Config, row_tokens: list[int] | None = None) -> Config:
+    """config with the micro-batch chosen by the planner when training.memory_budget_gib is set (by the rows' real
+    tokens when packing and row_tokens are given)."""
     budget = config.training.memory_budget_gib
     if not budget:
         return config
-    micro, accum = pick_micro_batch(config, budget)
+    micro, accum = pick_micro_batch(config, budget, row_tokens=row_tokens)
     training = replace(config.training, per_device_train_batch_size=micro, gradient_accumulation_steps=accum)
     return replace(config, training=training)
 
 
-def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend: str | None = None) -> str:
+def tokens_that_fit(config: Config, budget_gib: float, arch: Arch, backend: str | None = None) -> int:
+    """Most packed tokens one micro-batch may hold within the budget (0 if not even one token fits)."""
+    lo, hi = 0, 1 << 22
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate(config, arch, backend, tokens=mid).fits(budget_gib):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend: str | None = None,
+                row_tokens: list[int] | None = None) -> str:
     arch = arch_for(config.model.model_name)
-    e = estimate(config, arch, backend)
+    packed = config.training.packing and row_tokens
+    e = estimate(config, arch, backend, tokens=packed_tokens(row_tokens, config.training.per_device_train_batch_size,
+                                                             config.model.max_seq_length) if packed else None)
+    rows_text = (f"{e.tokens} packed tokens (its {e.micro_batch} longest rows)" if packed
+                 else f"{e.seq} tokens (every row at max_seq_length)")
     t = config.training
     targets = ("all linear layers" if set(config.lora.target_modules) >= set(ALL_LINEAR)
                else "/".join(config.lora.target_modules))
@@ -261,7 +302,7 @@ def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend:
         f"{arch.layers} layers, hidden {arch.hidden}, vocab {arch.vocab}"
         + (f", {arch.experts} experts / {arch.experts_per_token} per token" if arch.experts else "") + ")",
         f"  backend {e.backend}, {'4-bit NF4' if config.model.load_in_4bit else '16-bit'} weights, "
-        f"LoRA r={config.lora.r} on {targets}, micro-batch {e.micro_batch} x {e.seq} tokens (every row at max_seq_length), "
+        f"LoRA r={config.lora.r} on {targets}, micro-batch {e.micro_batch} x {rows_text}, "
         f"gradient checkpointing {'on' if config.lora.gradient_checkpointing else 'off'}",
         f"  weights        {e.weights_gib:6.2f} GiB",
         f"  LoRA + AdamW   {e.lora_gib:6.2f} GiB",
@@ -281,7 +322,13 @@ def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend:
     else:
         lines.append(f"  does NOT fit {budget_gib:g} GiB: lower --batch-size (and raise --gradient-accumulation "
                      f"to keep the effective batch), or --max-seq-length")
-    micro, accum = pick_micro_batch(config, budget_gib, arch)
+    if t.packing:
+        lines.append(f"  packed (training.packing): a micro-batch may hold up to "
+                     f"{tokens_that_fit(config, budget_gib, arch, backend):,} real tokens in {budget_gib:g} GiB; "
+                     + ("planned from the training rows' lengths" if packed else
+                        "planned here at its worst (every row at max_seq_length); `kto train --dry-run` plans it "
+                        "from the data's longest rows"))
+    micro, accum = pick_micro_batch(config, budget_gib, arch, row_tokens=row_tokens)
     if micro != t.per_device_train_batch_size:
         lines.append(f"  largest micro-batch that fits {budget_gib:g} GiB at the same effective batch "
                      f"({t.per_device_train_batch_size * t.gradient_accumulation_steps}): "

@@ -6,6 +6,8 @@ is fewer, bigger model passes):
 - precomputed reference log-probs when training sees the data more than once (TRL's option), keyed by a cheap
   fingerprint of the reference model instead of TRL's sha256 over every weight copied to the CPU;
 - the reference scored with adapters disabled rather than through TRL's "ref" copy of a fresh adapter;
+- packed (padding-free) passes and one fused reference forward when training.packing / fuse_reference are on
+  (training/packing.py);
 - length-grouped batching: rows reordered up front so each micro-batch holds similar lengths. TRL's KTO needs
   sequential sampling (each row's KL completion comes from its micro-batch neighbours), so the grouping has to
   happen in the dataset order, before TRL builds those KL pairs.
@@ -247,10 +249,10 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
     from trl import KTOTrainer
 
     from kto_pipeline.training.memory import with_budget
+    from kto_pipeline.training.packing import packed_trainer_class
     from kto_pipeline.training.torch_logprob import install_if_needed
 
     install_if_needed()
-    config = per_process(with_budget(config), world_size())
     chat = bool(getattr(loaded.tokenizer, "chat_template", None))
     max_length = config.model.max_seq_length
     # Rows longer than max_seq_length are fitted (or dropped) and counted here, so TRL drops and cuts nothing.
@@ -261,6 +263,10 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
         raise ValueError(f"{dataset_dir / 'train.parquet'}: no training rows"
                          + (f" left: all {long_rows['splits']['train']['rows']} are longer than max_seq_length="
                             f"{max_length}" if long_rows["splits"]["train"]["rows"] else ""))
+    # Packed micro-batches are planned by their rows' real tokens (as TRL will tokenize them), not rows x max length
+    row_tokens = (training_row_tokens(train_ds, loaded.tokenizer)
+                  if config.training.packing and config.training.memory_budget_gib else None)
+    config = per_process(with_budget(config, row_tokens), world_size())
     weights = kto_weights(config, train_ds["label"])
     t = config.training
     if t.group_by_length and len(train_ds) > t.per_device_train_batch_size:
@@ -268,11 +274,12 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
         train_ds = train_ds.select(length_grouped_order(lengths, t.per_device_train_batch_size, t.seed))
     args = kto_args(config, output_dir, weights, has_eval=len(eval_ds) > 0,
                     precompute=wants_precompute(config, len(train_ds)))
-    with fast_reference_pass(KTOTrainer):
-        trainer = KTOTrainer(
+    trainer_cls = packed_trainer_class(KTOTrainer)
+    with fast_reference_pass(trainer_cls):
+        trainer = trainer_cls(
             model=loaded.model, args=args, train_dataset=train_ds,
             eval_dataset=eval_ds if len(eval_ds) else None, processing_class=loaded.tokenizer,
-            peft_config=loaded.peft_config, callbacks=callbacks,
+            peft_config=loaded.peft_config, callbacks=callbacks, packing=t.packing, fuse_reference=t.fuse_reference,
         )
     drop_reference_adapter(trainer.model)
     # The rows TRL will train on, counted on its own tokenized datasets (not on our estimate).
@@ -283,6 +290,13 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
             "processes": world_size(), "long_rows": long_rows, "dropped_rows": dropped,
             "kl_pairs_same_completion": same_completion_share(train_ds["completion"], t.per_device_train_batch_size)}
     return trainer, info
+
+
+def training_row_tokens(ds, tokenizer) -> list[int]:
+    """Prompt + completion tokens of each fitted row, exactly as TRL tokenizes them."""
+    from kto_pipeline.training.long_rows import trl_lengths
+
+    return [sum(trl_lengths(tokenizer, p, c)) for p, c in zip(ds["prompt"], ds["completion"])]
 
 
 def same_completion_share(completions: list[Any], batch_size: int) -> float:
