@@ -131,3 +131,35 @@ def test_planner_plans_for_the_backend_that_will_run(monkeypatch):
     assert backend_for(auto) == "transformers" and backend_for(never) == "transformers"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # planning ahead on a CPU machine
     assert backend_for(auto) == "unsloth"
+
+
+def test_packed_micro_batches_are_planned_by_their_real_tokens(capsys):
+    from kto_pipeline.training.memory import packed_tokens
+
+    packed = get_config("7b", {"model": {"model_name": "llama-3.1-8b"}, "lora": {"r": 16},
+                               "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 8,
+                                            "packing": True}})  # effective batch 64
+    # the worst micro-batch is its longest rows, each cut at max_seq_length
+    assert packed_tokens([100, 5000, 300, 200], 2, 2048) == 2048 + 300
+    short = [900] * 500 + [2000] * 3  # chat-like rows with a few long ones
+    padded_pick = pick_micro_batch(packed, 20)  # no lengths: every row at max_seq_length, as the padded path
+    assert padded_pick == (16, 4)
+    micro, accum = pick_micro_batch(packed, 20, row_tokens=short)
+    assert micro * accum == 64 and micro == 32  # 3 x 2000 + 29 x 900 = 32,100 tokens fit 20 GiB; 64 rows do not
+    assert estimate(packed, micro_batch=32, tokens=packed_tokens(short, 32, 2048)).fits(20)
+    assert not estimate(packed, micro_batch=64, tokens=packed_tokens(short, 64, 2048)).fits(20)
+    # without packing the lengths change nothing: padded rows cost max_seq_length each
+    assert pick_micro_batch(get_config("7b", {"model": {"model_name": "llama-3.1-8b"}, "lora": {"r": 16}, "training": {
+        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 8}}), 20, row_tokens=short) == (16, 4)
+    assert with_budget(get_config("7b", {"model": {"model_name": "llama-3.1-8b"}, "lora": {"r": 16}, "training": {
+        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 8, "packing": True,
+        "memory_budget_gib": 20.0}}), row_tokens=short).training.per_device_train_batch_size == 32
+    # plain transformers' SDPA adds its [tokens, tokens] mask: 23,400^2 bytes ~ 0.51 GiB
+    t = get_config("7b", {"model": {"model_name": "llama-3.1-8b", "use_unsloth": "never"}, "lora": {"r": 16},
+                          "training": {"packing": True}})
+    plain = get_config("7b", {"model": {"model_name": "llama-3.1-8b", "use_unsloth": "never"}, "lora": {"r": 16}})
+    assert (estimate(t, tokens=23_400).activations_gib - estimate(plain, tokens=23_400).activations_gib
+            == pytest.approx(23_400 ** 2 / 2**30))
+    assert main(["plan", "--model-size", "7b", "--packing", "--budget-gib", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "packed (training.packing): a micro-batch may hold up to" in out and "real tokens in 20 GiB" in out

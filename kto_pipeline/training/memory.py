@@ -326,8 +326,8 @@ def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend:
         lines.append(f"  packed (training.packing): a micro-batch may hold up to "
                      f"{tokens_that_fit(config, budget_gib, arch, backend):,} real tokens in {budget_gib:g} GiB; "
                      + ("planned from the training rows' lengths" if packed else
-                        "planned here at its worst (every row at max_seq_length); `kto train --dry-run` plans it "
-                        "from the data's longest rows"))
+                        "planned here at its worst (every row at max_seq_length); with memory_budget_gib, training "
+                        "picks the micro-batch from the data's longest rows"))
     micro, accum = pick_micro_batch(config, budget_gib, arch, row_tokens=row_tokens)
     if micro != t.per_device_train_batch_size:
         lines.append(f"  largest micro-batch that fits {budget_gib:g} GiB at the same effective batch "
