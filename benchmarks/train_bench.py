@@ -609,8 +609,8 @@ def child(args) -> None:
         print(f"RESULT {json.dumps(r)}", flush=True)
     if args.sweep and args.backend == "unsloth":
         sweep(loaded, model_dir, work / "sweep", steps_cfg, args.sweep, args.out)
-    if args.profile:
-        profile(loaded, model_dir, work / "profile", steps_cfg, Path(args.out).parent, args.profile)
+    for name in filter(None, args.profile.split(",")):
+        profile(loaded, model_dir, work / f"profile-{name}", steps_cfg, Path(args.out).parent, name)
 
 
 def profile(loaded, model_dir: Path, work: Path, steps_cfg: dict, out_dir: Path, name: str) -> None:
@@ -772,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument("--compile-warmup", default="b,c_mb4,c_precompute",
                        help="variants run once, untimed, before anything is measured")
         r.add_argument("--profile", default="",
-                       help="after the variants: profile two micro-batches of this variant (e.g. c_pack_fuse)")
+                       help="after the variants: profile two micro-batches of each of these variants (e.g. c,c_pack_fuse)")
         if name == "child":
             r.add_argument("--backend", required=True)
     t = sub.add_parser("table")
