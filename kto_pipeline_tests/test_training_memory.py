@@ -136,30 +136,35 @@ def test_planner_plans_for_the_backend_that_will_run(monkeypatch):
 def test_packed_micro_batches_are_planned_by_their_real_tokens(capsys):
     from kto_pipeline.training.memory import packed_tokens
 
-    packed = get_config("7b", {"model": {"model_name": "llama-3.1-8b"}, "lora": {"r": 16},
-                               "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 8,
-                                            "packing": True}})  # effective batch 64
+    def llama(**training):
+        return get_config("7b", {"model": {"model_name": "llama-3.1-8b"}, "lora": {"r": 16},
+                                 "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 16,
+                                              **training}})  # effective batch 128
+
     # the worst micro-batch is its longest rows, each cut at max_seq_length
     assert packed_tokens([100, 5000, 300, 200], 2, 2048) == 2048 + 300
     short = [900] * 500 + [2000] * 3  # chat-like rows with a few long ones
-    padded_pick = pick_micro_batch(packed, 20)  # no lengths: every row at max_seq_length, as the padded path
-    assert padded_pick == (16, 4)
-    micro, accum = pick_micro_batch(packed, 20, row_tokens=short)
-    assert micro * accum == 64 and micro == 32  # 3 x 2000 + 29 x 900 = 32,100 tokens fit 20 GiB; 64 rows do not
-    assert estimate(packed, micro_batch=32, tokens=packed_tokens(short, 32, 2048)).fits(20)
-    assert not estimate(packed, micro_batch=64, tokens=packed_tokens(short, 64, 2048)).fits(20)
-    # without packing the lengths change nothing: padded rows cost max_seq_length each
-    assert pick_micro_batch(get_config("7b", {"model": {"model_name": "llama-3.1-8b"}, "lora": {"r": 16}, "training": {
-        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 8}}), 20, row_tokens=short) == (16, 4)
-    assert with_budget(get_config("7b", {"model": {"model_name": "llama-3.1-8b"}, "lora": {"r": 16}, "training": {
-        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 8, "packing": True,
-        "memory_budget_gib": 20.0}}), row_tokens=short).training.per_device_train_batch_size == 32
+    assert pick_micro_batch(llama(), 20, row_tokens=short) == (16, 8)  # padded: lengths change nothing
+    assert pick_micro_batch(llama(packing=True), 20) == (32, 4)  # packed, every row at max_seq_length
+    micro, accum = pick_micro_batch(llama(packing=True), 20, row_tokens=short)
+    assert (micro, accum) == (64, 2)  # 3 x 2000 + 61 x 900 = 60,900 real tokens fit 20 GiB; 128 rows do not
+    assert not estimate(llama(packing=True), micro_batch=128, tokens=packed_tokens(short, 128, 2048)).fits(20)
+    assert with_budget(llama(packing=True, memory_budget_gib=20.0),
+                       row_tokens=short).training.per_device_train_batch_size == 64
     # plain transformers' SDPA adds its [tokens, tokens] mask: 23,400^2 bytes ~ 0.51 GiB
     t = get_config("7b", {"model": {"model_name": "llama-3.1-8b", "use_unsloth": "never"}, "lora": {"r": 16},
                           "training": {"packing": True}})
     plain = get_config("7b", {"model": {"model_name": "llama-3.1-8b", "use_unsloth": "never"}, "lora": {"r": 16}})
     assert (estimate(t, tokens=23_400).activations_gib - estimate(plain, tokens=23_400).activations_gib
             == pytest.approx(23_400 ** 2 / 2**30))
+    # Unsloth, measured packed (benchmarks/RESULTS.md, issue 20): 16 rows x 2048 packed peaked at 11.67 GiB allocated,
+    # 14.36 with the fused reference forward (twice the tokens, no grad)
+    def packed_peak(fuse: bool) -> float:
+        c = get_config("7b", {"model": {"model_name": "llama-3.1-8b"}, "lora": {"r": 16},
+                              "training": {"packing": True, "fuse_reference": fuse}})
+        return estimate(c, backend="unsloth", tokens=16 * 2048).peak_allocated_gib
+
+    assert packed_peak(False) == pytest.approx(11.67, rel=0.03) and packed_peak(True) == pytest.approx(14.36, rel=0.03)
     assert main(["plan", "--model-size", "7b", "--packing", "--budget-gib", "20"]) == 0
     out = capsys.readouterr().out
     assert "packed (training.packing): a micro-batch may hold up to" in out and "real tokens in 20 GiB" in out

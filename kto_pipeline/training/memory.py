@@ -61,6 +61,12 @@ ALIASES = [("qwen2.5-3b", "qwen2.5-3b"), ("mistral-7b", "mistral-7b"), ("llama-3
 # Fitted on the H100 measurements (see the module docstring)
 PER_TOKEN = {"unsloth": 13.65, "transformers": 35.0}
 MOE_PER_TOKEN = 1.52  # MoE tokens also keep router logits and expert gather/scatter buffers (fitted on gpt-oss-20b)
+# Packed passes under Unsloth, as shares of the padded per-token bytes (H200, Llama-3.1-8B shape, 16 rows x 2048
+# packed; benchmarks/RESULTS.md, issue 20): the gradient pass holds 0.73 of a padded token's bytes per real token,
+# and the fused reference forward (rows + KL rows, 2x the tokens, no grad) 0.54 per token it scores. Plain
+# transformers was not measured packed: it keeps the padded figure (plus SDPA's mask, below).
+PACKED_GRAD_SHARE = {"unsloth": 0.73, "transformers": 1.0}
+PACKED_FUSED_REF_SHARE = {"unsloth": 0.54, "transformers": 1.0}
 RESERVED_FACTOR = 1.05  # PyTorch's caching allocator holds a little more than it hands out
 FIXED_GIB = 0.35        # RoPE caches, cuBLAS handles, Unsloth's buffers (fitted with PER_TOKEN)
 
@@ -234,8 +240,14 @@ def estimate(config: Config, arch: Arch | None = None, backend: str | None = Non
         per_token *= arch.layers
     n = tokens if tokens is not None else b * t
     activations = n * per_token
-    if config.training.packing and backend == "transformers":
-        activations += n * n  # SDPA's block-diagonal mask: one bool per (query, key) pair (Unsloth builds none)
+    if config.training.packing:
+        # the larger of the gradient pass over n tokens and, fused, the reference forward over the 2n of rows + KL rows
+        share = PACKED_GRAD_SHARE[backend]
+        if config.training.fuse_reference:
+            share = max(share, 2 * PACKED_FUSED_REF_SHARE[backend])
+        activations *= share
+        if backend == "transformers":  # SDPA's block-diagonal mask: one bool per (query, key) pair
+            activations += (2 * n if config.training.fuse_reference else n) ** 2
     return Estimate(arch, backend, b, t, weights_gib=(block_bytes + emb_bytes) / GiB, lora_gib=lora / GiB,
                     activations_gib=activations / GiB, fixed_gib=FIXED_GIB, tokens=n)
 
