@@ -151,3 +151,21 @@ def test_packing_flags_must_be_booleans():
         tiny(packing="false")
     with pytest.raises(ValueError, match="training.fuse_reference"):
         tiny(fuse_reference=1)
+
+
+def test_precompute_pass_runs_packed_and_fused(tmp_path, kto_data, cache):
+    """TRL's precompute pass runs inside KTOTrainer.__init__: it is packed and fused too, and stores what the
+    padded two-pass scoring gives."""
+    import torch
+
+    from kto_pipeline.training.model import load_for_training
+    from kto_pipeline.training.trainer import build_trainer
+
+    config = tiny(packing=True, fuse_reference=True, precompute_ref_log_probs=True)
+    pre, _ = build_trainer(config, load_for_training(config, cache), kto_data, tmp_path, [])
+    assert pre.pack_stats.calls > 0 and pre.pack_stats.tokens < pre.pack_stats.padded  # packed, padding left out
+    batch = next(iter(pre.get_train_dataloader()))
+    set_mode(pre, packing=False, fuse=False)
+    ref, ref_kl = pre.compute_ref_log_probs(pre.model, batch)  # TRL's own two padded forwards
+    assert torch.allclose(batch["ref_logps"], ref, rtol=REL, atol=0)
+    assert torch.allclose(batch["ref_KL_logps"], ref_kl, rtol=REL, atol=0)

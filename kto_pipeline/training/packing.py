@@ -147,12 +147,13 @@ def packed_trainer_class(base: type) -> type:
             return super()._precompute_ref_logps(*args, **kwargs)
 
         # One no-grad forward for the reference's rows and KL rows -----------------------------------------------
-        def _reference_logps(self, batch: dict[str, Any]):
-            """Reference log-probs of the rows and the KL rows, (B,) each, from one forward without the adapter."""
+        def _reference_logps(self, batch: dict[str, Any], model: Any = None):
+            """Reference log-probs of the rows and the KL rows, (B,) each, from one forward without the adapter
+            (`model`: what TRL's precompute pass scores with; in the step, the reference model or the policy)."""
             import torch
             from trl.trainer.kto_trainer import disable_gradient_checkpointing, use_adapter
 
-            model = self.ref_model or self.model
+            model = model or self.ref_model or self.model
             adapter = contextlib.nullcontext()
             if self.ref_model is None and hasattr(self.model, "peft_config"):
                 unwrapped = self.accelerator.unwrap_model(self.model)
@@ -169,7 +170,7 @@ def packed_trainer_class(base: type) -> type:
         def compute_ref_log_probs(self, model, inputs):  # TRL's precompute pass, one batch
             if not (self.fuse_reference and self.calculate_KL):
                 return super().compute_ref_log_probs(model, inputs)
-            return self._reference_logps(inputs)
+            return self._reference_logps(inputs, model)
 
         def _compute_loss(self, model, inputs, return_outputs):
             if not (self.fuse_reference and self.calculate_KL) or self.precompute_ref_logps:
