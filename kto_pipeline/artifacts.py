@@ -14,6 +14,7 @@ folder outside a store (the validated-file cache, the built base models).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -147,11 +148,30 @@ def build_once(final: Path, build: Callable[[Path], Any], *, resumable: bool = F
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)  # someone finished it first without our lock: keep theirs
                 return False
-        except BaseException:
+        except BaseException as exc:
+            free_mb = shutil.disk_usage(tmp.parent).free / 2**20  # before cleaning up frees some
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
+            if _disk_full(exc):
+                raise DiskFullError(f"{final}: disk full ({free_mb:.1f} MB free) while writing {final.parent.name}"
+                                    + ("" if not resumable else f"; what was written is kept in {tmp} to resume "
+                                       "from") + ": free some space and materialize it again") from exc
             raise
     return True
+
+
+class DiskFullError(OSError):
+    """A build ran out of disk space; the message names the folder, the space left and the asset."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the exception chain (pyarrow and subprocesses report it only in their text)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,324 @@
+#!/usr/bin/env python
+"""Fault trials with real processes and a real Dagster instance (results: benchmarks/FAULTS.md).
+
+  kill       per asset: `dagster asset materialize --select <asset>`, SIGKILL its step process and every child of
+             it (the training process, llama.cpp's child) at a random moment while the step runs, then re-run.
+             Per trial it checks: the killed run recorded no materialization of the asset; every folder under
+             artifacts/<asset>/ that holds `.complete` is whole (each json parses, each safetensors / parquet /
+             GGUF file reads, GGUF sha256 as recorded); the re-run succeeds and its folder is whole; training
+             resumed from the newest complete checkpoint the killed run left (metrics.json `resumed_from`, step
+             > 0) whenever there was one; a Hub release is tagged only when the Hub serves exactly its bytes.
+  diskfull   per asset: the artifact root is a small tmpfs (mount -t tmpfs; needs root) filled up to leave a
+             random few hundred KB free, then the asset is materialized: it must fail with
+             "<path>: disk full (N MB free) while writing <asset>", leave no complete folder and no scratch folder.
+
+    python benchmarks/faults.py kill --assets kto_dataset lora_adapter merged_model gguf_quantizations hub_release \\
+        --trials 6
+    python benchmarks/faults.py diskfull --trials 3
+
+One project (DAGSTER_HOME, artifacts, data/raw) per asset under a temp folder; hub_release goes to the fake Hub
+server of kto_pipeline_tests/hub_server.py (a new repo per trial, so every trial uploads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+UPSTREAM = {"kto_dataset": "raw_preferences", "lora_adapter": "raw_preferences,kto_dataset",
+            "merged_model": "raw_preferences,kto_dataset,lora_adapter",
+            "gguf_quantizations": "raw_preferences,kto_dataset,lora_adapter,merged_model",
+            "hub_release": "raw_preferences,kto_dataset,lora_adapter,merged_model,gguf_quantizations"}
+TOKEN = "hf_faults_token_0123456789"
+
+
+# ------------------------------------------------------------------------------------------- processes
+def children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            out.setdefault(ppid, []).append(int(d.name))
+    return out
+
+
+def descendants(pid: int, tree: dict[int, list[int]]) -> list[int]:
+    out, todo = [], list(tree.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(tree.get(p, []))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def step_process(cli: int) -> int | None:
+    """The process running the step: Dagster's multiprocess executor forks it from its forkserver (or spawns it)."""
+    tree = children()
+    for p in descendants(cli, tree):
+        parent = next((q for q, kids in tree.items() if p in kids), None)
+        c = cmdline(p)
+        if ("forkserver" in c and parent is not None and "forkserver" in cmdline(parent)) or "spawn_main" in c:
+            return p
+    return None
+
+
+# ------------------------------------------------------------------------------------------- project
+class Project:
+    def __init__(self, base: Path, rows: int = 0):
+        self.dir = base
+        self.home, self.root = base / "home", base / "artifacts"
+        self.home.mkdir(parents=True)
+        shutil.copyfile(REPO / "kto_pipeline" / "dagster.yaml", self.home / "dagster.yaml")
+        shutil.copytree(REPO / "data" / "raw", base / "data" / "raw")
+        if rows:  # a longer data build, so a random kill lands inside it
+            with open(base / "data" / "raw" / "synthetic.jsonl", "w") as f:
+                for i in range(rows):
+                    f.write(json.dumps({"prompt": f"question {i}", "completion": f"answer {i} " * 20,
+                                        "label": i % 3 != 0}) + "\n")
+        self.env = dict(os.environ, DAGSTER_HOME=str(self.home), KTO_ARTIFACT_ROOT=str(self.root),
+                        PYTHONPATH=str(REPO), KTO_GPU_LOCK=str(base / "gpu.lock"), HF_TOKEN=TOKEN,
+                        HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
+
+    def start(self, select: str, config: dict | None = None) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "kto_pipeline.definitions",
+               "--select", select]
+        if config:
+            cmd += ["--config-json", json.dumps(config)]
+        return subprocess.Popen(cmd, cwd=self.dir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+
+    def run(self, select: str, config: dict | None = None) -> tuple[int, str]:
+        p = self.start(select, config)
+        out, _ = p.communicate(timeout=1800)
+        return p.returncode, out
+
+    def instance(self):
+        import dagster as dg
+
+        os.environ["DAGSTER_HOME"] = str(self.home)
+        return dg.DagsterInstance.get()
+
+
+def run_id_of(output: str) -> str | None:
+    m = re.search(r"\b([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b", output)
+    return m.group(1) if m else None
+
+
+def materialized_in(instance, run_id: str, asset: str) -> list[str]:
+    """Paths of the materializations of `asset` that run `run_id` recorded."""
+    import dagster as dg
+
+    records = instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records
+    return [str(r.asset_materialization.metadata["path"].value) for r in records
+            if r.run_id == run_id and "path" in r.asset_materialization.metadata]
+
+
+# ------------------------------------------------------------------------------------------- checks
+def whole(folder: Path) -> list[str]:
+    """What is wrong with a folder that claims to be complete (empty: every file reads)."""
+    import pyarrow.parquet as pq
+    from safetensors import safe_open
+
+    from kto_pipeline.artifacts import file_sha256
+
+    bad = []
+    if not (folder / ".complete").is_file():
+        bad.append(f"{folder}: no .complete")
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and ".resume" not in p.parts):
+        try:
+            if f.suffix == ".json":
+                json.loads(f.read_text())
+            elif f.suffix == ".safetensors":
+                with safe_open(str(f), "np") as st:
+                    for k in st.keys():
+                        st.get_tensor(k)
+            elif f.suffix == ".parquet":
+                pq.read_table(f)
+            elif f.suffix == ".gguf" and "checkpoints" not in f.parts:
+                side = f.with_name(f.name + ".verified.json")
+                if side.is_file() and json.loads(side.read_text()).get("sha256") not in (None, file_sha256(f)):
+                    bad.append(f"{f}: sha256 differs from its verification record")
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the finding
+            bad.append(f"{f}: {type(exc).__name__}: {str(exc)[:120]}")
+    return bad
+
+
+def complete_folders(root: Path, asset: str) -> list[Path]:
+    base = root / asset
+    return [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")] if base.is_dir() else []
+
+
+def checkpoints(root: Path) -> list[int]:
+    """Steps of the complete checkpoints in training's scratch folders (what a re-run can resume from)."""
+    return sorted(int(p.name.split("-")[-1]) for p in (root / "lora_adapter" / ".resume").glob("*/checkpoints/checkpoint-*")
+                  if (p / "trainer_state.json").is_file())
+
+
+# ------------------------------------------------------------------------------------------- kill trials
+def hub_config(server, repo: str) -> dict:
+    return {"resources": {"release_target": {"config": {"target": "hub", "repo_id": repo,
+                                                        "endpoint": server.endpoint, "backoff_s": 0.05}}}}
+
+
+def kill_trials(asset: str, trials: int, base: Path, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    proj = Project(base / asset, rows=60000 if asset == "kto_dataset" else 0)
+    server = None
+    if asset == "hub_release":
+        from kto_pipeline_tests.hub_server import FakeHub
+
+        server = FakeHub(token=TOKEN).start()
+    rc, out = proj.run(UPSTREAM[asset])
+    if rc:
+        raise SystemExit(f"{asset}: upstream failed\n{out[-3000:]}")
+    config = hub_config(server, "faults/warm") if server else None
+    t0 = time.time()
+    rc, out = proj.run(asset, config)
+    warm_s = time.time() - t0
+    if rc:
+        raise SystemExit(f"{asset}: warm-up failed\n{out[-3000:]}")
+    rows = []
+    for trial in range(trials):
+        for folder in complete_folders(proj.root, asset):  # rebuild from nothing each trial
+            shutil.rmtree(folder)
+        shutil.rmtree(proj.root / asset / ".resume", ignore_errors=True)
+        config = hub_config(server, f"faults/trial-{trial}") if server else None
+        p = proj.start(asset, config)
+        step = None
+        while step is None and p.poll() is None:
+            step = step_process(p.pid)
+            time.sleep(0.05)
+        delay = rng.uniform(0, max(1.0, warm_s * 0.8 - 6))  # the CLI's own start-up (~6 s) is outside the step
+        t_step = time.time()
+        while p.poll() is None and time.time() - t_step < delay:
+            time.sleep(0.02)
+        killed = []
+        if p.poll() is None and step is not None:
+            victims = [step] + descendants(step, children())
+            for pid in victims:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except ProcessLookupError:
+                    pass
+        ckpt = checkpoints(proj.root) if asset == "lora_adapter" else []
+        out, _ = p.communicate(timeout=900)
+        killed_rc, killed_run = p.returncode, run_id_of(out)
+        inst = proj.instance()
+        reported = materialized_in(inst, killed_run, asset) if killed_run else []
+        problems = [b for f in complete_folders(proj.root, asset) for b in whole(f)]
+        if server and killed:
+            from huggingface_hub import HfApi
+
+            from kto_pipeline.release.hub import verify_remote
+
+            repo = f"faults/trial-{trial}"
+            if repo in server.repos and server.repos[repo].tags:
+                api = HfApi(endpoint=server.endpoint, token=TOKEN)
+                for tag in server.repos[repo].tags:
+                    problems += verify_remote(api, repo, tag)
+        rc2, out2 = proj.run(asset, config)
+        rerun_run = run_id_of(out2)
+        again = materialized_in(proj.instance(), rerun_run, asset) if rerun_run else []
+        problems += [b for f in again for b in whole(Path(f))] if asset != "hub_release" else []
+        resumed = None
+        if asset == "lora_adapter" and again:
+            metrics = json.loads((Path(again[0]) / "metrics.json").read_text())
+            resumed = int(metrics["resumed_from"].rsplit("-", 1)[1]) if metrics.get("resumed_from") else 0
+        row = {"asset": asset, "trial": trial + 1, "delay_s": round(delay, 2), "killed": bool(killed),
+               "killed_run_rc": killed_rc, "reported_by_killed_run": len(reported) if killed else None,
+               "partial_reported_complete": len(problems), "problems": problems[:3], "rerun_rc": rc2,
+               "rerun_materialized": len(again), "checkpoints_at_kill": ckpt, "resumed_from_step": resumed}
+        if asset == "lora_adapter":
+            row["resume_ok"] = (resumed == max(ckpt)) if ckpt else (resumed == 0)
+        if rc2:
+            row["rerun_error"] = out2[-1500:]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if server:
+        server.stop()
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- disk full
+def diskfull_trials(asset: str, trials: int, base: Path, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    proj = Project(base / f"df-{asset}")
+    proj.root.mkdir()
+    size_mb = 64
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(proj.root)], check=True)
+    rows = []
+    try:
+        rc, out = proj.run(UPSTREAM[asset])
+        if rc:
+            raise SystemExit(f"{asset}: upstream failed\n{out[-3000:]}")
+        for trial in range(trials):
+            free_kb = rng.randint(100, 400)
+            filler = proj.root / "filler.bin"
+            filler.unlink(missing_ok=True)
+            free = shutil.disk_usage(proj.root).free
+            with open(filler, "wb") as f:  # leave free_kb free
+                f.truncate(0)
+                f.write(b"\0" * max(0, free - free_kb * 1024))
+            rc, out = proj.run(asset)
+            m = re.search(r"(/\S+): disk full \((\d+(?:\.\d+)?) MB free\) while writing (\w+)", out)
+            scratch = [p.name for p in (proj.root / asset).iterdir()
+                       if p.name.startswith(".") and ".tmp-" in p.name] if (proj.root / asset).is_dir() else []
+            complete = complete_folders(proj.root, asset)
+            row = {"asset": asset, "trial": trial + 1, "free_kb": free_kb, "rc": rc,
+                   "message": m.group(0) if m else None, "complete_folders": len(complete),
+                   "scratch_left": scratch}
+            if not m:
+                row["tail"] = out[-1500:]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            filler.unlink()
+    finally:
+        subprocess.run(["umount", str(proj.root)], check=False)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("scenario", choices=["kill", "diskfull"])
+    p.add_argument("--assets", nargs="+",
+                   default=["kto_dataset", "lora_adapter", "merged_model", "gguf_quantizations", "hub_release"])
+    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="append the rows as JSON lines here")
+    args = p.parse_args()
+    base = Path(tempfile.mkdtemp(prefix=f"faults_{args.scenario}_"))
+    for asset in args.assets:
+        fn = kill_trials if args.scenario == "kill" else diskfull_trials
+        rows = fn(asset, args.trials, base, args.seed)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+    shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
