@@ -2,7 +2,8 @@
 """Fault trials with real processes and a real Dagster instance (results: benchmarks/FAULTS.md).
 
   kill       per asset: `dagster asset materialize --select <asset>`, SIGKILL its step process and every child of
-             it (the training process, llama.cpp's child) at a random moment while the step runs, then re-run.
+             it (the training process, llama.cpp's child) at a random moment while the step runs (--trigger step),
+             or after the store's scratch folder appeared, i.e. while it builds (build), then re-run.
              Per trial it checks: the killed run recorded no materialization of the asset; every folder under
              artifacts/<asset>/ that holds `.complete` is whole (each json parses, each safetensors / parquet /
              GGUF file reads, GGUF sha256 as recorded); the re-run succeeds and its folder is whole; training
@@ -190,28 +191,46 @@ def fresh(proj: Project, asset: str) -> None:
     shutil.rmtree(proj.root / asset / ".resume", ignore_errors=True)
 
 
-def step_seconds(proj: Project, asset: str, config: dict | None) -> float:
-    """How long the asset's step process lives when nothing kills it (the window a random kill lands in)."""
+def scratch(proj: Project, asset: str) -> list[str]:
+    """The store's scratch folders of the asset (`.<version>.tmp-*`, `.resume/<version>`): a build is writing."""
+    folder = proj.root / asset
+    if not folder.is_dir():
+        return []
+    return [q.name for q in folder.iterdir() if ".tmp-" in q.name and q.is_dir()] + (
+        [f".resume/{q.name}" for q in (folder / ".resume").iterdir()] if (folder / ".resume").is_dir() else [])
+
+
+def wait_for(p: subprocess.Popen, what) -> float:
+    while p.poll() is None:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.01)
+    return 0
+
+
+def step_seconds(proj: Project, asset: str, config: dict | None) -> tuple[float, float]:
+    """How long the asset's step process lives, and how long after its build began, when nothing kills it (the
+    windows a random kill lands in)."""
     fresh(proj, asset)
     p = proj.start(asset, config)
-    step = None
-    while step is None and p.poll() is None:
-        step = step_process(p.pid)
-        time.sleep(0.02)
+    step = wait_for(p, lambda: step_process(p.pid))
     t0 = time.time()
-    while step is not None and Path(f"/proc/{step}").exists() and p.poll() is None:
-        time.sleep(0.02)
-    seconds = time.time() - t0
+    t_build = wait_for(p, lambda: scratch(proj, asset) and time.time()) if asset != "hub_release" else t0
+    while step and Path(f"/proc/{step}").exists() and p.poll() is None:
+        time.sleep(0.01)
+    end = time.time()
     out, _ = p.communicate(timeout=1800)
     if p.returncode:
         raise SystemExit(f"{asset}: warm-up failed\n{out[-3000:]}")
-    return seconds
+    return end - t0, (end - t_build) if t_build else 0.0
 
 
-def kill_trials(asset: str, trials: int, proj: Project, rng: random.Random, server=None) -> list[dict]:
+def kill_trials(asset: str, trials: int, proj: Project, rng: random.Random, server=None,
+                trigger: str = "mixed") -> list[dict]:
     config = hub_config(server, "faults/warm") if server else None
-    window = step_seconds(proj, asset, config)
-    print(f"{asset}: the step process lives {window:.1f} s", flush=True)
+    step_window, build_window = step_seconds(proj, asset, config)
+    print(f"{asset}: the step process lives {step_window:.1f} s, {build_window:.1f} s of it building", flush=True)
     rows = []
     for trial in range(trials):
         fresh(proj, asset)
@@ -219,15 +238,19 @@ def kill_trials(asset: str, trials: int, proj: Project, rng: random.Random, serv
         config = hub_config(server, repo) if server else None
         t_start = time.time()
         p = proj.start(asset, config)
-        step = None
-        while step is None and p.poll() is None:
-            step = step_process(p.pid)
-            time.sleep(0.02)
+        step = wait_for(p, lambda: step_process(p.pid)) or None
+        # "step": anywhere in the step process's life; "build": after the store's scratch folder appeared.
+        mode = trigger if trigger != "mixed" else ("step", "build")[trial % 2]
+        if asset == "hub_release":
+            mode = "step"  # its build writes to the Hub, not to a scratch folder
+        if mode == "build":
+            wait_for(p, lambda: scratch(proj, asset))
+        window = build_window if mode == "build" else step_window
         delay = rng.uniform(0, window)
         t_step = time.time()
         while p.poll() is None and time.time() - t_step < delay:
             time.sleep(0.01)
-        scratch = [q.name for q in (proj.root / asset).glob(".*") if q.is_dir()] if (proj.root / asset).is_dir() else []
+        writing = scratch(proj, asset)
         victims = [step] + descendants(step, children()) if step is not None and Path(f"/proc/{step}").exists() else []
         killed = []
         for pid in victims:
@@ -269,8 +292,9 @@ def kill_trials(asset: str, trials: int, proj: Project, rng: random.Random, serv
         if asset == "lora_adapter" and again:
             metrics = json.loads((Path(again[0]) / "metrics.json").read_text())
             resumed = int(metrics["resumed_from"].rsplit("-", 1)[1]) if metrics.get("resumed_from") else 0
-        row = {"asset": asset, "trial": trial + 1, "window_s": round(window, 1), "delay_s": round(delay, 2),
-               "killed": bool(killed), "processes_killed": len(killed), "scratch_at_kill": scratch,
+        row = {"asset": asset, "trial": trial + 1, "trigger": mode, "window_s": round(window, 1),
+               "delay_s": round(delay, 2), "killed": bool(killed), "processes_killed": len(killed),
+               "scratch_at_kill": writing,
                "killed_run_rc": killed_rc, "reported_by_killed_run": len(reported),
                "problems": problems[:3], "n_problems": len(problems), "rerun_rc": rc2,
                "rerun_materialized": len(again), "rerun_s": round(time.time() - t_rerun, 1),
@@ -329,17 +353,18 @@ def table(paths: list[str]) -> str:
     full = [r for r in rows if "free_kb" in r]
     out = []
     if kill:
-        out += ["| asset | trials | killed inside the step | while its scratch folder existed | partial folder or tag "
-                "reported complete | materialized by the killed run | re-run succeeded | resumed from the newest "
-                "checkpoint |", "|---|---|---|---|---|---|---|---|"]
-        for asset in dict.fromkeys(r["asset"] for r in kill):
-            rs = [r for r in kill if r["asset"] == asset]
+        out += ["| asset | kill at a random moment of | trials | killed before the step ended | of them while its "
+                "scratch folder existed | partial folder or tag reported complete | materialized by the killed run | "
+                "re-run succeeded | resumed from the newest checkpoint |", "|---|---|---|---|---|---|---|---|---|"]
+        for asset, trigger in dict.fromkeys((r["asset"], r.get("trigger", "step")) for r in kill):
+            rs = [r for r in kill if r["asset"] == asset and r.get("trigger", "step") == trigger]
             k = [r for r in rs if r["killed"]]
+            where = "the step" if trigger == "step" else "the build"
             resume = (f"{sum(r['resume_ok'] for r in rs)} of {len(rs)} (checkpoint existed in "
                       f"{sum(bool(r['checkpoints_at_kill']) for r in rs)}; steps "
                       f"{sorted(r['resumed_from_step'] for r in rs)})") if asset == "lora_adapter" else "-"
-            out.append(f"| {asset} | {len(rs)} | {len(k)} (at {min(r['delay_s'] for r in rs):.1f}-"
-                       f"{max(r['delay_s'] for r in rs):.1f} s of a {rs[0]['window_s']} s step) | "
+            out.append(f"| {asset} | {where} ({rs[0]['window_s']} s) | {len(rs)} | {len(k)} (at "
+                       f"{min(r['delay_s'] for r in rs):.1f}-{max(r['delay_s'] for r in rs):.1f} s) | "
                        f"{sum(bool(r['scratch_at_kill']) for r in k)} | {sum(r['n_problems'] > 0 for r in rs)} | "
                        f"{sum(r['reported_by_killed_run'] > 0 for r in k)} | "
                        f"{sum(r['rerun_rc'] == 0 and r['rerun_materialized'] == 1 for r in rs)} of {len(rs)} | {resume} |")
@@ -363,6 +388,9 @@ def main() -> int:
                    default=["kto_dataset", "lora_adapter", "merged_model", "gguf_quantizations", "hub_release"])
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trigger", choices=["step", "build", "mixed"], default="mixed",
+                   help="kill: a random moment of the step's life, of its build (after the store's scratch folder "
+                        "appeared), or alternately")
     p.add_argument("--rows", type=int, default=60000, help="kill kto_dataset: synthetic rows added to the raw data")
     p.add_argument("--out", default=None, help="append the rows as JSON lines here")
     args = p.parse_args()
@@ -383,7 +411,7 @@ def main() -> int:
             rc, out = data.run("raw_preferences")
             if rc:
                 raise SystemExit(out[-3000:])
-            emit(kill_trials("kto_dataset", args.trials, data, rng))
+            emit(kill_trials("kto_dataset", args.trials, data, rng, trigger=args.trigger))
         if model_assets:  # one project for the model assets: built once, then each asset rebuilt per trial
             from kto_pipeline_tests.hub_server import FakeHub
 
@@ -393,7 +421,8 @@ def main() -> int:
                 raise SystemExit(out[-3000:])
             server = FakeHub(token=TOKEN).start() if "hub_release" in model_assets else None
             for asset in model_assets:
-                emit(kill_trials(asset, args.trials, model, rng, server if asset == "hub_release" else None))
+                emit(kill_trials(asset, args.trials, model, rng, server if asset == "hub_release" else None,
+                                 trigger=args.trigger))
             if server:
                 server.stop()
     shutil.rmtree(base, ignore_errors=True)
