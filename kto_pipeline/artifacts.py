@@ -152,7 +152,8 @@ def build_once(final: Path, build: Callable[[Path], Any], *, resumable: bool = F
             free_mb = shutil.disk_usage(tmp.parent).free / 2**20  # before cleaning up frees some
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
-            if _disk_full(exc):
+            # A subprocess (training, llama.cpp) reports ENOSPC only in its own log; what is left on the disk tells.
+            if _disk_full(exc) or (free_mb < 1 and not isinstance(exc, KeyboardInterrupt)):
                 raise DiskFullError(f"{final}: disk full ({free_mb:.1f} MB free) while writing {final.parent.name}"
                                     + ("" if not resumable else f"; what was written is kept in {tmp} to resume "
                                        "from") + ": free some space and materialize it again") from exc

@@ -60,6 +60,22 @@ def test_disk_full_names_the_path_and_asset_and_marks_nothing_complete(small_dis
     assert store.get_or_build("merged_model", "v1", lambda tmp: (tmp / "w.bin").write_bytes(b"x" * 1000)).built
 
 
+def test_disk_full_in_a_child_process_is_named_too(small_disk):
+    """Training and llama.cpp write from child processes, whose ENOSPC reaches the asset only as an exit code."""
+    import sys
+
+    def build(tmp: Path) -> None:
+        code = f"open({str(tmp / 'checkpoint.bin')!r}, 'wb').write(bytes(4 << 20))"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True)
+        if r.returncode:
+            raise RuntimeError(f"training process failed with code {r.returncode}")
+
+    with pytest.raises(DiskFullError, match=r"lora_adapter/v2: disk full \(0\.\d MB free\) while writing lora_adapter"):
+        Store(small_disk).get_or_build("lora_adapter", "v2", build, resumable=True)
+    assert not (small_disk / "lora_adapter" / "v2").exists()
+    assert (small_disk / "lora_adapter" / ".resume" / "v2").is_dir()  # kept: the next attempt resumes from it
+
+
 def mount_tmpfs(folder: Path, size: str) -> None:
     folder.mkdir(exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
