@@ -10,7 +10,7 @@
              resumed from the newest complete checkpoint the killed run left (metrics.json `resumed_from`, step
              > 0) whenever there was one; a Hub release is tagged only when the Hub serves exactly its bytes.
   diskfull   per asset: the artifact root is a small tmpfs (mount -t tmpfs; needs root) filled up to leave a
-             random few hundred KB free, then the asset is materialized: it must fail with
+             random 10-90 % of the asset's output size free, then the asset is materialized: it must fail with
              "<path>: disk full (N MB free) while writing <asset>", leave no complete folder and no scratch folder.
 
     python benchmarks/faults.py kill --assets kto_dataset lora_adapter merged_model gguf_quantizations hub_release \\
@@ -312,7 +312,8 @@ def kill_trials(asset: str, trials: int, proj: Project, rng: random.Random, serv
 # ------------------------------------------------------------------------------------------- disk full
 def diskfull_trials(assets: list[str], trials: int, base: Path, rng: random.Random) -> list[dict]:
     """One project whose artifact root is a 64 MB tmpfs: the graph is built once, then per asset and trial the
-    asset's folder is removed, the disk filled to leave a few hundred KB and the asset materialized again."""
+    asset's folder is removed, the disk filled to leave a random 10-90 % of what the asset writes, and the asset
+    materialized again."""
     proj = Project(base / "diskfull")
     proj.root.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(proj.root)], check=True)
@@ -323,9 +324,11 @@ def diskfull_trials(assets: list[str], trials: int, base: Path, rng: random.Rand
             raise SystemExit(f"building the graph failed\n{out[-3000:]}")
         filler = proj.root / "filler.bin"
         for asset in assets:
+            built = complete_folders(proj.root, asset)
+            size = sum(f.stat().st_size for f in built[0].rglob("*") if f.is_file())
             for trial in range(trials):
                 fresh(proj, asset)
-                free_kb = rng.randint(100, 400)
+                free_kb = max(8, int(size * rng.uniform(0.1, 0.9) / 1024))  # runs out part-way through its files
                 with open(filler, "wb") as f:  # leave free_kb free
                     f.write(b"\0" * max(0, shutil.disk_usage(proj.root).free - free_kb * 1024))
                 rc, out = proj.run(asset)
