@@ -344,6 +344,9 @@ def diskfull_trials(assets: list[str], trials: int, base: Path, rng: random.Rand
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 filler.unlink()
+            rc, out = proj.run(asset)  # restored, for the assets downstream of it
+            if rc:
+                raise SystemExit(f"{asset}: rebuilding it after the trials failed\n{out[-3000:]}")
     finally:
         subprocess.run(["umount", str(proj.root)], check=False)
     return rows

@@ -130,6 +130,8 @@ def build_once(final: Path, build: Callable[[Path], Any], *, resumable: bool = F
     with exclusive(lock, holder or f"building {final}", on_wait):
         if is_complete(final):  # a concurrent run finished it while we waited for the lock
             return False
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed builder: only a lock holder
+            shutil.rmtree(stale, ignore_errors=True)              # makes them, and the lock is ours now
         if resumable:
             tmp = final.parent / ".resume" / final.name  # keeps the final name: a builder may record it
             tmp.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,26 @@ def test_disk_full_names_the_path_and_asset_and_marks_nothing_complete(small_dis
     assert store.get_or_build("merged_model", "v1", lambda tmp: (tmp / "w.bin").write_bytes(b"x" * 1000)).built
 
 
+def test_scratch_left_by_a_killed_build_is_removed_by_the_next_build(tmp_path):
+    """SIGKILL leaves the scratch folder of the killed build behind; the next holder of the version's lock removes it."""
+    import sys
+
+    store = Store(tmp_path)
+    code = ("import sys, time; from pathlib import Path; from kto_pipeline.artifacts import Store\n"
+            "def build(tmp):\n    (tmp / 'half.bin').write_bytes(b'x' * 1000); print('writing', flush=True); "
+            "time.sleep(60)\n"
+            f"Store({str(tmp_path)!r}).get_or_build('merged_model', 'v1', build)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+    assert child.stdout.readline().strip() == "writing"
+    child.kill()
+    child.wait()
+    left = [p.name for p in (tmp_path / "merged_model").iterdir() if ".tmp-" in p.name]
+    assert len(left) == 1 and not store.is_complete("merged_model", "v1")
+    assert store.get_or_build("merged_model", "v1", lambda tmp: (tmp / "w.bin").write_bytes(b"y")).built
+    assert [p.name for p in (tmp_path / "merged_model").iterdir() if ".tmp-" in p.name] == []
+
+
 def test_disk_full_in_a_child_process_is_named_too(small_disk):
     """Training and llama.cpp write from child processes, whose ENOSPC reaches the asset only as an exit code."""
     import sys
