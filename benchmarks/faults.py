@@ -359,20 +359,21 @@ def table(paths: list[str]) -> str:
     full = [r for r in rows if "free_kb" in r]
     out = []
     if kill:
-        out += ["| asset | kill at a random moment of | trials | killed before the step ended | of them while its "
-                "scratch folder existed | partial folder or tag reported complete | materialized by the killed run | "
-                "re-run succeeded | resumed from the newest checkpoint |", "|---|---|---|---|---|---|---|---|---|"]
+        out += ["| asset | kill at a random moment of | trials | killed while building (scratch folder there) | "
+                "killed before the build began | killed after the asset had materialized | step already gone | "
+                "partial folder or tag reported complete | re-run succeeded | resumed from the newest checkpoint |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for asset, trigger in dict.fromkeys((r["asset"], r.get("trigger", "step")) for r in kill):
             rs = [r for r in kill if r["asset"] == asset and r.get("trigger", "step") == trigger]
             k = [r for r in rs if r["killed"]]
+            after = [r for r in k if r["reported_by_killed_run"] > 0]
+            during = [r for r in k if r not in after and r["scratch_at_kill"]]
+            before = [r for r in k if r not in after and not r["scratch_at_kill"]]
             where = "the step" if trigger == "step" else "the build"
-            resume = (f"{sum(r['resume_ok'] for r in rs)} of {len(rs)} (checkpoint existed in "
-                      f"{sum(bool(r['checkpoints_at_kill']) for r in rs)}; steps "
-                      f"{sorted(r['resumed_from_step'] for r in rs)})") if asset == "lora_adapter" else "-"
-            out.append(f"| {asset} | {where} ({rs[0]['window_s']} s) | {len(rs)} | {len(k)} (at "
-                       f"{min(r['delay_s'] for r in rs):.1f}-{max(r['delay_s'] for r in rs):.1f} s) | "
-                       f"{sum(bool(r['scratch_at_kill']) for r in k)} | {sum(r['n_problems'] > 0 for r in rs)} | "
-                       f"{sum(r['reported_by_killed_run'] > 0 for r in k)} | "
+            resume = (f"{sum(r['resume_ok'] for r in rs)} of {len(rs)} (resumed from step "
+                      f"{', '.join(str(r['resumed_from_step']) for r in rs)})") if asset == "lora_adapter" else "-"
+            out.append(f"| {asset} | {where} ({rs[0]['window_s']} s) | {len(rs)} | {len(during)} | {len(before)} | "
+                       f"{len(after)} | {len(rs) - len(k)} | {sum(r['n_problems'] > 0 for r in rs)} | "
                        f"{sum(r['rerun_rc'] == 0 and r['rerun_materialized'] == 1 for r in rs)} of {len(rs)} | {resume} |")
     if full:
         out += ["", "| asset | trials | failed with \"<path>: disk full (N MB free) while writing <asset>\" | "
