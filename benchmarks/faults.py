@@ -129,12 +129,16 @@ def run_id_of(output: str) -> str | None:
 
 
 def materialized_in(instance, run_id: str, asset: str) -> list[str]:
-    """Paths of the materializations of `asset` that run `run_id` recorded."""
+    """Paths (hub_release: locations) of the materializations of `asset` that run `run_id` recorded."""
     import dagster as dg
 
     records = instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records
-    return [str(r.asset_materialization.metadata["path"].value) for r in records
-            if r.run_id == run_id and "path" in r.asset_materialization.metadata]
+    out = []
+    for r in records:
+        if r.run_id == run_id:
+            meta = r.asset_materialization.metadata
+            out.append(str((meta.get("path") or meta.get("location")).value))  # hub_release: its location
+    return out
 
 
 # ------------------------------------------------------------------------------------------- checks
