@@ -579,9 +579,9 @@ def child(args) -> None:
     if args.backend == "unsloth" and cuda():
         import unsloth  # noqa: F401  (before transformers/trl, so its patches apply)
 
-    from kto_pipeline.training.torch_logprob import install_if_needed
+    from kto_pipeline.patches import install_torch_chunked_logprob
 
-    install_if_needed()  # CPU smoke runs only: TRL's LM-head kernel is Triton
+    install_torch_chunked_logprob()  # CPU smoke runs only: TRL's LM-head kernel is Triton
     steps_cfg = dict(batch=args.batch, accum=args.accum, examples=args.examples, max_length=args.max_length,
                      epochs=args.epochs)
     model_dir, work = Path(args.model), Path(args.work)

@@ -14,6 +14,7 @@ folder outside a store (the validated-file cache, the built base models).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -129,6 +130,8 @@ def build_once(final: Path, build: Callable[[Path], Any], *, resumable: bool = F
     with exclusive(lock, holder or f"building {final}", on_wait):
         if is_complete(final):  # a concurrent run finished it while we waited for the lock
             return False
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed builder: only a lock holder
+            shutil.rmtree(stale, ignore_errors=True)              # makes them, and the lock is ours now
         if resumable:
             tmp = final.parent / ".resume" / final.name  # keeps the final name: a builder may record it
             tmp.mkdir(parents=True, exist_ok=True)
@@ -147,11 +150,31 @@ def build_once(final: Path, build: Callable[[Path], Any], *, resumable: bool = F
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)  # someone finished it first without our lock: keep theirs
                 return False
-        except BaseException:
+        except BaseException as exc:
+            free_mb = shutil.disk_usage(tmp.parent).free / 2**20  # before cleaning up frees some
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
+            # A subprocess (training, llama.cpp) reports ENOSPC only in its own log; what is left on the disk tells.
+            if _disk_full(exc) or (free_mb < 1 and not isinstance(exc, KeyboardInterrupt)):
+                raise DiskFullError(f"{final}: disk full ({free_mb:.1f} MB free) while writing {final.parent.name}"
+                                    + ("" if not resumable else f"; what was written is kept in {tmp} to resume "
+                                       "from") + ": free some space and materialize it again") from exc
             raise
     return True
+
+
+class DiskFullError(OSError):
+    """A build ran out of disk space; the message names the folder, the space left and the asset."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the exception chain (pyarrow and subprocesses report it only in their text)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class FakeHub:
         self.parts: dict[tuple[str, int], bytes] = {}  # multipart upload parts
         self.requests: list[dict] = []  # method, path, kind, status, headers (for assertions)
         self.faults: list[dict] = []
+        self.corrupt_paths: set[str] = set()  # see corrupt_on_commit
         self._seq = 0
         self.lock = threading.RLock()
         self.httpd: ThreadingHTTPServer | None = None
@@ -133,6 +134,22 @@ class FakeHub:
             out.append(repo.commits[oid])
             oid = repo.commits[oid].parent
         return out
+
+    def flip_byte(self, repo_id: str, path: str, revision: str = "main", offset: int | None = None) -> int:
+        """Storage corruption: flip one byte of the stored bytes of `path` (its record, sha256 and size included,
+        stays as it was). Returns the offset flipped (default: the middle)."""
+        with self.lock:
+            key = self._commit(self.repos[repo_id], revision).files[path].key
+            data = bytearray(self.blobs[key])
+            offset = len(data) // 2 if offset is None else offset
+            data[offset] ^= 0xFF
+            self.blobs[key] = bytes(data)
+        return offset
+
+    def corrupt_on_commit(self, path: str) -> None:
+        """The next commit that adds `path` stores it with one byte flipped (bit rot between upload and storage)."""
+        with self.lock:
+            self.corrupt_paths.add(path)
 
     def file_bytes(self, repo_id: str, path: str, revision: str = "main") -> bytes:
         repo = self.repos[repo_id]
@@ -372,8 +389,15 @@ class FakeHub:
                     raise HttpError(400, f"unknown commit operation {key!r}")
             c = self._new_commit(repo, head, files, header["summary"], header.get("description", ""))
             repo.branches[branch] = c.oid
+            for path in [p for p in self.corrupt_paths if p in files and p in self._paths_of(lines)]:
+                self.corrupt_paths.discard(path)
+                self.flip_byte(repo_id, path, c.oid)
         return {"commitUrl": f"{self.endpoint}/{repo_id}/commit/{c.oid}", "commitOid": c.oid,
                 "pullRequestUrl": None, "success": True}
+
+    @staticmethod
+    def _paths_of(lines: list[dict]) -> set[str]:
+        return {ln["value"]["path"] for ln in lines if ln["key"] in ("file", "lfsFile")}
 
     def create_tag(self, repo_id: str, revision: str, body: dict, auth: str | None) -> dict:
         repo = self._repo(repo_id, auth, write=True)

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["train", "ui", "upload", "chat", "plan"]
+SUBCOMMANDS = ["train", "ui", "upload", "chat", "plan", "verify"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,8 @@ import argparse
 import dataclasses
 import json
 import sys
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,18 +46,26 @@ def _field(section: str, name: str) -> dataclasses.Field:
     return next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
 
 
+def _argument(section: str, name: str) -> dict[str, Any]:
+    """argparse keywords for a config field, from its resolved type hint: bool -> a switch, Literal -> choices,
+    int/float (or Optional of them) -> that type."""
+    hint = typing.get_type_hints(SECTIONS[section])[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is bool:
+        return {"action": "store_true"}
+    if typing.get_origin(hint) is typing.Literal:
+        return {"choices": list(typing.get_args(hint))}
+    return {"type": hint if hint in (int, float) else str}
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="materialize the pipeline (validate data, train, merge, export)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-size", default="tiny", choices=sorted(PRESETS), help="preset (default: tiny)")
     for flag, (section, name) in FLAGS.items():
-        f = _field(section, name)
         opt = "--" + flag.replace("_", "-")
-        if f.type in (bool, "bool"):
-            p.add_argument(opt, action="store_true", default=None, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
-            p.add_argument(opt, type=kind, default=None, help=f.metadata["help"])
+        p.add_argument(opt, default=None, help=_field(section, name).metadata["help"], **_argument(section, name))
     p.add_argument("--raw-dir", default=None, help="folder of raw feedback files (default: data/raw)")
     p.add_argument("--local-file", default=None,
                    help="train on this one file (.jsonl, .json, .csv, .tsv, .parquet; .gz/.bz2/.zst for text)")

@@ -36,8 +36,8 @@ def settle_seconds_default() -> float:
 
 
 def retrain_cron_default() -> str:
-    # A schedule's cron is part of its definition: read when the definitions are built (the module below builds
-    # the default one), not per tick.
+    # A schedule's cron is part of its definition: read when the definitions are built (kto_pipeline.definitions
+    # builds them when Dagster loads them, not at import), not per tick.
     return os.environ.get("KTO_RETRAIN_CRON") or "0 3 * * *"
 
 _BAD_KEY_PARTS = ("...", "\a", "\b", "\f", "\n", "\r", "\t", "\v", "\0")  # Dagster refuses these in partition keys
@@ -131,6 +131,3 @@ def build_retrain_schedule(cron: str | None = None, raw_dir: str | Path | None =
 
     return retrain_schedule
 
-
-raw_files_sensor = build_raw_files_sensor()
-retrain_schedule = build_retrain_schedule()

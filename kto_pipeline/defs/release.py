@@ -14,6 +14,7 @@ import pydantic
 from kto_pipeline.defs.lineage import Upstream, upstream
 from kto_pipeline.defs.resources import ArtifactStore
 from kto_pipeline.release import HubTarget, LocalRegistry, ReleaseError, release_model
+from kto_pipeline.release.content import repo_id_problem
 
 # The quality gates a release needs: check name -> the asset it checks.
 GATES = {"label_balance": "kto_dataset", "eval_loss": "lora_adapter", "long_rows": "lora_adapter"}
@@ -38,12 +39,23 @@ class ReleaseTarget(dg.ConfigurableResource):
     registry_root: str = pydantic.Field(default="", description="Local registry root; empty: the artifact root.")
     max_attempts: int = pydantic.Field(default=5, description="Tries per Hub call on 5xx/timeouts (backoff).")
     backoff_s: float = pydantic.Field(default=1.0, description="First retry wait; doubles each retry (max 16 s).")
+    verify: bool = pydantic.Field(default=True, description=(
+        "hub: download every file back after the commit and compare its sha256 before tagging (costs one download "
+        "of the release; a file the Hub stored wrong fails the release, naming it)."))
+
+    @pydantic.field_validator("repo_id")
+    @classmethod
+    def _valid_repo_id(cls, value: str) -> str:
+        problem = repo_id_problem(value)
+        if problem:  # at resource setup, before any asset runs
+            raise ValueError(f"release_target.repo_id: {problem}")
+        return value
 
     def build(self, artifacts: ArtifactStore) -> LocalRegistry | HubTarget:
         if self.target == "local":
             return LocalRegistry(self.registry_root or artifacts.path)
         return HubTarget(endpoint=self.endpoint or None, private=self.private, max_attempts=self.max_attempts,
-                         backoff_s=self.backoff_s)
+                         backoff_s=self.backoff_s, verify=self.verify)
 
 
 class ReleaseConfig(dg.Config):

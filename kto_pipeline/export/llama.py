@@ -15,7 +15,6 @@ being done, the signal, llama.cpp's system info and its last log lines.
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import importlib
 import os
@@ -25,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from kto_pipeline.patches import llama_model_params
 
 # Set to 1 to let llama.cpp use its extra buffer types (faster on CPUs where they work; see above).
 EXTRA_BUFTS_ENV = "KTO_LLAMA_EXTRA_BUFTS"
@@ -46,31 +47,11 @@ def extra_bufts_enabled() -> bool:
     return os.environ.get(EXTRA_BUFTS_ENV, "") == "1"
 
 
-@contextlib.contextmanager
-def _default_model_params() -> Iterator[None]:
-    """Make `llama_model_default_params()` (which Llama.__init__ starts from) return params without extra
-    buffer types, for the duration of one construction."""
-    import llama_cpp.llama_cpp as api
-
-    original = api.llama_model_default_params
-
-    def safe():
-        params = original()
-        params.use_extra_bufts = extra_bufts_enabled()
-        return params
-
-    api.llama_model_default_params = safe
-    try:
-        yield
-    finally:
-        api.llama_model_default_params = original
-
-
 def load(path: str | os.PathLike, **kwargs: Any):
     """`llama_cpp.Llama(model_path=path, **kwargs)` with parameters that work on every x86 CPU."""
     from llama_cpp import Llama
 
-    with _default_model_params():
+    with llama_model_params(use_extra_bufts=extra_bufts_enabled()):
         return Llama(model_path=str(path), **kwargs)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kto_pipeline.artifacts import dir_digest
+from kto_pipeline.patches import drop_bnb_weight_conversions
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja")
@@ -157,8 +158,7 @@ def _load_base(plan: MergePlan, trust_remote_code: bool):
     model.dequantize()  # every Linear4bit -> nn.Linear in the compute dtype; drops quantization_config
     # transformers 5 keeps the loading's bnb deserialization step to reverse on save, which it cannot do
     # (NotImplementedError); the weights are plain now, so there is nothing to reverse.
-    model._weight_conversions = [c for c in getattr(model, "_weight_conversions", None) or []
-                                 if not any("bitsandbytes" in type(op).__module__ for op in c.operations)]
+    drop_bnb_weight_conversions(model)
     return model
 
 

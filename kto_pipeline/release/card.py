@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-
 
 def _fmt(v: Any) -> str:
     if isinstance(v, bool):
@@ -93,17 +89,28 @@ def gguf_rows(items: list[dict]) -> list[dict]:
     return rows
 
 
-def _front_matter(info: dict, library: str, has_gguf: bool) -> str:
-    import yaml
+def _hub_id(value: Any) -> bool:
+    """Whether value is a Hub repo id "namespace/name" (the Hub rejects base_model values that are local paths)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
-    meta: dict[str, Any] = {"library_name": library, "pipeline_tag": "text-generation",
-                            "tags": ["kto", "trl", "kto_pipeline"] + (["gguf"] if has_gguf else [])}
+    if not isinstance(value, str) or value.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _front_matter(info: dict, library: str, has_gguf: bool) -> str:
+    from huggingface_hub import ModelCardData
+
     base = info.get("base_model")
-    if isinstance(base, str) and HUB_ID.match(base):  # the Hub rejects base_model values that are local paths
-        meta["base_model"] = base
-    if info.get("license"):
-        meta["license"] = info["license"]
-    return "---\n" + yaml.safe_dump(meta, sort_keys=True) + "---\n"
+    data = ModelCardData(library_name=library, pipeline_tag="text-generation",
+                         tags=["kto", "trl", "kto_pipeline"] + (["gguf"] if has_gguf else []),
+                         base_model=base if _hub_id(base) else None, license=info.get("license") or None)
+    return "---\n" + data.to_yaml() + "\n---\n"
 
 
 def _usage(info: dict, gguf: list[dict]) -> str:

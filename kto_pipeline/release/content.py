@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-# Names a repo id may use on both targets: "name" or "namespace/name" (the Hub's rules, roughly).
-REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 TAG = re.compile(r"^[A-Za-z0-9][\w.+-]{0,127}$")
 
 
@@ -30,6 +28,7 @@ class FileDigest:
 
 
 def digest_file(path: Path) -> FileDigest:
+    # One read for both digests (hashlib.file_digest takes one): release files are gigabytes.
     sha, size = hashlib.sha256(), path.stat().st_size
     git = hashlib.sha1(b"blob %d\0" % size)
     with open(path, "rb") as f:
@@ -64,10 +63,22 @@ def default_tag(vid: str) -> str:
     return f"release-{vid}"
 
 
+def repo_id_problem(repo_id: str) -> str:
+    """Why repo_id is not a valid Hub repo id ('name' or 'namespace/name'), by the Hub client's own rules; '' if it is."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        return f"invalid repo id {repo_id!r}: {exc}"
+    return ""
+
+
 def check_names(repo_id: str, tag: str | None) -> None:
-    if not REPO_ID.match(repo_id) or ".." in repo_id:
-        raise ReleaseError(f"invalid repo id {repo_id!r}: use 'name' or 'namespace/name' "
-                           "(letters, digits, '-', '_', '.')")
+    problem = repo_id_problem(repo_id)
+    if problem:
+        raise ReleaseError(problem)
     if tag is not None and not TAG.match(tag):
         raise ReleaseError(f"invalid tag {tag!r}: letters, digits and '-_.+', starting with a letter or digit")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from kto_pipeline.release.content import (FileDigest, ReleaseError, ReleaseResult, check_names, default_tag,
-                                          folder_manifest, version_id)
+                                          digest_file, folder_manifest, version_id)
 
 log = logging.getLogger("kto_pipeline.release")
 T = TypeVar("T")
@@ -64,8 +64,9 @@ def _transient(exc: BaseException) -> bool:
 
 class HubTarget:
     def __init__(self, endpoint: str | None = None, private: bool = True, token_env: str = "HF_TOKEN",
-                 max_attempts: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 16.0):
+                 max_attempts: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 16.0, verify: bool = True):
         self.endpoint, self.private, self.token_env = endpoint or None, private, token_env
+        self.verify = verify  # download every file back after the commit and compare hashes
         self.max_attempts, self.backoff_s, self.max_backoff_s = max_attempts, backoff_s, max_backoff_s
 
     # -- plumbing ---------------------------------------------------------------------------------------
@@ -149,6 +150,12 @@ class HubTarget:
 
         # 412: someone moved main between our listing and our commit; plan again from the new head.
         commit = self._retry("commit", commit_once, token, retry_also=(412,))
+        if self.verify:  # before the tag: a release is tagged only once the Hub serves exactly its bytes
+            bad = self._retry("verify", lambda: verify_remote(api, repo_id, commit, manifest), token)
+            if bad:
+                raise ReleaseError(f"hub: {repo_id} commit {commit[:12]} does not serve the released bytes, so it was "
+                                   "not tagged: " + "; ".join(bad) + ". Nobody should download this commit; the Hub "
+                                   "keeps one copy per content hash, so report it to the Hub before releasing again")
         self._retry("tag", lambda: self._tag(api, repo_id, tag, commit, manifest), token)
         return ReleaseResult("hub", repo_id, vid, tag, commit, created, str(url), len(manifest),
                              sum(f.size for f in manifest.values()))
@@ -173,6 +180,41 @@ class HubTarget:
             raise ReleaseError(f"tag {tag!r} of {repo_id} already names commit {tags[tag][:12]} with other "
                                "content; tags are immutable, choose another")
         log.info("hub: tag %s already names this content (commit %s)", tag, tags[tag][:12])
+
+
+def verify_remote(api, repo_id: str, revision: str, expected: dict[str, FileDigest] | None = None) -> list[str]:
+    """Download every file of `revision` and hash it; the problems found, each naming its file (empty: intact).
+
+    The Hub's own record is checked against the bytes it serves: lfs.sha256 for LFS files, the git blob id
+    otherwise (get_paths_info). `expected` (a release's manifest) must match too, file for file, so a file the
+    Hub stored wrong is caught even when its record was computed from the wrong bytes.
+    """
+    import tempfile
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.hf_api import RepoFile
+
+    listed = [f.path for f in api.list_repo_tree(repo_id, recursive=True, revision=revision)
+              if isinstance(f, RepoFile) and f.path not in HUB_MANAGED]
+    records = {f.path: f for f in api.get_paths_info(repo_id, listed, revision=revision)}
+    problems = [f"{p}: missing on the Hub" for p in sorted(set(expected or {}) - set(listed))]
+    with tempfile.TemporaryDirectory(prefix="kto-verify-") as cache:
+        for path in sorted(listed):
+            local = Path(hf_hub_download(repo_id, path, revision=revision, cache_dir=cache, endpoint=api.endpoint,
+                                         token=api.token))
+            got = digest_file(local)
+            local.unlink()  # one file on disk at a time, however large the release
+            record, want = records.get(path), (expected or {}).get(path)
+            if record is not None and record.lfs is not None and record.lfs.sha256 != got.sha256:
+                problems.append(f"{path}: the Hub serves sha256 {got.sha256[:16]}…, its LFS record says "
+                                f"{record.lfs.sha256[:16]}…")
+            elif record is not None and record.lfs is None and record.blob_id != got.git_sha1:
+                problems.append(f"{path}: the Hub serves git blob {got.git_sha1[:12]}, its record says "
+                                f"{record.blob_id[:12]}")
+            elif want is not None and (want.sha256, want.size) != (got.sha256, got.size):
+                problems.append(f"{path}: the Hub serves sha256 {got.sha256[:16]}… ({got.size} bytes), the release "
+                                f"has {want.sha256[:16]}… ({want.size} bytes)")
+    return problems
 
 
 def _scrub(text: str, token: str) -> str:

@@ -4,7 +4,7 @@ TRL 1.15's KTOTrainer always scores completions through a fused LM head whose ke
 the CPU build of PyTorch ships no Triton, so on a CPU `trl.trainer.utils._ChunkedLogProbFunction` is None and
 training fails with "'NoneType' object has no attribute 'apply'". This computes the same per-token
 outputs in token chunks (each chunk's logits are recomputed in backward via checkpointing, so memory
-stays at one [chunk, vocab] tile). It is installed only where TRL's own kernel could not be imported.
+stays at one [chunk, vocab] tile). kto_pipeline.patches.install_torch_chunked_logprob installs it, only where TRL's own kernel could not be imported.
 """
 
 from __future__ import annotations
@@ -51,13 +51,3 @@ class TorchChunkedLogProb:
             return (empty, *(empty if k in outputs else None
                              for k in ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")))
         return tuple(None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in range(5))
-
-
-def install_if_needed() -> bool:
-    """Use the torch version where TRL's Triton kernel is unavailable; True if it was installed."""
-    import trl.trainer.utils as trl_utils
-
-    if getattr(trl_utils, "_ChunkedLogProbFunction", None) is None:
-        trl_utils._ChunkedLogProbFunction = TorchChunkedLogProb
-        return True
-    return False

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -145,26 +144,12 @@ def model_fingerprint(module: Any) -> str:
 
 @contextlib.contextmanager
 def fast_reference_pass(trainer_cls: type) -> Iterator[None]:
-    """While KTOTrainer is built: swap TRL's `hash_module` for `model_fingerprint` in every module the trainer
-    class comes from (Unsloth recompiles KTOTrainer into its own module, which imports its own reference to
-    hash_module), and drop TRL's "ref" adapter before the precompute pass (see drop_reference_adapter)."""
-    mods = {sys.modules.get(c.__module__) for c in trainer_cls.__mro__}
-    patched = [(m, m.hash_module) for m in mods if m is not None and hasattr(m, "hash_module")]
-    for m, _ in patched:
-        m.hash_module = model_fingerprint
-    precompute = trainer_cls._precompute_ref_logps
+    """While KTOTrainer is built: TRL's `hash_module` is `model_fingerprint`, and TRL's "ref" adapter is dropped
+    before the precompute pass (see drop_reference_adapter); the patch itself is kto_pipeline.patches."""
+    from kto_pipeline.patches import trl_reference_pass
 
-    def precompute_without_ref_adapter(self, *args: Any, **kwargs: Any) -> Any:
-        drop_reference_adapter(self.model)
-        return precompute(self, *args, **kwargs)
-
-    trainer_cls._precompute_ref_logps = precompute_without_ref_adapter
-    try:
+    with trl_reference_pass(trainer_cls, model_fingerprint, drop_reference_adapter):
         yield
-    finally:
-        trainer_cls._precompute_ref_logps = precompute
-        for m, orig in patched:
-            m.hash_module = orig
 
 
 def drop_reference_adapter(model: Any) -> bool:
@@ -249,10 +234,10 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
     from trl import KTOTrainer
 
     from kto_pipeline.training.memory import with_budget
+    from kto_pipeline.patches import install_torch_chunked_logprob
     from kto_pipeline.training.packing import packed_trainer_class
-    from kto_pipeline.training.torch_logprob import install_if_needed
 
-    install_if_needed()
+    install_torch_chunked_logprob()
     chat = bool(getattr(loaded.tokenizer, "chat_template", None))
     max_length = config.model.max_seq_length
     # Rows longer than max_seq_length are fitted (or dropped) and counted here, so TRL drops and cuts nothing.
