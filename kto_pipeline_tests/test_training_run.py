@@ -60,10 +60,26 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, kto_data, cache):
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     m = json.loads((out / "metrics.json").read_text())
     assert m["resumed_from"] == killed_at
-    assert m["steps"] == 8
+    assert m["steps"] == 8 and m["steps_this_run"] == 8 - step  # continued, did not start over
     trained = [h["step"] for h in m["history"] if "loss" in h]
-    assert trained and min(trained) == step + 1 and max(trained) == 8  # continued, did not start over
+    assert trained == sorted(set(trained)) and min(trained) == 1 and max(trained) == 8  # the whole training's logs
+    assert m["tokens_per_s"] and m["final_loss"] is not None
     assert (out / "adapter_model.safetensors").is_file()
+
+    # Killed after the last checkpoint, before metrics.json: the re-run resumes at step 8 and trains nothing; its
+    # metrics still describe the training (not empty losses and tokens_per_s 0).
+    from safetensors.torch import load_file
+
+    trained_weights = load_file(out / "adapter_model.safetensors")
+    (out / "metrics.json").unlink()
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    reloaded = load_file(out / "adapter_model.safetensors")
+    assert reloaded.keys() == trained_weights.keys()
+    assert all(reloaded[k].equal(trained_weights[k]) for k in reloaded)  # not one step past max_steps
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["resumed_from"].endswith("checkpoint-8") and again["steps"] == 8 and again["steps_this_run"] == 0
+    assert again["final_loss"] == m["final_loss"] and again["tokens_per_s"] is None
+    assert [h for h in again["history"] if "loss" in h] == [h for h in m["history"] if "loss" in h]
 
 
 def test_non_finite_loss_stops_with_advice(tmp_path, kto_data, cache, monkeypatch):

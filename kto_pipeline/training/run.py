@@ -47,6 +47,10 @@ def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
         def on_train_begin(self, args, state, control, **kwargs):
             # The total is known only here; `kto train` reads this line for its progress bar and ETA.
             log(f"training {state.max_steps} steps")
+            # Resumed: the checkpoint's state holds the logs of the steps before it. Keep them, so metrics.json
+            # and the loss plot describe the whole training (a resume at the last step trains 0 steps and would
+            # otherwise report no loss at all).
+            history.extend({k: v for k, v in h.items() if isinstance(v, (int, float))} for h in state.log_history)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
@@ -74,6 +78,30 @@ def last_checkpoint(ckpt_dir: Path) -> str | None:
         if (path / "trainer_state.json").is_file():
             return str(path)
     return None
+
+
+def finished_state(checkpoint: str | None) -> dict[str, Any] | None:
+    """The checkpoint's trainer state when it is the training's last step, else None.
+
+    transformers 5.17 resumed at max_steps still runs one more optimizer step before it checks the limit (seen:
+    max_steps=8 resumed from checkpoint-8 trained step 9), which would change the weights of a finished training.
+    """
+    if not checkpoint:
+        return None
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state if state.get("max_steps") and state["global_step"] >= state["max_steps"] else None
+
+
+def load_checkpoint_adapter(model: Any, checkpoint: str) -> None:
+    """Put a checkpoint's LoRA weights into the trainer's PEFT model (the "default" adapter)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(checkpoint) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if missing:
+        raise RuntimeError(f"{checkpoint}: adapter weights that fit no module of the model: {missing[:3]}")
 
 
 def is_oom(e: BaseException) -> bool:
@@ -189,7 +217,15 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         log(f"backend={loaded.backend} model={loaded.model_path} rows={info['train_rows']} "
             f"micro-batch={trainer.args.per_device_train_batch_size}x{trainer.args.gradient_accumulation_steps}"
             + (f" resuming from {resume}" if resume else ""))
-        result = trainer.train(resume_from_checkpoint=resume)
+        done = finished_state(resume)
+        if done:  # killed after its last checkpoint: take those weights (Trainer would train one step past it)
+            load_checkpoint_adapter(trainer.model, resume)
+            trainer.state.global_step = done["global_step"]
+            history.extend({k: v for k, v in h.items() if isinstance(v, (int, float))} for h in done["log_history"])
+            log(f"{resume} is the last step ({done['global_step']}): nothing left to train")
+            train_metrics: dict[str, Any] = {}
+        else:
+            train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     eval_metrics = trainer.evaluate() if info["eval_rows"] else {}
     trainer.save_model(str(output_dir))  # PEFT adapter (safetensors) + tokenizer; rank 0 only
     champ = champion_eval(trainer, champion, loaded.model_path) if champion and info["eval_rows"] else None
@@ -197,13 +233,16 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
     train_logs = [h for h in history if "loss" in h]
     last = train_logs[-1] if train_logs else {}
     tokens = max((h.get("num_tokens", 0) for h in history), default=0)
-    runtime = result.metrics.get("train_runtime", finished - started)
+    start_step = int(resume.rsplit("-", 1)[1]) if resume else 0
+    before = max((h.get("num_tokens", 0) for h in history if h["step"] <= start_step), default=0) if resume else 0
+    runtime = train_metrics.get("train_runtime", finished - started)
     metrics = {
         "backend": loaded.backend,
         "base_model": loaded.model_path,
         "resumed_from": resume,
         "steps": trainer.state.global_step,
-        "train_loss": result.metrics.get("train_loss"),
+        "steps_this_run": trainer.state.global_step - start_step,
+        "train_loss": train_metrics.get("train_loss"),
         "final_loss": last.get("loss"),
         "eval_loss": eval_metrics.get("eval_loss"),
         "rewards_chosen": last.get("rewards/chosen"),
@@ -218,7 +257,8 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         "gradient_accumulation": trainer.args.gradient_accumulation_steps,
         "precomputed_reference": bool(trainer.args.precompute_ref_log_probs),
         "peak_vram_gib": peak_vram_gib(),
-        "tokens_per_s": tokens / runtime if runtime else None,
+        # this process's speed: tokens trained since the resume (None when it resumed at the last step)
+        "tokens_per_s": (tokens - before) / runtime if runtime and tokens > before else None,
         "train_runtime_s": runtime,
         "wall_s": finished - started,
         "started_at": started,
