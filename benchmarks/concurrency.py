@@ -43,6 +43,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -224,7 +225,8 @@ class DataSession:
     def __init__(self, homes: InstanceHomes, code: str, graphql: bool):
         self.tmp = Path(tempfile.mkdtemp(prefix="data_race_"))
         self.artifacts = self.tmp / "artifacts"
-        self.env = dict(os.environ, **homes.new(self.tmp / "home"), KTO_ARTIFACT_ROOT=str(self.artifacts),
+        self.storage_env = homes.new(self.tmp / "home")  # DAGSTER_HOME and what its dagster.yaml reads
+        self.env = dict(os.environ, **self.storage_env, KTO_ARTIFACT_ROOT=str(self.artifacts),
                         PYTHONPATH=code, PYTHONDONTWRITEBYTECODE="1")
         self.webserver = None
         # Warm the instance first (its schema created by one run): N first runs at once on a brand-new SQLite
@@ -234,7 +236,10 @@ class DataSession:
         if proc.returncode != 0:
             raise SystemExit(f"warming failed:\n{out[-3000:]}")
         if graphql:
-            self.webserver = Webserver(self.tmp, self.env)
+            # Dagster's default 60 s for a call to the code server: on the shared 2-core machine (load 20+) the
+            # first attempt's launches hit it ("User code server request timed out") while their runs went on;
+            # raised so that the count is about the store, not about the host's load (CONCURRENCY.md says so).
+            self.webserver = Webserver(self.tmp, dict(self.env, DAGSTER_GRPC_TIMEOUT_SECONDS="300"))
 
     @staticmethod
     def trial_config(raw: Path) -> dict:
@@ -245,6 +250,23 @@ class DataSession:
                                  "--select", ",".join(select), "--config-json", json.dumps(config)],
                                 cwd=self.tmp, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
+
+    @contextmanager
+    def instance(self):
+        """The instance, opened here (its dagster.yaml reads the environment when it is loaded)."""
+        import dagster as dg
+
+        saved = {k: os.environ.get(k) for k in self.storage_env}
+        os.environ.update(self.storage_env)
+        try:
+            with dg.DagsterInstance.from_config(self.storage_env["DAGSTER_HOME"]) as instance:
+                yield instance
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def close(self) -> None:
         if self.webserver:
@@ -276,12 +298,15 @@ def data_trial(session: DataSession, trial: int, n_cli: int, n_graphql: int, row
                 graphql_ids.append(f.result())
             except Exception as e:  # noqa: BLE001 - a refused launch is a failed run, counted with its cause
                 errors.append(f"launch: {type(e).__name__}: {str(e)[:150]}")
-    with dg.DagsterInstance.from_config(session.env["DAGSTER_HOME"]) as instance:
-        wait_done(instance, graphql_ids)
+    with session.instance() as instance:
         runs = instance.get_runs(dg.RunsFilter(created_after=datetime.fromtimestamp(started - 1, timezone.utc)))
-        for run in runs:
-            if run.run_id in graphql_ids and run.status != dg.DagsterRunStatus.SUCCESS:
-                errors.append(f"graphql run {run.status.value}: {first_error(instance, run.run_id)}")
+        unfinished = wait_done(instance, graphql_ids + [r.run_id for r in runs])
+        runs = instance.get_runs(dg.RunsFilter(created_after=datetime.fromtimestamp(started - 1, timezone.utc)))
+        # A run failed when its status is not SUCCESS; one that never reached the instance (a CLI process that
+        # died before creating its run, a refused launch) is missing. A launch whose request timed out but whose
+        # run was created and succeeded is a launch error, not a failed run.
+        bad = [r for r in runs if r.status != dg.DagsterRunStatus.SUCCESS]
+        errors += [f"run {r.status.value}: {first_error(instance, r.run_id)}" for r in bad]
         facts = [run_facts(instance, run.run_id) for run in runs]
     wall = time.time() - started
     new = {a: session.folders(a) - before[a] for a in DATA_STEP}
@@ -296,7 +321,10 @@ def data_trial(session: DataSession, trial: int, n_cli: int, n_graphql: int, row
     build_end = max((f["dataset_ended"] or 0 for f in built), default=0)
     overlapped = sum(f["dataset_started"] is not None and f["dataset_started"] < build_end for f in facts
                      if f not in built)
-    return {"runs": n_cli + n_graphql, "instance_runs": len(runs), "failed": len(errors), "builds": len(built),
+    missing = max(n_cli + n_graphql - len(runs), 0)
+    return {"runs": n_cli + n_graphql, "instance_runs": len(runs), "unfinished": unfinished,
+            "failed": len(bad) + missing, "launch_errors": sum(e.startswith("launch:") for e in errors),
+            "builds": len(built),
             "corrupt": int(bool(problem)), "mislabelled": mislabelled, "overlapped": overlapped,
             "wall_s": round(wall, 1), "errors": errors + ([problem] if problem else [])}
 
@@ -307,16 +335,17 @@ def cli_error(out: str) -> str:
     return causes[0][:200] if causes else "cli exit != 0: " + out.strip().splitlines()[-1][:150] if out.strip() else ""
 
 
-def wait_done(instance, run_ids: list[str], timeout: float = 1800) -> None:
+def wait_done(instance, run_ids: list[str], timeout: float = 900) -> int:
+    """Wait until every run has finished; how many had not after timeout (counted as failed by their status)."""
     import dagster as dg
 
+    done = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if all(instance.get_run_by_id(r).status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
-                                                    dg.DagsterRunStatus.CANCELED) for r in run_ids):
-            return
+    while True:
+        left = [r for r in set(run_ids) if instance.get_run_by_id(r).status not in done]
+        if not left or time.time() > deadline:
+            return len(left)
         time.sleep(1)
-    raise TimeoutError(f"runs still going after {timeout} s: {run_ids}")
 
 
 def first_error(instance, run_id: str) -> str:
@@ -394,6 +423,8 @@ def main() -> int:
     p.add_argument("--launch", choices=["cli", "graphql", "cli+graphql"], default="cli+graphql",
                    help="data: how the runs start (cli+graphql: half each)")
     p.add_argument("--cold", action="store_true", help="cli: no warming run, the N runs are the instance's first")
+    p.add_argument("--max-minutes", type=float, default=0,
+                   help="start no new trial after this long (0: no limit); the summary says how many ran")
     args = p.parse_args()
     code = str(Path(args.code).resolve())
     rows, started = [], time.time()
@@ -404,6 +435,9 @@ def main() -> int:
             session = DataSession(homes, code, graphql=n_graphql > 0)
         try:
             for i in range(args.trials):
+                if args.max_minutes and time.time() - started > args.max_minutes * 60:
+                    print(f"stopped after {i} of {args.trials} trials: --max-minutes {args.max_minutes}")
+                    break
                 if args.scenario == "store":
                     r = store_trial(code, args.runs)
                 elif args.scenario == "cli":
@@ -415,17 +449,17 @@ def main() -> int:
         finally:
             if session:
                 session.close()
-    total = args.trials * args.runs
+    total = len(rows) * args.runs
     errors = Counter(e.split(":")[0] for r in rows for e in r["errors"])
     extra_builds = sum(r["builds"] - 1 for r in rows)
     what = args.scenario + (f" ({args.rows} rows)" if args.rows else "")
     if args.scenario != "store":
         what += f", {args.storage}" + (", cold" if args.cold else "") + (f", {args.launch}" if session else "")
-    line = (f"| {what} | {args.code} | {args.trials} x {args.runs} | {sum(r['failed'] for r in rows)} of {total} | "
+    line = (f"| {what} | {args.code} | {len(rows)} x {args.runs} | {sum(r['failed'] for r in rows)} of {total} | "
             f"{sum(r['corrupt'] for r in rows)} | ")
     if args.scenario == "data":
-        line += (f"{sum(r['mislabelled'] for r in rows)} | {Counter(r['builds'] for r in rows)} | "
-                 f"{sum(r['overlapped'] for r in rows)} | ")
+        line += (f"{sum(r['mislabelled'] for r in rows)} | builds per trial {dict(Counter(r['builds'] for r in rows))} | "
+                 f"{sum(r['overlapped'] for r in rows)} | {sum(r['launch_errors'] for r in rows)} | ")
     else:
         line += f"{extra_builds} | "
     print(line + f"{dict(errors) or '-'} | {time.time() - started:.0f} s |")

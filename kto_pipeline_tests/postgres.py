@@ -1,11 +1,12 @@
 """A throwaway PostgreSQL server for tests and benchmarks: Debian's `postgresql` binaries, a cluster in a temp folder.
 
     with Cluster.start() as pg:           # initdb + pg_ctl start on a free localhost port
-        url = pg.create_database("runs")  # postgresql://kto@127.0.0.1:<port>/runs
+        env = pg.create_database("runs")  # KTO_PG_HOST, KTO_PG_PORT, ...: what dagster_postgres.yaml reads
     # stopped (pg_ctl stop, then the postmaster's pid checked gone) and its folder removed
 
 PostgreSQL refuses to run as root, so under root the server runs as the `postgres` user (Debian's package
-creates it), else `nobody`; its folder is created for that user. Authentication is `trust` on 127.0.0.1 only.
+creates it), else `nobody`; its folder is created for that user. It listens on 127.0.0.1 with a random password
+(scram-sha-256), as a real server would; its unix socket, in its folder, is trusted for the admin tools.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 SUPERUSER = "kto"
-# The instance config for PostgreSQL (kto_pipeline/dagster_postgres.yaml) reads its URL from this variable.
-URL_VAR = "KTO_POSTGRES_URL"
+# What the instance config for PostgreSQL (kto_pipeline/dagster_postgres.yaml) reads from the environment.
+PG_VARS = ("KTO_PG_HOST", "KTO_PG_PORT", "KTO_PG_USER", "KTO_PG_PASSWORD", "KTO_PG_DB")
 
 
 def find_bin_dir() -> Path | None:
@@ -59,6 +62,7 @@ class Cluster:
     def __init__(self, bin_dir: Path, root: Path, port: int, user: str | None):
         self.bin_dir, self.root, self.port, self.user = bin_dir, root, port, user
         self.data, self.log = root / "data", root / "server.log"
+        self.password = secrets.token_urlsafe(16)
 
     def _run(self, tool: str, *args: str, timeout: float = 120) -> str:
         kw = {"user": self.user, "group": pwd.getpwnam(self.user).pw_gid, "extra_groups": []} if self.user else {}
@@ -83,8 +87,13 @@ class Cluster:
         cluster = cls(bin_dir, root, _free_port(), user)
         try:
             # fsync off: a throwaway cluster; it changes durability after a crash, not locking or isolation
-            cluster._run("initdb", "-D", str(cluster.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
-                         "--no-sync")
+            pwfile = root / "pwfile"
+            pwfile.write_text(cluster.password + "\n")
+            if user:
+                os.chown(pwfile, pwd.getpwnam(user).pw_uid, -1)
+            cluster._run("initdb", "-D", str(cluster.data), "-U", SUPERUSER, f"--pwfile={pwfile}",
+                         "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-sync")
+            pwfile.unlink()
             opts = f"-p {cluster.port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off -c max_connections=200"
             cluster._run("pg_ctl", "-D", str(cluster.data), "-l", str(cluster.log), "-o", opts, "-w", "start")
         except BaseException:
@@ -97,12 +106,10 @@ class Cluster:
         pidfile = self.data / "postmaster.pid"
         return int(pidfile.read_text().split()[0]) if pidfile.exists() else None
 
-    def create_database(self, name: str) -> str:
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, name)
-        return self.url(name)
-
-    def url(self, db: str) -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{db}"
+    def create_database(self, name: str) -> dict[str, str]:
+        """A new database; the environment that points dagster_postgres.yaml at it."""
+        self._run("createdb", "-h", str(self.root), "-p", str(self.port), "-U", SUPERUSER, name)
+        return dict(zip(PG_VARS, ("127.0.0.1", str(self.port), SUPERUSER, self.password, name)))
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: open connections are cut) and remove its folder."""
@@ -149,7 +156,7 @@ class InstanceHomes:
         """cluster: a running one to create the databases in (left running); None: start one, stop it after."""
         if storage not in INSTANCE_YAML:
             raise ValueError(f"storage {storage!r}: use one of {sorted(INSTANCE_YAML)}")
-        self.storage, self.cluster, self._own, self._count = storage, cluster, cluster is None, 0
+        self.storage, self.cluster, self._own = storage, cluster, cluster is None
 
     def __enter__(self) -> "InstanceHomes":
         if self.storage == "postgres" and self.cluster is None:
@@ -161,8 +168,7 @@ class InstanceHomes:
         shutil.copyfile(INSTANCE_YAML[self.storage], home / "dagster.yaml")
         env = {"DAGSTER_HOME": str(home)}
         if self.storage == "postgres":
-            self._count += 1
-            env[URL_VAR] = self.cluster.create_database(f"dagster{self._count}")
+            env.update(self.cluster.create_database(f"dagster_{uuid.uuid4().hex[:12]}"))
         return env
 
     def __exit__(self, *exc) -> None:

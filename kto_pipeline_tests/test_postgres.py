@@ -6,18 +6,19 @@ import os
 
 import pytest
 
-from kto_pipeline_tests.postgres import URL_VAR, Cluster, InstanceHomes
+from kto_pipeline_tests.postgres import PG_VARS, Cluster, InstanceHomes
 
 
 def test_shipped_postgres_config_runs_the_instance_on_postgres(postgres, tmp_path, monkeypatch):
-    """Runs, events and the gpu pool live in PostgreSQL, the URL is read from the environment only."""
+    """Runs, events and the gpu pool live in PostgreSQL; where and how to connect is read from the environment."""
     import dagster as dg
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
     with InstanceHomes("postgres", postgres) as homes:
         env = homes.new(tmp_path / "home")
-    assert env[URL_VAR] not in (tmp_path / "home" / "dagster.yaml").read_text()
-    monkeypatch.setenv(URL_VAR, env[URL_VAR])
+    assert env["KTO_PG_PASSWORD"] not in (tmp_path / "home" / "dagster.yaml").read_text()
+    for var in PG_VARS:
+        monkeypatch.setenv(var, env[var])
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
@@ -27,13 +28,15 @@ def test_shipped_postgres_config_runs_the_instance_on_postgres(postgres, tmp_pat
         assert first.is_claimed and not second.is_claimed  # the shipped pool limit of 1
 
 
-def test_missing_postgres_url_fails_naming_the_variable(postgres, tmp_path, monkeypatch):
+def test_missing_connection_variable_fails_naming_it(postgres, tmp_path, monkeypatch):
     import dagster as dg
 
     with InstanceHomes("postgres", postgres) as homes:
         env = homes.new(tmp_path / "home")
-    monkeypatch.delenv(URL_VAR, raising=False)
-    with pytest.raises(Exception, match=URL_VAR):
+    for var in PG_VARS:
+        monkeypatch.setenv(var, env[var])
+    monkeypatch.delenv("KTO_PG_PASSWORD")
+    with pytest.raises(Exception, match="KTO_PG_PASSWORD"):
         dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
 
 
