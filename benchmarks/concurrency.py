@@ -123,7 +123,8 @@ def cli_trial(code: str, runs: int, rows: int = 0, homes: InstanceHomes | None =
         out, _ = warm.communicate(timeout=600)
         if warm.returncode != 0:
             raise SystemExit(f"warming failed:\n{out[-3000:]}")
-    procs = [start("kto_dataset") for _ in range(runs)]
+    # cold: nothing is materialized yet either, so the runs take the data step whole
+    procs = [start("raw_preferences,kto_dataset" if cold else "kto_dataset") for _ in range(runs)]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     errors = []
     for p, o in zip(procs, outs):
