@@ -150,3 +150,15 @@ class Terminal:
 
     def send(self, line: str) -> None:
         os.write(self.master, line.encode() + b"\n")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the session (kto_pipeline_tests/postgres.py), stopped and removed after."""
+    from kto_pipeline_tests.postgres import Cluster, find_bin_dir
+
+    if find_bin_dir() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin: "
+                    "apt-get install postgresql")
+    with Cluster.start() as cluster:
+        yield cluster

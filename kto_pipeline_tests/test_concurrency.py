@@ -60,3 +60,23 @@ def test_release_refuses_the_weights_of_one_adapter_with_the_metrics_of_another(
     run_ok(project.materialize_cli("merged_model,hub_release"))
     release = project.latest("hub_release")
     assert release["lora_adapter"] == b and project.latest("merged_model")["lora_adapter"] == b
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_ten_cli_and_graphql_runs_of_one_new_data_version_build_it_once(storage, request):
+    """One trial of `benchmarks/concurrency.py data` (20 per storage there): 5 `dagster asset materialize` and 5
+    GraphQL launches on a running webserver, all of raw_preferences + kto_dataset of one new version, at once."""
+    from benchmarks.concurrency import DataSession, data_trial
+    from kto_pipeline_tests.conftest import REPO
+    from kto_pipeline_tests.postgres import InstanceHomes
+
+    cluster = request.getfixturevalue("postgres") if storage == "postgres" else None
+    with InstanceHomes(storage, cluster) as homes:
+        session = DataSession(homes, str(REPO), graphql=True)
+        try:
+            r = data_trial(session, 0, n_cli=5, n_graphql=5, rows=20_000)
+        finally:
+            session.close()
+    assert r["failed"] == 0, r["errors"]
+    assert r["instance_runs"] == 10, r
+    assert (r["builds"], r["corrupt"], r["mislabelled"]) == (1, 0, 0), r
