@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "max_steps": ("training", "max_steps"),
     "memory_budget_gib": ("training", "memory_budget_gib"),  # not in the seed: the planner's micro-batch
     "num_processes": ("training", "num_processes"),  # not in the seed: data-parallel GPUs
+    "launcher": ("training", "launcher"),  # not in the seed: local, torchrun or a Ray cluster
     "wandb": ("training", "wandb"),
     "wandb_project": ("training", "wandb_project"),
     "wandb_run_name": ("training", "wandb_run_name"),
@@ -53,6 +55,8 @@ def add_parser(sub) -> None:
         opt = "--" + flag.replace("_", "-")
         if f.type in (bool, "bool"):
             p.add_argument(opt, action="store_true", default=None, help=f.metadata["help"])
+        elif typing.get_origin(hint := typing.get_type_hints(SECTIONS[section])[name]) is typing.Literal:
+            p.add_argument(opt, choices=typing.get_args(hint), default=None, help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
             p.add_argument(opt, type=kind, default=None, help=f.metadata["help"])
