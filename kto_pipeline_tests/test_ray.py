@@ -153,6 +153,7 @@ def ray_cluster():
         cluster.start_node(["--address", f"127.0.0.1:{cluster.gcs_port}", *node_args({"kto_worker": 1})],
                            "node2.log")
         cluster.wait_for_nodes(2)
+        assert len(cluster_processes(temp_dir)) >= 3, "the teardown check would not see this cluster's processes"
         yield cluster
     finally:
         cluster.stop()
