@@ -34,10 +34,9 @@ def checkpoint_callback():
     class ReportCheckpoint(TrainerCallback):
         """Hand each checkpoint the Trainer saved to Ray Train, which uploads it to the run's storage.
 
-        Every rank reports its own folder under the same name (Ray merges them): rank 0 holds the adapter,
-        optimizer and trainer state, each rank its own RNG state. Ray's RayTrainReportCallback copies
-        get_last_checkpoint(output_dir) instead, which on a folder shared by the ranks may read one that another
-        rank is still writing."""
+        Every rank reports its own folder under the same name and Ray merges them: rank 0's holds the adapter,
+        optimizer and trainer state, each other rank's only its RNG state. What Ray's RayTrainReportCallback does,
+        plus the wait for the commit below."""
 
         def on_save(self, args, state, control, **kwargs):
             import ray.train
@@ -46,8 +45,8 @@ def checkpoint_callback():
             ray.train.report({"step": state.global_step}, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=folder.name)
             # Train on only once Ray's controller has committed it: it collects reports when it polls the workers
-            # (every 2 s), and a worker lost before that takes the uploaded checkpoint with it. Measured on the tiny
-            # model without this wait: 7 steps lost at save_steps=4; with it, at most one save interval.
+            # (every 2 s), and a worker lost before that takes the uploaded checkpoint with it. Without this wait,
+            # one run of the kill test lost 7 steps at save_steps=4 (the tiny model trains several steps in 2 s).
             ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
     return ReportCheckpoint()
