@@ -81,7 +81,8 @@ def released_adapter(context: dg.AssetExecutionContext, artifacts: ArtifactStore
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "peft"}, deps=["kto_dataset"], pool="gpu",
-          description="LoRA adapter trained with TRL's KTOTrainer in a subprocess; resumes from checkpoints.")
+          description="LoRA adapter trained with TRL's KTOTrainer in a subprocess (or a Ray job: "
+                      "training.launcher); resumes from checkpoints.")
 def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, artifacts: ArtifactStore,
                  pipes_subprocess_client: dg.PipesSubprocessClient, ray_cluster: RayCluster) -> dg.MaterializeResult:
     dataset = upstream(context, "kto_dataset")
@@ -98,7 +99,7 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, artifac
             context.log.info(f"will compare with the released adapter {champion.name} on the same eval rows")
         with exclusive(gpu_lock_path(), f"run {context.run.run_id}, training {version}",
                        on_wait=lambda holder: context.log.info(f"waiting for the GPU, held by {holder}")):
-            extras = {"config": train_config.to_dict(), "dataset_dir": str(dataset.path),
+            extras = {"config": train_config.to_dict(), "dataset_dir": str(Path(dataset.path).resolve()),
                       "output_dir": str(scratch.resolve()), "cache_dir": str(artifacts.cache_dir.resolve()),
                       "champion": str(champion.resolve()) if champion else None, "version": version}
             t = train_config.training
