@@ -60,7 +60,11 @@ def train_worker(job: dict[str, Any]) -> None:
 
     queue = job["log_queue"]
     log = queue.put if rank() == 0 else (lambda line: None)
-    local = Path(tempfile.mkdtemp(prefix="kto-ray-checkpoints-"))  # this node's; Ray copies to storage
+    # This node's checkpoint folder (Ray copies each one to storage). A fixed name per run and rank: when one worker
+    # dies, Ray kills the others before their `finally` runs, and the restarted worker clears what they left.
+    local = Path(tempfile.gettempdir()) / f"kto-ray-checkpoints-{job['version']}-rank{rank()}"
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
     checkpoint = ray.train.get_checkpoint()  # the latest one reported, after a restart or a resubmitted job
     try:
         with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume:
