@@ -14,13 +14,15 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LONG_ROWS = ("cut_prompt", "drop")  # policies for rows longer than max_seq_length (training/long_rows.py)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 UNSLOTH = ("auto", "always", "never")
+Launcher = Literal["local", "torchrun", "ray"]
+LAUNCHERS: tuple[str, ...] = get_args(Launcher)
 
 
 def _choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -87,6 +89,11 @@ class TrainingConfig:
     num_processes: int = _f(
         1, "Data-parallel training processes, one per GPU (launched with torchrun; on a CPU, gloo processes). The "
            "effective batch stays that of one process: the accumulation steps are divided among them.")
+    launcher: Launcher = _f(
+        "local", "Where the training processes run: 'local' (one process here, or torchrun when num_processes > 1), "
+                  "'torchrun' (always torchrun, num_processes processes here), or 'ray' (a Ray job on the cluster "
+                  "of the ray_cluster resource: Ray Train with num_processes workers, restarted from the last "
+                  "checkpoint when one dies; needs the ray extra).", weights=False)
     group_by_length: bool = _f(True, "Put rows of similar length in the same micro-batch (less padding, faster).")
     packing: bool = _f(False, "Run every model pass on the micro-batch's rows packed into one padding-free "
                               "sequence (position ids restart per row, attention stays inside each row).")
@@ -94,7 +101,8 @@ class TrainingConfig:
                                      "instead of two (in each step, and in the precompute pass).")
     precompute_ref_log_probs: bool | None = _f(
         None, "Score the reference model once before training instead of in every step; None: only when "
-              "training covers more than one epoch (for one epoch it is the same work, measured slower).")
+              "training covers more than one epoch (for one epoch it is the same work, measured slower) and runs "
+              "in one process (TRL shares the scores between processes through a file our datasets do not have).")
     precompute_ref_batch_size: int | None = _f(
         None, "Batch size of that scoring pass; None: the micro-batch (no gradients: it fits, and the shapes "
               "are those training compiles for).")
@@ -110,6 +118,7 @@ class TrainingConfig:
     wandb_run_name: str | None = _f(None, "W&B run name.", weights=False)
 
     def __post_init__(self) -> None:
+        _choice("training.launcher", self.launcher, LAUNCHERS)
         # Checked here, before any model loads (TRL would fail only after loading it, or not at all).
         if self.per_device_train_batch_size < 2:
             raise ValueError(f"training.per_device_train_batch_size must be at least 2, not "
@@ -118,6 +127,13 @@ class TrainingConfig:
         for name in ("gradient_accumulation_steps", "num_processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be at least 1, not {getattr(self, name)}")
+        if self.precompute_ref_log_probs and self.num_processes > 1:
+            # TRL's main process writes the scores to a cache file in the dataset's cache folder and the other ranks
+            # read it from theirs; our datasets are built in memory, so that folder is each process's own temp dir
+            # and every other rank fails with FileNotFoundError (seen with 2 Ray Train workers and under torchrun).
+            raise ValueError("training.precompute_ref_log_probs=True does not work with training.num_processes="
+                             f"{self.num_processes}: TRL's other ranks cannot find the scores rank 0 wrote; leave it "
+                             "unset (None) to score the reference in every step")
         if self.gradient_accumulation_steps % self.num_processes:
             raise ValueError(f"training.num_processes={self.num_processes} must divide "
                              f"training.gradient_accumulation_steps={self.gradient_accumulation_steps}: the "

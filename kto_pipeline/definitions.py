@@ -14,7 +14,7 @@ from kto_pipeline.defs.checks import eval_loss, gguf_files_intact, kl_health, la
 from kto_pipeline.defs.data import ingest_raw_file, kto_dataset, raw_file, raw_preferences
 from kto_pipeline.defs.export import gguf_quantizations, merged_model
 from kto_pipeline.defs.release import ReleaseTarget, hub_release
-from kto_pipeline.defs.resources import ArtifactStore, QualityGates
+from kto_pipeline.defs.resources import ArtifactStore, QualityGates, RayCluster
 from kto_pipeline.defs.training import lora_adapter
 
 
@@ -30,6 +30,7 @@ def build_defs() -> dg.Definitions:
             "artifacts": ArtifactStore(),
             "quality_gates": QualityGates(),
             "pipes_subprocess_client": dg.PipesSubprocessClient(),
+            "ray_cluster": RayCluster(),  # used only with training.launcher='ray'; address: $RAY_ADDRESS
             "release_target": ReleaseTarget(),
         },
     )

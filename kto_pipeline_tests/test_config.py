@@ -53,6 +53,9 @@ def test_dagster_config_mirrors_dataclasses():
     ({"training": {"per_device_train_batch_size": 1}}, "training.per_device_train_batch_size must be at least 2"),
     ({"training": {"num_processes": 3}}, "training.num_processes=3 must divide training.gradient_accumulation_steps=8"),
     ({"training": {"desirable_weight": -0.5}}, "training.desirable_weight must be >= 0"),
+    ({"training": {"precompute_ref_log_probs": True, "num_processes": 2}},
+     "training.precompute_ref_log_probs=True does not work with training.num_processes=2"),
+    ({"training": {"launcher": "slurm"}}, "training.launcher must be one of ['local', 'torchrun', 'ray'], not 'slurm'"),
     ({"training": {"desirable_weight": 0.0, "undesirable_weight": 0.0}}, "both 0"),
     ({"training": {"memory_budget_gib": 16}, "model": {"model_name": "someone/unknown-7b"}},
      "training.memory_budget_gib needs the model's architecture: no architecture known for 'someone/unknown-7b'"),
@@ -100,3 +103,45 @@ def test_the_environment_is_read_when_used_not_at_import(tmp_path, monkeypatch):
     with dg.DagsterInstance.ephemeral() as instance:
         tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources={"artifacts": ArtifactStore()}))
     assert tick.skip_message == f"{tmp_path / 'later'} does not exist yet"
+
+
+def test_each_launcher_starts_its_own_command():
+    """local keeps today's meaning (torchrun once there are several processes); torchrun always; ray: the job driver,
+    which starts the Ray Train workers itself."""
+    from kto_pipeline.training.run import launch_command
+
+    torchrun = ["py", "-m", "torch.distributed.run", "--standalone"]
+    assert launch_command("py", 1) == launch_command("py", 1, "local") == ["py", "-m", "kto_pipeline.training.run"]
+    assert launch_command("py", 2, "local")[:4] == torchrun and "--nproc-per-node=2" in launch_command("py", 2)
+    assert launch_command("py", 1, "torchrun")[:4] == torchrun and "--nproc-per-node=1" in launch_command(
+        "py", 1, "torchrun")
+    assert launch_command("py", 2, "ray") == ["py", "-m", "kto_pipeline.training.ray_job"]
+
+
+def test_launcher_is_a_validated_choice_in_dagster_config_and_the_cli():
+    import argparse
+
+    import pydantic
+
+    from kto_pipeline.cli.train import add_parser, run_config
+    from kto_pipeline.defs.config import TrainConfig
+
+    assert TrainConfig(training={"launcher": "ray"}).resolve().training.launcher == "ray"
+    with pytest.raises(pydantic.ValidationError, match="launcher"):
+        TrainConfig(training={"launcher": "Ray"})
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers(dest="cmd"))
+    args = p.parse_args(["train", "--launcher", "ray", "--num-processes", "2"])
+    assert run_config(args)["ops"]["lora_adapter"]["config"]["training"] == {"launcher": "ray", "num_processes": 2}
+    with pytest.raises(SystemExit):
+        p.parse_args(["train", "--launcher", "slurm"])
+    # where it runs does not change the weights: a torchrun run's adapter is the Ray run's
+    assert get_config("tiny", {"training": {"launcher": "ray"}}).fingerprint() == get_config("tiny").fingerprint()
+
+
+def test_ray_launcher_without_an_address_says_what_is_missing(monkeypatch):
+    from kto_pipeline.defs.resources import RayCluster
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ValueError, match="ray_cluster.address is empty and RAY_ADDRESS is not set"):
+        RayCluster().run(context=None, extras={}, entrypoint=["python"])

@@ -47,6 +47,14 @@ def test_precompute_only_when_it_saves_work():
     assert wants_precompute(get_config("tiny", {"training": {"precompute_ref_log_probs": True}}), 16)
 
 
+def test_no_precompute_with_several_processes(monkeypatch):
+    """TRL's rank 0 writes the precomputed scores into its own temp folder (our datasets live in memory); the other
+    ranks looked for them in theirs and failed: with several processes the reference is scored in each step."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not wants_precompute(get_config("tiny", {"training": {"per_device_train_batch_size": 4,
+                                                                 "max_steps": 12}}), 16)
+
+
 @pytest.fixture(scope="module")
 def peft_tiny(tiny_model_dir):
     from peft import LoraConfig, get_peft_model

@@ -35,6 +35,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "max_steps": ("training", "max_steps"),
     "memory_budget_gib": ("training", "memory_budget_gib"),  # not in the seed: the planner's micro-batch
     "num_processes": ("training", "num_processes"),  # not in the seed: data-parallel GPUs
+    "launcher": ("training", "launcher"),  # not in the seed: local, torchrun or a Ray cluster
     "wandb": ("training", "wandb"),
     "wandb_project": ("training", "wandb_project"),
     "wandb_run_name": ("training", "wandb_run_name"),

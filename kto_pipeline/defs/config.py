@@ -17,13 +17,27 @@ from kto_pipeline.config import SECTIONS, Config, get_config
 from kto_pipeline.data.dataset import DEFAULT_MAX_CHARS
 
 
+def _one_of(name: str, allowed: tuple[str, ...]) -> Any:
+    def check(cls: type, value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in allowed:
+            raise ValueError(f"{name} must be one of {list(allowed)}, not {value!r}")
+        return value
+
+    return pydantic.field_validator(name)(classmethod(check))
+
+
 def _overrides_class(name: str, dc: type) -> type[dg.Config]:
     hints = typing.get_type_hints(dc)
+    # Dagster's config types take a Literal only as a required field, not an optional one: an optional Literal
+    # becomes a string checked against its values when the config is built (the run fails before it starts).
+    choices = {n: typing.get_args(h) for n, h in hints.items() if typing.get_origin(h) is typing.Literal}
     fields = {
-        f.name: (Optional[hints[f.name]], pydantic.Field(default=None, description=f.metadata.get("help")))
+        f.name: (Optional[str] if f.name in choices else Optional[hints[f.name]],
+                 pydantic.Field(default=None, description=f.metadata.get("help")))
         for f in dataclasses.fields(dc)
     }
-    return pydantic.create_model(name, __base__=dg.Config, **fields)
+    validators = {f"_check_{n}": _one_of(n, allowed) for n, allowed in choices.items()}
+    return pydantic.create_model(name, __base__=dg.Config, __validators__=validators, **fields)
 
 
 ModelOverrides = _overrides_class("ModelOverrides", SECTIONS["model"])

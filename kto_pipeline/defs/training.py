@@ -13,7 +13,7 @@ import dagster as dg
 from kto_pipeline.artifacts import exclusive, is_complete, version_of
 from kto_pipeline.defs.config import TrainConfig
 from kto_pipeline.defs.lineage import upstream
-from kto_pipeline.defs.resources import ArtifactStore
+from kto_pipeline.defs.resources import ArtifactStore, RayCluster
 from kto_pipeline.training.run import launch_command
 
 
@@ -81,9 +81,10 @@ def released_adapter(context: dg.AssetExecutionContext, artifacts: ArtifactStore
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "peft"}, deps=["kto_dataset"], pool="gpu",
-          description="LoRA adapter trained with TRL's KTOTrainer in a subprocess; resumes from checkpoints.")
+          description="LoRA adapter trained with TRL's KTOTrainer in a subprocess (or a Ray job: "
+                      "training.launcher); resumes from checkpoints.")
 def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, artifacts: ArtifactStore,
-                 pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+                 pipes_subprocess_client: dg.PipesSubprocessClient, ray_cluster: RayCluster) -> dg.MaterializeResult:
     dataset = upstream(context, "kto_dataset")
     train_config = config.resolve()
     version = version_of(kto_dataset=dataset.version, training=train_config.fingerprint())
@@ -98,13 +99,18 @@ def lora_adapter(context: dg.AssetExecutionContext, config: TrainConfig, artifac
             context.log.info(f"will compare with the released adapter {champion.name} on the same eval rows")
         with exclusive(gpu_lock_path(), f"run {context.run.run_id}, training {version}",
                        on_wait=lambda holder: context.log.info(f"waiting for the GPU, held by {holder}")):
-            result = pipes_subprocess_client.run(
-                command=launch_command(sys.executable, train_config.training.num_processes),
-                context=context,
-                extras={"config": train_config.to_dict(), "dataset_dir": str(dataset.path),
-                        "output_dir": str(scratch), "cache_dir": str(artifacts.cache_dir),
-                        "champion": str(champion) if champion else None},
-            ).get_materialize_result()
+            extras = {"config": train_config.to_dict(), "dataset_dir": str(Path(dataset.path).resolve()),
+                      "output_dir": str(scratch.resolve()), "cache_dir": str(artifacts.cache_dir.resolve()),
+                      "champion": str(champion.resolve()) if champion else None, "version": version}
+            t = train_config.training
+            if t.launcher == "ray":  # the same extras, to a Ray job on the cluster (every node reaches these paths)
+                invocation = ray_cluster.run(context, extras, launch_command(ray_cluster.python, t.num_processes,
+                                                                             t.launcher))
+            else:
+                invocation = pipes_subprocess_client.run(
+                    command=launch_command(sys.executable, t.num_processes, t.launcher), context=context,
+                    extras=extras)
+            result = invocation.get_materialize_result()
         reported.update(result.metadata or {})
 
     # resumable: a killed training continues from its checkpoints in the scratch folder.

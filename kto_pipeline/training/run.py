@@ -6,7 +6,8 @@ the materialization. Checkpoints live in output_dir/checkpoints, so re-running a
 
 With training.num_processes > 1 the asset launches it through torchrun instead (`launch_command`). Every rank
 inherits the DAGSTER_PIPES_* variables; only rank 0 opens Pipes (one message stream, one report) and writes
-the outputs, the others read the same extras from the context and train silently.
+the outputs, the others read the same extras from the context and train silently. With training.launcher='ray'
+the same `train` runs in Ray Train workers instead (ray_job.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from kto_pipeline.artifacts import COMPLETE
 from kto_pipeline.config import Config
@@ -160,11 +161,14 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def launch_command(python: str, num_processes: int) -> list[str]:
-    """The training process, or torchrun with one process per GPU (on a CPU: gloo processes)."""
+def launch_command(python: str, num_processes: int, launcher: str = "local") -> list[str]:
+    """The training process, or torchrun with one process per GPU (on a CPU: gloo processes); for 'ray', the Ray
+    job's driver (ray_job.py), which starts the Ray Train workers itself."""
     if num_processes < 1:
         raise ValueError(f"training.num_processes must be at least 1, not {num_processes}")
-    if num_processes == 1:
+    if launcher == "ray":
+        return [python, "-m", "kto_pipeline.training.ray_job"]
+    if launcher == "local" and num_processes == 1:
         return [python, "-m", "kto_pipeline.training.run"]
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
             "-m", "kto_pipeline.training.run"]
@@ -189,10 +193,14 @@ def champion_eval(trainer: Any, champion: Path, base_model: str) -> dict[str, An
 
 
 def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
-          log: Callable[[str], None] = print, champion: Path | None = None) -> dict[str, Any]:
+          log: Callable[[str], None] = print, champion: Path | None = None, *, ckpt_dir: Path | None = None,
+          resume: str | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train a LoRA adapter on dataset_dir into output_dir; return the metrics (rank 0 writes metrics.json).
 
-    champion: the adapter of the latest release, evaluated on the same eval rows after training."""
+    champion: the adapter of the latest release, evaluated on the same eval rows after training.
+    ckpt_dir: where the Trainer saves checkpoints (default output_dir/checkpoints); resume: the checkpoint to start
+    from (default: the last complete one in ckpt_dir); callbacks: more Trainer callbacks. The Ray launcher sets all
+    three: checkpoints in a folder of the worker's node, handed to Ray Train, and resumed from what Ray kept."""
     import torch
 
     from kto_pipeline.training.model import load_for_training
@@ -201,19 +209,19 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
     if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # before any model lands on "the" GPU
     output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = output_dir / "checkpoints"
+    ckpt_dir = ckpt_dir or output_dir / "checkpoints"
     setup_reporting(config, output_dir)
     started = time.time()
     history: list[dict[str, Any]] = []
     with oom_advice(config):  # loading, the reference pre-pass and training can each run out of memory
         loaded = load_for_training(config, cache_dir)
-        trainer, info = build_trainer(config, loaded, dataset_dir, ckpt_dir, [_callback(log, history)])
+        trainer, info = build_trainer(config, loaded, dataset_dir, ckpt_dir, [_callback(log, history), *callbacks])
         for line in report_text(info["long_rows"]).splitlines():
             log(line)
         dropped = info.pop("dropped_rows")
         if rank() == 0:
             info["long_rows"]["dropped_rows_file"] = str(write_dropped(dataset_dir, output_dir.name, dropped))
-        resume = last_checkpoint(ckpt_dir)
+        resume = resume or last_checkpoint(ckpt_dir)
         log(f"backend={loaded.backend} model={loaded.model_path} rows={info['train_rows']} "
             f"micro-batch={trainer.args.per_device_train_batch_size}x{trainer.args.gradient_accumulation_steps}"
             + (f" resuming from {resume}" if resume else ""))
@@ -351,10 +359,19 @@ def main() -> None:
         metrics = train(config, Path(extras["dataset_dir"]), output_dir, Path(extras["cache_dir"]),
                         log=pipes.log.info, champion=_path(extras.get("champion")))
         (output_dir / COMPLETE).write_text("")
-        pipes.report_asset_materialization(metadata={
-            k: {"raw_value": v, "type": "float" if isinstance(v, float) else "int"}
-            for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-        })
+        report_materialization(pipes, metrics)
+
+
+def read_metrics(output_dir: Path) -> dict[str, Any]:
+    return json.loads((output_dir / "metrics.json").read_text())
+
+
+def report_materialization(pipes: Any, metrics: dict[str, Any]) -> None:
+    """The numeric metrics as the materialization's metadata (the asset adds the rest from output_dir)."""
+    pipes.report_asset_materialization(metadata={
+        k: {"raw_value": v, "type": "float" if isinstance(v, float) else "int"}
+        for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    })
 
 
 if __name__ == "__main__":

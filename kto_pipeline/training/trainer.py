@@ -118,6 +118,8 @@ def wants_precompute(config: Config, train_rows: int) -> bool:
     t = config.training
     if t.precompute_ref_log_probs is not None:
         return t.precompute_ref_log_probs
+    if world_size() > 1:  # TRL hands the scores to the other ranks in a file they cannot find (TrainingConfig)
+        return False
     per_epoch = math.ceil(train_rows / (t.per_device_train_batch_size * t.gradient_accumulation_steps
                                         * world_size()))
     steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * per_epoch)
