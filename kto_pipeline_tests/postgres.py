@@ -119,7 +119,7 @@ class Cluster:
                 self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
             finally:
                 for _ in range(100):  # pg_ctl -w waits for the pid file; make sure the postmaster is gone too
-                    if not _alive(pid):
+                    if not alive(pid):
                         break
                     time.sleep(0.1)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -131,7 +131,7 @@ class Cluster:
         self.stop()
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
-from kto_pipeline_tests.postgres import PG_VARS, Cluster, InstanceHomes
+from kto_pipeline_tests.postgres import PG_VARS, Cluster, InstanceHomes, alive
 
 
 def test_shipped_postgres_config_runs_the_instance_on_postgres(postgres, tmp_path, monkeypatch):
@@ -43,15 +42,7 @@ def test_missing_connection_variable_fails_naming_it(postgres, tmp_path, monkeyp
 def test_throwaway_cluster_leaves_no_process_or_folder(postgres):
     cluster = Cluster.start()
     pid, root = cluster.pid, cluster.root
-    assert pid is not None and _alive(pid)
+    assert pid is not None and alive(pid)
     cluster.create_database("probe")
     cluster.stop()
-    assert not _alive(pid) and not root.exists()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    assert not alive(pid) and not root.exists()
