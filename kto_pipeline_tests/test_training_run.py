@@ -57,7 +57,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, kto_data, cache):
     # a half-written newer checkpoint (killed while saving) must be skipped, not resumed from
     (out / "checkpoints" / f"checkpoint-{step + 1}").mkdir()
 
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["resumed_from"] == killed_at
     assert m["steps"] == 8 and m["steps_this_run"] == 8 - step  # continued, did not start over
@@ -72,7 +73,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, kto_data, cache):
 
     trained_weights = load_file(out / "adapter_model.safetensors")
     (out / "metrics.json").unlink()
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     reloaded = load_file(out / "adapter_model.safetensors")
     assert reloaded.keys() == trained_weights.keys()
     assert all(reloaded[k].equal(trained_weights[k]) for k in reloaded)  # not one step past max_steps

@@ -81,16 +81,18 @@ def last_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
-def finished_state(checkpoint: str | None) -> dict[str, Any] | None:
-    """The checkpoint's trainer state when it is the training's last step, else None.
+def is_last_step(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's trainer state is the training's last step.
 
     transformers 5.17 resumed at max_steps still runs one more optimizer step before it checks the limit (seen:
     max_steps=8 resumed from checkpoint-8 trained step 9), which would change the weights of a finished training.
     """
-    if not checkpoint:
-        return None
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    return state if state.get("max_steps") and state["global_step"] >= state["max_steps"] else None
+    return bool(state.get("max_steps")) and state["global_step"] >= state["max_steps"]
+
+
+def checkpoint_state(checkpoint: str | None) -> dict[str, Any]:
+    """The Trainer's state saved with a checkpoint ({} for none): its step, max_steps and the logs up to it."""
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text()) if checkpoint else {}
 
 
 def load_checkpoint_adapter(model: Any, checkpoint: str) -> None:
@@ -225,7 +227,9 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         log(f"backend={loaded.backend} model={loaded.model_path} rows={info['train_rows']} "
             f"micro-batch={trainer.args.per_device_train_batch_size}x{trainer.args.gradient_accumulation_steps}"
             + (f" resuming from {resume}" if resume else ""))
-        done = finished_state(resume)
+        resumed_state = checkpoint_state(resume)  # read now: the Trainer's rotation may delete that checkpoint
+        start_step = resumed_state.get("global_step", 0)
+        done = resumed_state if is_last_step(resumed_state) else None
         if done:  # killed after its last checkpoint: take those weights (Trainer would train one step past it)
             load_checkpoint_adapter(trainer.model, resume)
             trainer.state.global_step = done["global_step"]
@@ -240,9 +244,8 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
     finished = time.time()
     train_logs = [h for h in history if "loss" in h]
     last = train_logs[-1] if train_logs else {}
-    tokens = max((h.get("num_tokens", 0) for h in history), default=0)
-    start_step = int(resume.rsplit("-", 1)[1]) if resume else 0
-    before = max((h.get("num_tokens", 0) for h in history if h["step"] <= start_step), default=0) if resume else 0
+    # TRL counts tokens per process from 0: this process's are those logged after the resume point.
+    tokens = max((h.get("num_tokens", 0) for h in history if h["step"] > start_step), default=0)
     runtime = train_metrics.get("train_runtime", finished - started)
     metrics = {
         "backend": loaded.backend,
@@ -265,8 +268,8 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         "gradient_accumulation": trainer.args.gradient_accumulation_steps,
         "precomputed_reference": bool(trainer.args.precompute_ref_log_probs),
         "peak_vram_gib": peak_vram_gib(),
-        # this process's speed: tokens trained since the resume (None when it resumed at the last step)
-        "tokens_per_s": (tokens - before) / runtime if runtime and tokens > before else None,
+        # this process's speed (None when it resumed at the last step and trained nothing)
+        "tokens_per_s": tokens / runtime if runtime and tokens else None,
         "train_runtime_s": runtime,
         "wall_s": finished - started,
         "started_at": started,
