@@ -48,13 +48,9 @@ def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
         def on_train_begin(self, args, state, control, **kwargs):
             # The total is known only here; `kto train` reads this line for its progress bar and ETA.
             log(f"training {state.max_steps} steps")
-            # Resumed: the checkpoint's state holds the logs of the steps before it. Keep them, so metrics.json
-            # and the loss plot describe the whole training (a resume at the last step trains 0 steps and would
-            # otherwise report no loss at all).
-            history.extend({k: v for k, v in h.items() if isinstance(v, (int, float))} for h in state.log_history)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            logs = numeric(logs or {})
             if not logs:
                 return
             history.append({"step": state.global_step, **logs})
@@ -66,6 +62,10 @@ def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
                         f"training on garbage. {NAN_ADVICE}")
 
     return StreamMetrics()
+
+
+def numeric(logs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in logs.items() if isinstance(v, (int, float))}
 
 
 def last_checkpoint(ckpt_dir: Path) -> str | None:
@@ -227,14 +227,15 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         log(f"backend={loaded.backend} model={loaded.model_path} rows={info['train_rows']} "
             f"micro-batch={trainer.args.per_device_train_batch_size}x{trainer.args.gradient_accumulation_steps}"
             + (f" resuming from {resume}" if resume else ""))
-        resumed_state = checkpoint_state(resume)  # read now: the Trainer's rotation may delete that checkpoint
-        start_step = resumed_state.get("global_step", 0)
-        done = resumed_state if is_last_step(resumed_state) else None
-        if done:  # killed after its last checkpoint: take those weights (Trainer would train one step past it)
+        resumed = checkpoint_state(resume)  # read now: the Trainer's rotation may delete that checkpoint
+        start_step = resumed.get("global_step", 0)
+        # The logs of the steps before the checkpoint, so metrics.json and the loss plot describe the whole
+        # training (a resume at the last step trains nothing and would otherwise report no loss at all).
+        history.extend(numeric(h) for h in resumed.get("log_history", []))
+        if is_last_step(resumed):  # killed after its last checkpoint: take those weights (Trainer would train on)
             load_checkpoint_adapter(trainer.model, resume)
-            trainer.state.global_step = done["global_step"]
-            history.extend({k: v for k, v in h.items() if isinstance(v, (int, float))} for h in done["log_history"])
-            log(f"{resume} is the last step ({done['global_step']}): nothing left to train")
+            trainer.state.global_step = start_step
+            log(f"{resume} is the last step ({start_step}): nothing left to train")
             train_metrics: dict[str, Any] = {}
         else:
             train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
