@@ -19,6 +19,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from kto_pipeline.release.content import repo_id_problem
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -91,16 +94,7 @@ def gguf_rows(items: list[dict]) -> list[dict]:
 
 def _hub_id(value: Any) -> bool:
     """Whether value is a Hub repo id "namespace/name" (the Hub rejects base_model values that are local paths)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if not isinstance(value, str) or value.count("/") != 1:
-        return False
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return False
-    return True
+    return isinstance(value, str) and value.count("/") == 1 and not repo_id_problem(value)
 
 
 def _front_matter(info: dict, library: str, has_gguf: bool) -> str:
