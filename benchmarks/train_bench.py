@@ -79,6 +79,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
                    packing=True),
     "c_pack_fuse": dict(label="(c) + packed + fused reference forward (rows and KL rows in one)", backend="unsloth",
                         trainer="ours", budget=BUDGET_GIB, packing=True, fuse_reference=True),
+    "c_varlen": dict(label="(c) + packed + fused reference + one flash varlen kernel per packed sequence "
+                           "(patches.unsloth_flash_varlen)", backend="unsloth", trainer="ours", budget=BUDGET_GIB,
+                     packing=True, fuse_reference=True, varlen=True),
 }
 
 
@@ -203,10 +206,14 @@ def batch_stats(trainer, a: dict[str, int]) -> dict[str, float]:
     gradients), a no-grad policy forward on the KL pair (x, y'), and reference forwards on both:
     3 fwd(x, y) + 2 fwd(x, y'). Recomputation by gradient checkpointing is overhead, not counted.
     """
-    s = dict(tokens=0, padded=0, kl_tokens=0, kl_padded=0, completion_tokens=0, flops=0.0, batches=0)
+    s = dict(tokens=0, padded=0, kl_tokens=0, kl_padded=0, completion_tokens=0, flops=0.0, batches=0,
+             max_batch_tokens=0, max_batch_tokens_with_kl=0)  # max_*: the largest micro-batch, for the planner
     for batch in trainer.get_train_dataloader():
         am, cm = batch["attention_mask"], batch["completion_mask"]
         s["batches"] += 1
+        s["max_batch_tokens"] = max(s["max_batch_tokens"], int(am.sum()))
+        s["max_batch_tokens_with_kl"] = max(s["max_batch_tokens_with_kl"],
+                                            int(am.sum()) + int(batch.get("KL_attention_mask", am[:0]).sum()))
         s["tokens"] += int(am.sum())
         s["padded"] += am.numel()
         s["completion_tokens"] += int(cm.sum())
@@ -362,6 +369,10 @@ def make_trainer(name: str, opts: dict, loaded, rows, model_dir: Path, work: Pat
     """One trainer for this variant on `rows` (the warm-up batch or the measured set)."""
     from trl import KTOTrainer
 
+    if loaded.backend == "unsloth":  # per variant: the varlen lever is process-wide, so set it for each trainer
+        from kto_pipeline.patches import unsloth_flash_varlen
+
+        unsloth_flash_varlen(opts.get("varlen", False))
     peft_config = getattr(loaded.model, "peft_config", {})
     if "ref" in peft_config:  # TRL adds a "ref" adapter to an already-wrapped model; one per trainer
         loaded.model.delete_adapter("ref")
@@ -422,7 +433,7 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
             result["precompute_s"] = round(precompute_t.total, 1)
             stats = batch_stats(trainer, a)
             epochs = steps_cfg.get("epochs", 1)  # every epoch walks the same batches
-            stats = {k: v * epochs for k, v in stats.items()}
+            stats = {k: v if k.startswith("max_") else v * epochs for k, v in stats.items()}
             packing = getattr(trainer, "pack_stats", None)
             if packing is not None and packing.enabled:
                 result.update(packed_logp_check(trainer))
@@ -608,7 +619,7 @@ def child(args) -> None:
             f.write(json.dumps(r) + "\n")
         print(f"RESULT {json.dumps(r)}", flush=True)
     if args.sweep and args.backend == "unsloth":
-        sweep(loaded, model_dir, work / "sweep", steps_cfg, args.sweep, args.out)
+        sweep(loaded, model_dir, work / "sweep", steps_cfg, args.sweep, args.out, args.sweep_variant)
     for name in filter(None, args.profile.split(",")):
         profile(loaded, model_dir, work / f"profile-{name}", steps_cfg, Path(args.out).parent, name)
 
@@ -661,17 +672,23 @@ def compile_warmup(loaded, model_dir: Path, work: Path, steps_cfg: dict, names: 
     print(f"compile warm-up {time.perf_counter() - t0:.0f}s", flush=True)
 
 
-def sweep(loaded, model_dir: Path, work: Path, steps_cfg: dict, spec: str, out: str) -> None:
-    """Peak memory of kto_pipeline's path for one micro-batch of B rows of exactly T tokens, for the planner."""
-    opts = dict(VARIANTS["c"])
+def sweep(loaded, model_dir: Path, work: Path, steps_cfg: dict, spec: str, out: str, variant: str = "c") -> None:
+    """Peak memory of kto_pipeline's path (`variant`) for one micro-batch of B rows of exactly T tokens, beside the
+    planner's figure for it, for fitting and checking the planner."""
+    from kto_pipeline.training.memory import estimate
+
+    opts = {k: v for k, v in VARIANTS[variant].items() if k != "budget"}
     for bt in spec.split(","):
         b, t = map(int, bt.split("x"))
         cfg = dict(steps_cfg, batch=b, accum=1, max_length=t)
         rows = synth_rows(model_dir, b, t, seed=b * 10000 + t, fixed=(t // 2 - 1, t // 2))
         fresh_memory()
-        r: dict[str, Any] = {"sweep": True, "batch": b, "seq": t}
+        plan = estimate(ours_config(model_dir, opts, cfg), micro_batch=b,
+                        tokens=b * t if opts.get("packing") else None)
+        r: dict[str, Any] = {"sweep": True, "variant": variant, "batch": b, "seq": t,
+                             "plan_allocated_gib": round(plan.peak_allocated_gib, 3)}
         try:
-            tr = make_trainer("c", opts, loaded, rows, model_dir, work, cfg, [], f"{b}x{t}")
+            tr = make_trainer(variant, opts, loaded, rows, model_dir, work, cfg, [], f"{b}x{t}")
             tr.train()
             sync()
             r.update(memory())
@@ -701,7 +718,7 @@ def run(args) -> int:
         if args.profile and backend == "unsloth":
             cmd += ["--profile", args.profile]
         if args.sweep and backend == "unsloth":
-            cmd += ["--sweep", args.sweep]
+            cmd += ["--sweep", args.sweep, "--sweep-variant", args.sweep_variant]
         if not names:
             cmd[cmd.index("--variants") + 1] = ""
         print("+", " ".join(cmd), flush=True)
@@ -744,9 +761,10 @@ def table(path: str) -> str:
             f"| {r.get('forwards_per_micro_batch', '-')} |")
     sweeps = [r for r in rows if r.get("sweep")]
     if sweeps:
-        lines += ["", "| micro-batch x seq | peak alloc GiB | peak reserved GiB |", "|---|---|---|"]
-        lines += [f"| {r['batch']}x{r['seq']} | {r.get('peak_allocated_gib', r.get('error'))} "
-                  f"| {r.get('peak_reserved_gib', '')} |" for r in sweeps]
+        lines += ["", "| variant | micro-batch x seq | peak alloc GiB | planned alloc GiB | peak reserved GiB |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r.get('variant', 'c')} | {r['batch']}x{r['seq']} | {r.get('peak_allocated_gib', r.get('error'))} "
+                  f"| {r.get('plan_allocated_gib', '')} | {r.get('peak_reserved_gib', '')} |" for r in sweeps]
     return "\n".join(lines)
 
 
@@ -767,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument("--examples", type=int, default=256)
         r.add_argument("--max-length", type=int, default=2048)
         r.add_argument("--sweep", default="", help="micro-batch x seq points for the memory planner, e.g. 4x2048,8x1024")
+        r.add_argument("--sweep-variant", default="c", help="the variant the --sweep points run (c, c_varlen, ...)")
         r.add_argument("--timeout", type=int, default=3600)
         r.add_argument("--epochs", type=int, default=1)
         r.add_argument("--compile-warmup", default="b,c_mb4,c_precompute",
@@ -801,7 +820,7 @@ def child_sweep_only(args) -> None:
                      epochs=args.epochs)
     model_dir = Path(args.model)
     loaded = load("unsloth", model_dir, steps_cfg)
-    sweep(loaded, model_dir, Path(args.work) / "sweep", steps_cfg, args.sweep, args.out)
+    sweep(loaded, model_dir, Path(args.work) / "sweep", steps_cfg, args.sweep, args.out, args.sweep_variant)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,58 @@ def drop_bnb_weight_conversions(model: Any) -> None:
     operations: they stay)."""
     model._weight_conversions = [c for c in getattr(model, "_weight_conversions", None) or []
                                  if not any("bitsandbytes" in type(op).__module__ for op in getattr(c, "operations", ()))]
+
+
+_UNSLOTH_VARLEN: dict[str, dict[str, Any]] = {}  # "original" and "patched" values of the three names
+
+
+def unsloth_flash_varlen(enabled: bool = True) -> bool:
+    """unsloth.utils.attention_dispatch `_TORCH_VARLEN_ATTN`, `_LEAN_VARLEN`, `_varlen_can_use_cudnn`: how Unsloth
+    runs attention over a packed sequence (training.packing).
+
+    Unsloth 2026.10 takes a packed row in one flash kernel over all its segments (cu_seqlens) only where torch's
+    public `varlen_attn` has `enable_gqa` (torch >= 2.12). On torch 2.11 (the CUDA hosts we measure on) it falls
+    back to one SDPA call per segment, each with copies in and out: 5,120 attention calls and ~55k small copy/fill
+    kernels per two micro-batches on the 8B shape (benchmarks/RESULTS.md, issue 20). The aten kernel under both
+    paths, `_flash_attention_forward`, takes cu_seqlens and grouped KV heads on torch 2.11 too, and Unsloth's own
+    `_LeanFlashVarlen` calls exactly that kernel when `_LEAN_VARLEN` is set. So: `_LEAN_VARLEN` on, no cuDNN
+    varlen (torch 2.11 has none), and `_TORCH_VARLEN_ATTN` (what Unsloth calls inside torch.compile) torch 2.11's
+    `varlen_attn` with the KV heads repeated for it. Same math as the per-segment path
+    (kto_pipeline_tests/test_gpu.py checks outputs and gradients).
+
+    `enabled=False` puts Unsloth's own values back (for benchmarks and tests). Returns whether the stand-in is in
+    place afterwards; nothing changes where Unsloth already has torch's varlen (torch >= 2.12), without CUDA flash
+    attention, or without Unsloth.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("unsloth") is None:
+        return False
+    import torch
+    import unsloth.utils.attention_dispatch as dispatch
+
+    if not _UNSLOTH_VARLEN:
+        if not enabled or dispatch._TORCH_VARLEN_ATTN is not None or not torch.cuda.is_available():
+            return False
+        if not getattr(torch.backends.cuda, "is_flash_attention_available", lambda: False)():
+            return False
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:
+            return False
+
+        def varlen_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                       enable_gqa=False, **kwargs):
+            if enable_gqa and key.shape[1] != query.shape[1]:  # (tokens, heads, dim): repeat each KV head per group
+                groups = query.shape[1] // key.shape[1]
+                key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+            return varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale,
+                               window_size=window_size, **kwargs)
+
+        names = ("_TORCH_VARLEN_ATTN", "_LEAN_VARLEN", "_varlen_can_use_cudnn")
+        _UNSLOTH_VARLEN["original"] = {name: getattr(dispatch, name, None) for name in names}
+        _UNSLOTH_VARLEN["patched"] = {"_TORCH_VARLEN_ATTN": varlen_gqa, "_LEAN_VARLEN": True,
+                                      "_varlen_can_use_cudnn": lambda *args, **kwargs: False}
+    for name, value in _UNSLOTH_VARLEN["patched" if enabled else "original"].items():
+        setattr(dispatch, name, value)
+    return enabled

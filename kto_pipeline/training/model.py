@@ -77,6 +77,10 @@ def _load_unsloth(config: Config, path: str) -> LoadedModel:
         target_modules=config.lora.target_modules, bias="none", random_state=config.training.seed,
         use_gradient_checkpointing="unsloth" if config.lora.gradient_checkpointing else False,
     )
+    if config.training.packing:  # one flash kernel per packed sequence, not one SDPA call per row (torch 2.11)
+        from kto_pipeline.patches import unsloth_flash_varlen
+
+        unsloth_flash_varlen()
     return LoadedModel(model, tokenizer, None, "unsloth", path)
 
 

@@ -53,9 +53,12 @@ class PackStats:
 
 
 def pack(input_ids, attention_mask, labels):
-    """Padded rows -> one packed row: (ids [1, N], position ids [1, N], shifted labels [1, N], keep mask [B, L]).
+    """Padded rows -> one packed row: (ids [1, N], position ids [1, N], shifted labels [1, N], where), `where` being
+    the flat positions [N] of the real tokens in the padded [B, L] layout.
 
     Works for left or right padding (the real tokens of each row must be contiguous, as TRL's collator makes them).
+    One host sync (the nonzero that sizes N): the gathers here and the scatters in `unpack` index with `where`
+    rather than with the boolean mask, which would sync once per tensor and leave the GPU idle between passes.
     """
     import torch
 
@@ -64,16 +67,17 @@ def pack(input_ids, attention_mask, labels):
     shifted = torch.full_like(labels, -100)
     shifted[:, :-1] = labels[:, 1:]  # token j predicts token j+1 of its own row; a row's last token predicts nothing
     shifted = shifted.masked_fill(~keep, -100)
-    return input_ids[keep][None], positions[keep][None], shifted[keep][None], keep
+    where = keep.reshape(-1).nonzero().squeeze(1)
+    return tuple(t.reshape(-1)[where][None] for t in (input_ids, positions, shifted)) + (where,)
 
 
-def unpack(values, keep):
+def unpack(values, where, shape):
     """Packed per-token values [1, N] -> TRL's padded layout [B, L-1] (zeros where nothing was scored)."""
     if values is None:
         return None
-    full = values.new_zeros(keep.shape)
-    full[keep] = values[0]
-    return full[:, :-1]
+    full = values.new_zeros(shape[0] * shape[1])
+    full[where] = values[0]
+    return full.view(shape)[:, :-1]
 
 
 def packed_forward(forward: Callable, stats: PackStats) -> Callable:
@@ -92,12 +96,12 @@ def packed_forward(forward: Callable, stats: PackStats) -> Callable:
                              f"{extra or 'shift_labels/position_ids'}: set training.packing=false")
         kwargs.pop("shift_labels", None)
         kwargs.pop("position_ids", None)
-        ids, positions, shift_labels, keep = pack(input_ids, attention_mask, labels)
+        ids, positions, shift_labels, where = pack(input_ids, attention_mask, labels)
         stats.add(ids.shape[1], input_ids.numel())
         out = forward(input_ids=ids, position_ids=positions, attention_mask=None, shift_labels=shift_labels,
                       fused_lm_head=True, **kwargs)
         for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask"):
-            setattr(out, name, unpack(getattr(out, name), keep))
+            setattr(out, name, unpack(getattr(out, name), where, input_ids.shape))
         return out
 
     return packed
