@@ -484,7 +484,9 @@ def planned_peaks(trainer, model_dir: Path, opts: dict, steps_cfg: dict) -> dict
     b, max_len = trainer.args.per_device_train_batch_size, steps_cfg["max_length"]
     ds = trainer.train_dataset
     toks = [len(p) + len(c) for p, c in zip(ds["prompt_ids"], ds["completion_ids"])]
-    run = estimate(config, micro_batch=b, tokens=packed_tokens(toks, b, max_len) if opts.get("packing") else None)
+    # the run's own micro-batches: the dataset is already in the order training walks
+    run = estimate(config, micro_batch=b, tokens=packed_tokens(toks, b, max_len, list(range(len(toks))))
+                   if opts.get("packing") else None)
     warm = estimate(config, micro_batch=b)
     return {"plan_run_allocated_gib": round(run.peak_allocated_gib, 2),
             "plan_run_reserved_gib": round(run.peak_reserved_gib, 2), "plan_run_tokens": run.tokens,

@@ -76,9 +76,10 @@ def test_train_flags_parse_to_typed_overrides():
     p = argparse.ArgumentParser()
     add_parser(p.add_subparsers(dest="cmd"))
     args = p.parse_args(["train", "--batch-size", "2", "--learning-rate", "1e-4", "--memory-budget-gib", "20",
-                         "--wandb"])
+                         "--wandb", "--packing", "--fuse-reference"])
     assert overrides(args) == {"training": {"per_device_train_batch_size": 2, "learning_rate": 1e-4,
-                                            "memory_budget_gib": 20.0, "wandb": True}}
+                                            "memory_budget_gib": 20.0, "wandb": True, "packing": True,
+                                            "fuse_reference": True}}
     assert get_config("7b", overrides(args)).training.memory_budget_gib == 20.0
 
 

@@ -143,6 +143,9 @@ def test_packed_micro_batches_are_planned_by_their_real_tokens(capsys):
 
     # the worst micro-batch is its longest rows, each cut at max_seq_length
     assert packed_tokens([100, 5000, 300, 200], 2, 2048) == 2048 + 300
+    # given the order training walks the rows in: its largest micro-batch of consecutive rows
+    assert packed_tokens([100, 5000, 300, 200], 2, 2048, order=[0, 2, 1, 3]) == 2048 + 200
+    assert packed_tokens([100, 5000, 300, 200], 2, 2048, order=[3, 2, 0, 1]) == 2048 + 100
     short = [900] * 500 + [2000] * 3  # chat-like rows with a few long ones
     assert pick_micro_batch(llama(), 20, row_tokens=short) == (16, 8)  # padded: lengths change nothing
     assert pick_micro_batch(llama(packing=True), 20) == (32, 4)  # packed, every row at max_seq_length
@@ -165,6 +168,12 @@ def test_packed_micro_batches_are_planned_by_their_real_tokens(capsys):
         return estimate(c, backend="unsloth", tokens=16 * 2048).peak_allocated_gib
 
     assert packed_peak(False) == pytest.approx(11.67, rel=0.03) and packed_peak(True) == pytest.approx(14.36, rel=0.03)
+    # the fused path's sweep on the H200 (flash varlen; RESULTS.md, issue 20, run 6) and run 7's largest micro-batch
+    # (22,732 real tokens of rows of mixed lengths): the plan within 5% of every measured peak
+    fused = get_config("7b", {"model": {"model_name": "llama-3.1-8b"}, "lora": {"r": 16},
+                              "training": {"packing": True, "fuse_reference": True}})
+    for tokens, measured in ((8192, 8.64), (16384, 10.58), (24576, 12.52), (32768, 14.46), (22_732, 12.16)):
+        assert estimate(fused, backend="unsloth", tokens=tokens).peak_allocated_gib == pytest.approx(measured, rel=0.05)
     assert main(["plan", "--model-size", "7b", "--packing", "--budget-gib", "20"]) == 0
     out = capsys.readouterr().out
     assert "packed (training.packing): a micro-batch may hold up to" in out and "real tokens in 20 GiB" in out

@@ -4,6 +4,7 @@
     kto plan --model-size 13b --batch-size 4 --max-seq-length 4096
     kto plan --model-name ./my-model/config.json --budget-gib 16
     kto plan --model-size 7b --packing                # packed micro-batches: how many real tokens fit
+    kto plan --model-size 7b --packing --fuse-reference
 
 Exit status 0 when the run fits the budget, 1 when it does not, 2 on bad input.
 """
@@ -35,6 +36,8 @@ def add_parser(sub) -> None:
                    help="unsloth (default where installed) or transformers (plain PEFT + bitsandbytes)")
     p.add_argument("--packing", action="store_true",
                    help="plan packed (padding-free) micro-batches (training.packing): prints the tokens one may hold")
+    p.add_argument("--fuse-reference", action="store_true",
+                   help="with --packing: plan the fused reference forward (training.fuse_reference), the peak then")
     p.add_argument("--budget-gib", type=float, default=DEFAULT_BUDGET_GIB,
                    help=f"GPU memory to fit in (default {DEFAULT_BUDGET_GIB:g}: an RTX 3090)")
     p.set_defaults(func=run)
@@ -49,7 +52,8 @@ def run(args) -> int:
             "lora": {"r": args.lora_r, "target_modules": args.lora_target_modules},
             "training": {"per_device_train_batch_size": args.batch_size,
                          "gradient_accumulation_steps": args.gradient_accumulation,
-                         "packing": True if args.packing else None},
+                         "packing": True if args.packing else None,
+                         "fuse_reference": True if args.fuse_reference else None},
         })
         print(plan_report(config, args.budget_gib, args.backend))
         arch = arch_for(config.model.model_name)

@@ -36,6 +36,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "memory_budget_gib": ("training", "memory_budget_gib"),  # not in the seed: the planner's micro-batch
     "num_processes": ("training", "num_processes"),  # not in the seed: data-parallel GPUs
     "launcher": ("training", "launcher"),  # not in the seed: local, torchrun or a Ray cluster
+    "packing": ("training", "packing"),  # not in the seed: padding-free passes
+    "fuse_reference": ("training", "fuse_reference"),  # not in the seed: one reference forward per step
     "wandb": ("training", "wandb"),
     "wandb_project": ("training", "wandb_project"),
     "wandb_run_name": ("training", "wandb_run_name"),

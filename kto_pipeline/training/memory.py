@@ -13,8 +13,8 @@ checked against every preset's architecture (benchmarks/plan_check.py: within -0
 - transformers: PEFT's checkpointing keeps every layer's input on the GPU (layers * hidden * 2 bytes per token)
   plus a larger working set: 35 * (hidden + intermediate) bytes per token (fitted on one point only).
 The worst micro-batch is planned: every row at max_seq_length; with packing (training.packing) activations follow
-the micro-batch's real tokens instead, so given the rows' token counts the worst micro-batch is its longest rows
-(`packed_tokens`), and plain transformers' SDPA adds its [tokens, tokens] block-diagonal boolean mask. MoE layers count the experts a token visits, times
+the micro-batch's real tokens instead, so given the rows' token counts (and the order training walks them in) the
+worst micro-batch is the largest one training will see (`packed_tokens`), and plain transformers' SDPA adds its [tokens, tokens] block-diagonal boolean mask. MoE layers count the experts a token visits, times
 MOE_PER_TOKEN (fitted on one gpt-oss-20b point, checked on two others); targeting their MLP puts a LoRA adapter on
 every expert.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kto_pipeline.config import ALL_LINEAR, ATTENTION, Config
 
@@ -61,12 +61,15 @@ ALIASES = [("qwen2.5-3b", "qwen2.5-3b"), ("mistral-7b", "mistral-7b"), ("llama-3
 # Fitted on the H100 measurements (see the module docstring)
 PER_TOKEN = {"unsloth": 13.65, "transformers": 35.0}
 MOE_PER_TOKEN = 1.52  # MoE tokens also keep router logits and expert gather/scatter buffers (fitted on gpt-oss-20b)
-# Packed passes under Unsloth, as shares of the padded per-token bytes (H200, Llama-3.1-8B shape, 16 rows x 2048
-# packed; benchmarks/RESULTS.md, issue 20): the gradient pass holds 0.73 of a padded token's bytes per real token,
-# and the fused reference forward (rows + KL rows, 2x the tokens, no grad) 0.54 per token it scores. Plain
-# transformers was not measured packed: it keeps the padded figure (plus SDPA's mask, below).
-PACKED_GRAD_SHARE = {"unsloth": 0.73, "transformers": 1.0}
-PACKED_FUSED_REF_SHARE = {"unsloth": 0.54, "transformers": 1.0}
+# Packed passes under Unsloth (H200, Llama-3.1-8B shape; benchmarks/RESULTS.md, issue 20), as shares of the padded
+# per-token bytes plus a fixed part. The fused reference forward (rows + KL rows: 2x the tokens, no grad) sets the
+# peak: 0.505 of a padded token's bytes per token it scores, + 0.65 GiB, fitted on a sweep of 8k to 33k packed
+# tokens (flash varlen attention; 16x512 and 16x2048 fit, four more points and a training run's own micro-batches
+# within 1%). The gradient pass alone (packing without fuse_reference): 0.65 per real token, one point (16x2048,
+# per-row attention). Plain transformers was not measured packed: it keeps the padded figure (plus SDPA's mask).
+PACKED_GRAD_SHARE = {"unsloth": 0.65, "transformers": 1.0}
+PACKED_FUSED_REF_SHARE = {"unsloth": 0.505, "transformers": 1.0}
+PACKED_FIXED_GIB = {"unsloth": 0.65, "transformers": 0.0}
 RESERVED_FACTOR = 1.05  # PyTorch's caching allocator holds a little more than it hands out
 FIXED_GIB = 0.35        # RoPE caches, cuBLAS handles, Unsloth's buffers (fitted with PER_TOKEN)
 
@@ -212,10 +215,16 @@ def backend_for(config: Config) -> str:
     return "unsloth"
 
 
-def packed_tokens(row_tokens: list[int], micro_batch: int, max_seq_length: int) -> int:
-    """Tokens of the worst packed micro-batch: its `micro_batch` longest rows (each at most max_seq_length), whatever
-    the order the rows come in."""
-    return sum(sorted((min(t, max_seq_length) for t in row_tokens), reverse=True)[:micro_batch])
+def packed_tokens(row_tokens: list[int], micro_batch: int, max_seq_length: int,
+                  order: list[int] | None = None) -> int:
+    """Tokens of the worst packed micro-batch (each row at most max_seq_length). With `order`, the row order
+    training will walk (TRL's KTO samples sequentially), the largest run of `micro_batch` consecutive rows in it;
+    without, its `micro_batch` longest rows: a bound for any order."""
+    tokens = [min(t, max_seq_length) for t in row_tokens]
+    if order is None:
+        return sum(sorted(tokens, reverse=True)[:micro_batch])
+    return max((sum(tokens[i] for i in order[s:s + micro_batch]) for s in range(0, len(order), micro_batch)),
+               default=0)
 
 
 def estimate(config: Config, arch: Arch | None = None, backend: str | None = None,
@@ -245,7 +254,7 @@ def estimate(config: Config, arch: Arch | None = None, backend: str | None = Non
         share = PACKED_GRAD_SHARE[backend]
         if config.training.fuse_reference:
             share = max(share, 2 * PACKED_FUSED_REF_SHARE[backend])
-        activations *= share
+        activations = activations * share + PACKED_FIXED_GIB[backend] * GiB
         if backend == "transformers":  # SDPA's block-diagonal mask: one bool per (query, key) pair
             activations += (2 * n if config.training.fuse_reference else n) ** 2
     return Estimate(arch, backend, b, t, weights_gib=(block_bytes + emb_bytes) / GiB, lora_gib=lora / GiB,
@@ -253,19 +262,22 @@ def estimate(config: Config, arch: Arch | None = None, backend: str | None = Non
 
 
 def pick_micro_batch(config: Config, budget_gib: float, arch: Arch | None = None,
-                     row_tokens: list[int] | None = None) -> tuple[int, int]:
+                     row_tokens: list[int] | None = None,
+                     order: Callable[[int], list[int]] | None = None) -> tuple[int, int]:
     """Largest micro-batch (a divisor of the effective batch, at least 2 for KTO's KL term) whose planned peak
     fits the budget, and the accumulation that keeps the effective batch; unchanged if none fits.
 
-    row_tokens: the training rows' token counts; with packing the micro-batch is planned by its longest rows'
-    real tokens instead of micro-batch x max_seq_length."""
+    row_tokens: the training rows' token counts; with packing the micro-batch is planned by its real tokens instead
+    of micro-batch x max_seq_length: by the worst micro-batch of `order(b)` (the row order training will use at
+    micro-batch b) when given, else by the longest rows."""
     t = config.training
     effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
     arch = arch or arch_for(config.model.model_name)
     packed = t.packing and row_tokens
 
     def tokens(b: int) -> int | None:
-        return packed_tokens(row_tokens, b, config.model.max_seq_length) if packed else None
+        return (packed_tokens(row_tokens, b, config.model.max_seq_length, order(b) if order else None)
+                if packed else None)
 
     fitting = [b for b in range(2, effective + 1)  # the accumulation must still split among the processes
                if effective % b == 0 and (effective // b) % t.num_processes == 0
@@ -275,13 +287,14 @@ def pick_micro_batch(config: Config, budget_gib: float, arch: Arch | None = None
     return max(fitting), effective // max(fitting)
 
 
-def with_budget(config: Config, row_tokens: list[int] | None = None) -> Config:
+def with_budget(config: Config, row_tokens: list[int] | None = None,
+                order: Callable[[int], list[int]] | None = None) -> Config:
     """config with the micro-batch chosen by the planner when training.memory_budget_gib is set (by the rows' real
-    tokens when packing and row_tokens are given)."""
+    tokens when packing and row_tokens are given; `order` as in pick_micro_batch)."""
     budget = config.training.memory_budget_gib
     if not budget:
         return config
-    micro, accum = pick_micro_batch(config, budget, row_tokens=row_tokens)
+    micro, accum = pick_micro_batch(config, budget, row_tokens=row_tokens, order=order)
     training = replace(config.training, per_device_train_batch_size=micro, gradient_accumulation_steps=accum)
     return replace(config, training=training)
 
@@ -339,7 +352,7 @@ def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend:
                      f"{tokens_that_fit(config, budget_gib, arch, backend):,} real tokens in {budget_gib:g} GiB; "
                      + ("planned from the training rows' lengths" if packed else
                         "planned here at its worst (every row at max_seq_length); with memory_budget_gib, training "
-                        "picks the micro-batch from the data's longest rows"))
+                        "picks the micro-batch by the largest one it will train on"))
     micro, accum = pick_micro_batch(config, budget_gib, arch, row_tokens=row_tokens)
     if micro != t.per_device_train_batch_size:
         lines.append(f"  largest micro-batch that fits {budget_gib:g} GiB at the same effective batch "

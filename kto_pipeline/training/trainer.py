@@ -250,15 +250,20 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
         raise ValueError(f"{dataset_dir / 'train.parquet'}: no training rows"
                          + (f" left: all {long_rows['splits']['train']['rows']} are longer than max_seq_length="
                             f"{max_length}" if long_rows["splits"]["train"]["rows"] else ""))
-    # Packed micro-batches are planned by their rows' real tokens (as TRL will tokenize them), not rows x max length
-    row_tokens = (training_row_tokens(train_ds, loaded.tokenizer)
-                  if config.training.packing and config.training.memory_budget_gib else None)
-    config = per_process(with_budget(config, row_tokens), world_size())
+    t = config.training
+    lengths, seed = (row_lengths(train_ds, loaded.tokenizer) if t.group_by_length else None), t.seed
+
+    def order(batch: int) -> list[int]:  # the row order training walks at this micro-batch
+        if lengths is None or len(lengths) <= batch:
+            return list(range(len(train_ds)))
+        return length_grouped_order(lengths, batch, seed)
+
+    # Packed micro-batches are planned by their real tokens (as TRL will tokenize them), not rows x max length
+    row_tokens = training_row_tokens(train_ds, loaded.tokenizer) if t.packing and t.memory_budget_gib else None
+    config = per_process(with_budget(config, row_tokens, order), world_size())
     weights = kto_weights(config, train_ds["label"])
     t = config.training
-    if t.group_by_length and len(train_ds) > t.per_device_train_batch_size:
-        lengths = row_lengths(train_ds, loaded.tokenizer)
-        train_ds = train_ds.select(length_grouped_order(lengths, t.per_device_train_batch_size, t.seed))
+    train_ds = train_ds.select(order(t.per_device_train_batch_size))
     args = kto_args(config, output_dir, weights, has_eval=len(eval_ds) > 0,
                     precompute=wants_precompute(config, len(train_ds)))
     trainer_cls = packed_trainer_class(KTOTrainer)
