@@ -166,3 +166,22 @@ def test_no_library_attribute_is_assigned_outside_the_patches_module():
                 if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in aliases:
                     offenders.append(f"{path.name}:{node.lineno} {t.value.id}.{t.attr}")
     assert not offenders, offenders
+
+
+def test_unsloth_flash_varlen_relies_on_torch_varlen_as_called():
+    """patches.unsloth_flash_varlen: under torch.compile its stand-in calls torch's public varlen_attn with the
+    arguments Unsloth passes (cu_seqlens for queries and keys, max lengths, scale, window_size). The kernel-level
+    check (one flash call per layer, the per-row result) is test_gpu.py's; here, on any machine, the signature it
+    relies on, and that without Unsloth (or CUDA) the patch changes nothing."""
+    import importlib.util
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    from kto_pipeline.patches import unsloth_flash_varlen
+
+    params = list(inspect.signature(varlen_attn).parameters)
+    assert params[:7] == ["query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k"]
+    assert {"scale", "window_size"} <= set(params)
+    if importlib.util.find_spec("unsloth") is None:
+        assert unsloth_flash_varlen() is False and unsloth_flash_varlen(False) is False
