@@ -36,7 +36,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from kto_pipeline_tests.postgres import InstanceHomes  # noqa: E402 - the throwaway PostgreSQL cluster
+from kto_pipeline_tests.procs import free_ports  # noqa: E402
 FILES = [f"part{i}.json" for i in range(5)]
 
 
@@ -159,17 +159,11 @@ LOCATION_STATUS = """{ workspaceOrError { ... on Workspace { locationEntries {
   name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Webserver:
     """`dagster-webserver -m kto_pipeline.definitions` on the instance, until stop()."""
 
     def __init__(self, cwd: Path, env: dict[str, str]):
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.log = cwd / "webserver.log"
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-m", LOCATION,

@@ -39,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from kto_pipeline_tests.procs import parents  # noqa: E402
 UPSTREAM = {"kto_dataset": "raw_preferences", "lora_adapter": "raw_preferences,kto_dataset",
             "merged_model": "raw_preferences,kto_dataset,lora_adapter",
             "gguf_quantizations": "raw_preferences,kto_dataset,lora_adapter,merged_model",
@@ -48,14 +49,10 @@ TOKEN = "hf_faults_token_0123456789"
 
 # ------------------------------------------------------------------------------------------- processes
 def children() -> dict[int, list[int]]:
+    """parent pid -> its children's pids, now."""
     out: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            out.setdefault(ppid, []).append(int(d.name))
+    for pid, ppid in parents().items():
+        out.setdefault(ppid, []).append(pid)
     return out
 
 

@@ -210,11 +210,12 @@ def batch_stats(trainer, a: dict[str, int]) -> dict[str, float]:
              max_batch_tokens=0, max_batch_tokens_with_kl=0)  # max_*: the largest micro-batch, for the planner
     for batch in trainer.get_train_dataloader():
         am, cm = batch["attention_mask"], batch["completion_mask"]
+        tokens = int(am.sum())
         s["batches"] += 1
-        s["max_batch_tokens"] = max(s["max_batch_tokens"], int(am.sum()))
+        s["max_batch_tokens"] = max(s["max_batch_tokens"], tokens)
         s["max_batch_tokens_with_kl"] = max(s["max_batch_tokens_with_kl"],
-                                            int(am.sum()) + int(batch.get("KL_attention_mask", am[:0]).sum()))
-        s["tokens"] += int(am.sum())
+                                            tokens + int(batch.get("KL_attention_mask", am[:0]).sum()))
+        s["tokens"] += tokens
         s["padded"] += am.numel()
         s["completion_tokens"] += int(cm.sum())
         for n, c in zip(am.sum(1).tolist(), cm.sum(1).tolist()):

@@ -1,4 +1,4 @@
-"""Every patch of a private TRL / transformers / llama-cpp-python API, in one place.
+"""Every patch of a private TRL / transformers / Unsloth / llama-cpp-python API, in one place.
 
 Each function below replaces one private attribute, says which and why, and is covered by
 kto_pipeline_tests/test_patches.py, which fails when an upgrade removes the attribute or changes what the
@@ -116,8 +116,9 @@ def drop_bnb_weight_conversions(model: Any) -> None:
     save_pretrained reverses. After `model.dequantize()` the bitsandbytes one cannot be reversed
     (NotImplementedError) and need not be: the weights are plain. Drop it, keep the others (renamings have no
     operations: they stay)."""
-    model._weight_conversions = [c for c in getattr(model, "_weight_conversions", None) or []
-                                 if not any("bitsandbytes" in type(op).__module__ for op in getattr(c, "operations", ()))]
+    model._weight_conversions = [
+        c for c in getattr(model, "_weight_conversions", None) or []
+        if not any("bitsandbytes" in type(op).__module__ for op in getattr(c, "operations", ()))]
 
 
 _UNSLOTH_VARLEN: dict[str, dict[str, Any]] = {}  # "original" and "patched" values of the three names

@@ -44,6 +44,16 @@ def cache(tmp_path_factory, tiny_model_dir) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def kto_data(tmp_path_factory) -> Path:
+    """The sample feedback through the real data layer: train.parquet + eval.parquet (one per test module)."""
+    from kto_pipeline.data.dataset import build_kto_dataset
+
+    out = tmp_path_factory.mktemp("kto_dataset")
+    build_kto_dataset(sorted(RAW_SAMPLES.glob("*.jsonl")), out, eval_fraction=0.2)
+    return out
+
+
 @dataclass
 class Project:
     """A Dagster home + artifact root in a temp folder, as `kto` would create them."""

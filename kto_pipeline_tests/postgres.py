@@ -16,12 +16,13 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from kto_pipeline_tests.procs import free_ports
 
 SUPERUSER = "kto"
 # What the instance config for PostgreSQL (kto_pipeline/dagster_postgres.yaml) reads from the environment.
@@ -37,12 +38,6 @@ def find_bin_dir() -> Path | None:
         return found[-1]
     on_path = shutil.which("pg_ctl")
     return Path(on_path).parent if on_path and shutil.which("initdb") else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server_user() -> str | None:
@@ -84,7 +79,7 @@ class Cluster:
         if user:
             pw = pwd.getpwnam(user)
             os.chown(root, pw.pw_uid, pw.pw_gid)
-        cluster = cls(bin_dir, root, _free_port(), user)
+        cluster = cls(bin_dir, root, free_ports(1)[0], user)
         try:
             # fsync off: a throwaway cluster; it changes durability after a crash, not locking or isolation
             pwfile = root / "pwfile"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
@@ -19,26 +18,15 @@ pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None,
     reason="needs a CUDA GPU and unsloth (pip install -e '.[gpu]')")
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from kto_pipeline.data.dataset import build_kto_dataset
-
-    out = tmp_path_factory.mktemp("data")
-    build_kto_dataset(sorted((REPO / "data" / "raw").glob("*.jsonl")), out, eval_fraction=0.2)
-    return out
-
-
-def test_unsloth_evaluates_the_released_adapter_beside_the_new_one(data, tmp_path):
+def test_unsloth_evaluates_the_released_adapter_beside_the_new_one(kto_data, tmp_path):
     """The champion comparison on Unsloth's PEFT model: a second adapter loaded, evaluated, removed."""
     from kto_pipeline.training.run import train
 
-    released = train(get_config("tiny"), data, tmp_path / "released", tmp_path / "cache", log=lambda s: None)
+    released = train(get_config("tiny"), kto_data, tmp_path / "released", tmp_path / "cache", log=lambda s: None)
     assert released["backend"] == "unsloth" and math.isfinite(released["eval_loss"])
     untrained = get_config("tiny", {"training": {"learning_rate": 1e-9}})
-    new = train(untrained, data, tmp_path / "new", tmp_path / "cache", log=lambda s: None,
+    new = train(untrained, kto_data, tmp_path / "new", tmp_path / "cache", log=lambda s: None,
                 champion=tmp_path / "released")
     assert new["champion"]["eval_loss"] == pytest.approx(released["eval_loss"], rel=1e-2)
     assert new["eval_loss"] > new["champion"]["eval_loss"]  # the untrained adapter is the worse one

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,20 +18,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from kto_pipeline_tests.conftest import run_ok
+from kto_pipeline_tests.procs import descendants, free_ports
 
 pytestmark = pytest.mark.slow  # a Ray cluster, Dagster runs and training
 
 RAY = str(Path(sys.executable).with_name("ray"))  # the ray of this interpreter's environment
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def node_args(resources: dict) -> list[str]:
@@ -44,22 +34,6 @@ def node_args(resources: dict) -> list[str]:
             "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
             "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
             "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager), "--block"]
-
-
-def descendants(pids: set[int]) -> set[int]:
-    """pids and every process below them (from /proc: ppid links)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, frontier = set(pids), set(pids)
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - found
-        found |= frontier
-    return {p for p in found if p in parents}
 
 
 def cluster_processes(temp_dir: Path) -> list[str]:

@@ -1,23 +1,11 @@
 """Packed (padding-free) KTO passes and the fused reference forward give the padded path's numbers (tiny model, CPU,
 fp32): per-row log-probs, the loss and the first step's gradient norm."""
 
-from pathlib import Path
-
 import pytest
 
 from kto_pipeline.config import get_config
 
-REPO = Path(__file__).resolve().parent.parent
 REL = 1e-3  # the issue's bar; fp32 on the CPU lands orders of magnitude inside it
-
-
-@pytest.fixture(scope="module")
-def kto_data(tmp_path_factory) -> Path:
-    from kto_pipeline.data.dataset import build_kto_dataset
-
-    out = tmp_path_factory.mktemp("kto_dataset")
-    build_kto_dataset(sorted((REPO / "data" / "raw").glob("*.jsonl")), out, eval_fraction=0.2)
-    return out
 
 
 def tiny(**training):
@@ -72,8 +60,6 @@ def row_logps(trainer, batch, prefix=""):
 @pytest.mark.parametrize("prefix", ["", "KL_"])
 def test_packed_rows_score_as_padded(trainer, batch, prefix, attention):
     """Both attention backends of plain transformers get the block-diagonal mask from the restarting positions."""
-    import torch
-
     base = trainer.model.get_base_model()
     before = base.config._attn_implementation
     base.set_attn_implementation(attention)

@@ -24,16 +24,6 @@ train(Config.from_dict(json.loads(sys.argv[1])), *map(Path, sys.argv[2:5]))
 """
 
 
-@pytest.fixture(scope="module")
-def kto_data(tmp_path_factory) -> Path:
-    """The sample feedback through the real data layer: train.parquet + eval.parquet."""
-    from kto_pipeline.data.dataset import build_kto_dataset
-
-    out = tmp_path_factory.mktemp("kto_dataset")
-    build_kto_dataset(sorted((REPO / "data" / "raw").glob("*.jsonl")), out, eval_fraction=0.2)
-    return out
-
-
 
 def tiny(**training) -> Config:
     return get_config("tiny", {"training": training})

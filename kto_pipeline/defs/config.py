@@ -13,14 +13,14 @@ from typing import Any, Optional
 import dagster as dg
 import pydantic
 
-from kto_pipeline.config import SECTIONS, Config, get_config
+from kto_pipeline.config import SECTIONS, Config, _choice, get_config
 from kto_pipeline.data.dataset import DEFAULT_MAX_CHARS
 
 
 def _one_of(name: str, allowed: tuple[str, ...]) -> Any:
     def check(cls: type, value: Optional[str]) -> Optional[str]:
-        if value is not None and value not in allowed:
-            raise ValueError(f"{name} must be one of {list(allowed)}, not {value!r}")
+        if value is not None:
+            _choice(name, value, allowed)
         return value
 
     return pydantic.field_validator(name)(classmethod(check))

@@ -101,9 +101,9 @@ class RayCluster(dg.ConfigurableResource):
         cluster = {"gpus_per_worker": self.gpus_per_worker, "cpus_per_worker": self.cpus_per_worker,
                    "worker_resources": dict(self.worker_resources), "storage_path": self.storage_path,
                    "max_failures": self.max_failures}
-        submit = {"entrypoint": shlex.join(entrypoint)}
+        extras, submit = {**extras, "ray": cluster}, {"entrypoint": shlex.join(entrypoint)}
         if self.rayjob_manifest:
-            return self._run_rayjob(context, {**extras, "ray": cluster}, submit)
+            return self._run_rayjob(context, extras, submit)
         address = self.address or os.environ.get("RAY_ADDRESS")
         if not address:
             raise ValueError("ray_cluster.address is empty and RAY_ADDRESS is not set: training.launcher='ray' needs "
@@ -113,7 +113,7 @@ class RayCluster(dg.ConfigurableResource):
         except ImportError:
             raise RuntimeError(RAY_EXTRA) from None
         client = PipesRayJobClient(address=address, poll_interval=self.poll_interval_s)
-        return client.run(context=context, extras={**extras, "ray": cluster}, submit_job_params=submit)
+        return client.run(context=context, extras=extras, submit_job_params=submit)
 
     def _run_rayjob(self, context: dg.AssetExecutionContext, extras: dict[str, Any], submit: dict[str, Any]) -> Any:
         """The KubeRay path (not exercised by the test suite: it needs a Kubernetes cluster with KubeRay)."""

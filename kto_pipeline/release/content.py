@@ -64,7 +64,8 @@ def default_tag(vid: str) -> str:
 
 
 def repo_id_problem(repo_id: str) -> str:
-    """Why repo_id is not a valid Hub repo id ('name' or 'namespace/name'), by the Hub client's own rules; '' if it is."""
+    """Why repo_id is not a valid Hub repo id ('name' or 'namespace/name'), by the Hub client's own rules; '' if
+    it is."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 

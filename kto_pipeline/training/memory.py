@@ -14,9 +14,9 @@ checked against every preset's architecture (benchmarks/plan_check.py: within -0
   plus a larger working set: 35 * (hidden + intermediate) bytes per token (fitted on one point only).
 The worst micro-batch is planned: every row at max_seq_length; with packing (training.packing) activations follow
 the micro-batch's real tokens instead, so given the rows' token counts (and the order training walks them in) the
-worst micro-batch is the largest one training will see (`packed_tokens`), and plain transformers' SDPA adds its [tokens, tokens] block-diagonal boolean mask. MoE layers count the experts a token visits, times
-MOE_PER_TOKEN (fitted on one gpt-oss-20b point, checked on two others); targeting their MLP puts a LoRA adapter on
-every expert.
+worst micro-batch is the largest one training will see (`packed_tokens`), and plain transformers' SDPA adds its
+[tokens, tokens] block-diagonal boolean mask. MoE layers count the experts a token visits, times MOE_PER_TOKEN
+(fitted on one gpt-oss-20b point, checked on two others); targeting their MLP puts a LoRA adapter on every expert.
 
 Hub ids cannot be looked up here (no network is assumed), so the configs of the presets' architectures ship in
 KNOWN; a local model folder or config.json path works for anything else.
@@ -311,14 +311,10 @@ def tokens_that_fit(config: Config, budget_gib: float, arch: Arch, backend: str 
     return lo
 
 
-def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend: str | None = None,
-                row_tokens: list[int] | None = None) -> str:
+def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend: str | None = None) -> str:
+    """The plan from the config alone (no data): every row at max_seq_length, packed or not."""
     arch = arch_for(config.model.model_name)
-    packed = config.training.packing and row_tokens
-    e = estimate(config, arch, backend, tokens=packed_tokens(row_tokens, config.training.per_device_train_batch_size,
-                                                             config.model.max_seq_length) if packed else None)
-    rows_text = (f"{e.tokens} packed tokens (its {e.micro_batch} longest rows)" if packed
-                 else f"{e.seq} tokens (every row at max_seq_length)")
+    e = estimate(config, arch, backend)
     t = config.training
     targets = ("all linear layers" if set(config.lora.target_modules) >= set(ALL_LINEAR)
                else "/".join(config.lora.target_modules))
@@ -327,7 +323,8 @@ def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend:
         f"{arch.layers} layers, hidden {arch.hidden}, vocab {arch.vocab}"
         + (f", {arch.experts} experts / {arch.experts_per_token} per token" if arch.experts else "") + ")",
         f"  backend {e.backend}, {'4-bit NF4' if config.model.load_in_4bit else '16-bit'} weights, "
-        f"LoRA r={config.lora.r} on {targets}, micro-batch {e.micro_batch} x {rows_text}, "
+        f"LoRA r={config.lora.r} on {targets}, micro-batch {e.micro_batch} x {e.seq} tokens "
+        f"(every row at max_seq_length), "
         f"gradient checkpointing {'on' if config.lora.gradient_checkpointing else 'off'}",
         f"  weights        {e.weights_gib:6.2f} GiB",
         f"  LoRA + AdamW   {e.lora_gib:6.2f} GiB",
@@ -350,10 +347,9 @@ def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend:
     if t.packing:
         lines.append(f"  packed (training.packing): a micro-batch may hold up to "
                      f"{tokens_that_fit(config, budget_gib, arch, backend):,} real tokens in {budget_gib:g} GiB; "
-                     + ("planned from the training rows' lengths" if packed else
-                        "planned here at its worst (every row at max_seq_length); with memory_budget_gib, training "
-                        "picks the micro-batch by the largest one it will train on"))
-    micro, accum = pick_micro_batch(config, budget_gib, arch, row_tokens=row_tokens)
+                     "planned here at its worst (every row at max_seq_length); with memory_budget_gib, training "
+                     "picks the micro-batch by the largest one it will train on")
+    micro, accum = pick_micro_batch(config, budget_gib, arch)
     if micro != t.per_device_train_batch_size:
         lines.append(f"  largest micro-batch that fits {budget_gib:g} GiB at the same effective batch "
                      f"({t.per_device_train_batch_size * t.gradient_accumulation_steps}): "

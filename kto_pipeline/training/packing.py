@@ -113,15 +113,15 @@ def stack_rows(batch: dict[str, Any], pad_token_id: int) -> tuple[Any, Any, Any]
     import torch.nn.functional as F
 
     width = max(batch["input_ids"].shape[1], batch["KL_input_ids"].shape[1])
-    parts = {"": None, "KL_": None}
 
     def widen(t, value):
         return F.pad(t, (0, width - t.shape[1]), value=value)
 
-    for prefix in parts:
+    def padded(prefix: str):
         ids, am, cm = (batch[f"{prefix}{k}"] for k in ("input_ids", "attention_mask", "completion_mask"))
-        parts[prefix] = (widen(ids, pad_token_id), widen(am, 0), widen(ids.masked_fill(cm == 0, -100), -100))
-    return tuple(torch.cat([parts[""][i], parts["KL_"][i]]) for i in range(3))
+        return widen(ids, pad_token_id), widen(am, 0), widen(ids.masked_fill(cm == 0, -100), -100)
+
+    return tuple(torch.cat(pair) for pair in zip(padded(""), padded("KL_")))
 
 
 def packed_trainer_class(base: type) -> type:

@@ -4,7 +4,8 @@ TRL 1.15's KTOTrainer always scores completions through a fused LM head whose ke
 the CPU build of PyTorch ships no Triton, so on a CPU `trl.trainer.utils._ChunkedLogProbFunction` is None and
 training fails with "'NoneType' object has no attribute 'apply'". This computes the same per-token
 outputs in token chunks (each chunk's logits are recomputed in backward via checkpointing, so memory
-stays at one [chunk, vocab] tile). kto_pipeline.patches.install_torch_chunked_logprob installs it, only where TRL's own kernel could not be imported.
+stays at one [chunk, vocab] tile). kto_pipeline.patches.install_torch_chunked_logprob installs it, only where
+TRL's own kernel could not be imported.
 """
 
 from __future__ import annotations
