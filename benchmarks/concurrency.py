@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from kto_pipeline_tests.postgres import InstanceHomes  # noqa: E402 - the throwaway PostgreSQL cluster
 from kto_pipeline_tests.procs import free_ports  # noqa: E402
+
 FILES = [f"part{i}.json" for i in range(5)]
 
 
@@ -96,8 +97,12 @@ def store_trial(code: str, runs: int) -> dict:
     names = sorted(p.name for p in final.iterdir()) if final.is_dir() else []
     corrupt = int(names != sorted(FILES + [".complete"]))
     shutil.rmtree(root, ignore_errors=True)
-    return {"failed": sum(s != "ok" for s, _, _ in got), "builds": sum(b for _, b, _ in got), "corrupt": corrupt,
-            "errors": [e for s, _, e in got if s != "ok"]}
+    return {
+        "failed": sum(s != "ok" for s, _, _ in got),
+        "builds": sum(b for _, b, _ in got),
+        "corrupt": corrupt,
+        "errors": [e for s, _, e in got if s != "ok"],
+    }
 
 
 def cli_trial(code: str, runs: int, rows: int = 0, homes: InstanceHomes | None = None, cold: bool = False) -> dict:
@@ -110,13 +115,29 @@ def cli_trial(code: str, runs: int, rows: int = 0, homes: InstanceHomes | None =
     shutil.copytree(REPO / "data" / "raw", tmp / "data" / "raw")
     if rows:  # a bigger dataset: a build long enough for the runs to overlap (CLI start-up jitter is ~seconds)
         write_rows(tmp / "data" / "raw" / "synthetic.jsonl", rows)
-    env = dict(os.environ, **storage_env, KTO_ARTIFACT_ROOT=str(artifacts), PYTHONPATH=code,
-               PYTHONDONTWRITEBYTECODE="1")
+    env = dict(
+        os.environ, **storage_env, KTO_ARTIFACT_ROOT=str(artifacts), PYTHONPATH=code, PYTHONDONTWRITEBYTECODE="1"
+    )
 
     def start(select: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "dagster", "asset", "materialize", "-m",
-                                 "kto_pipeline.definitions", "--select", select], cwd=tmp, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "asset",
+                "materialize",
+                "-m",
+                "kto_pipeline.definitions",
+                "--select",
+                select,
+            ],
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     if not cold:  # cold: the N runs are the first the brand-new instance sees (its schema is created by them)
         warm = start("raw_preferences")
@@ -129,26 +150,37 @@ def cli_trial(code: str, runs: int, rows: int = 0, homes: InstanceHomes | None =
     errors = []
     for p, o in zip(procs, outs):
         if p.returncode != 0:
-            causes = [line.strip() for line in o.splitlines()
-                      if "Error: " in line and "DagsterExecutionStepExecutionError" not in line]
+            causes = [
+                line.strip()
+                for line in o.splitlines()
+                if "Error: " in line and "DagsterExecutionStepExecutionError" not in line
+            ]
             errors.append(causes[0][:200] if causes else "exit != 0")
     root = artifacts / "kto_dataset"
-    folders = [p for p in root.iterdir() if not p.name.startswith(".")
-               and not p.name.endswith((".partial", ".lock"))] if root.is_dir() else []
+    folders = (
+        [p for p in root.iterdir() if not p.name.startswith(".") and not p.name.endswith((".partial", ".lock"))]
+        if root.is_dir()
+        else []
+    )
     corrupt = sum(not all((f / n).is_file() for n in (".complete", "report.json", "train.parquet")) for f in folders)
     shutil.rmtree(tmp, ignore_errors=True)
     # builds: runs whose kto_dataset step started and did not reuse a finished folder
-    return {"failed": len(errors), "builds": sum('Started execution of step "kto_dataset"' in o
-                                                 and "already built" not in o for o in outs),
-            "corrupt": corrupt, "errors": errors}
+    return {
+        "failed": len(errors),
+        "builds": sum('Started execution of step "kto_dataset"' in o and "already built" not in o for o in outs),
+        "corrupt": corrupt,
+        "errors": errors,
+    }
 
 
 def write_rows(path: Path, rows: int, tag: str = "") -> None:
     """rows synthetic feedback rows (a third undesirable); tag makes the content, hence the version, a trial's own."""
     with open(path, "w") as f:
         for i in range(rows):
-            f.write(json.dumps({"prompt": f"question {tag}{i}", "completion": f"answer {i} " * 20,
-                                "label": i % 3 != 0}) + "\n")
+            f.write(
+                json.dumps({"prompt": f"question {tag}{i}", "completion": f"answer {i} " * 20, "label": i % 3 != 0})
+                + "\n"
+            )
 
 
 # ---- data: CLI + GraphQL runs of one new data version at once, on SQLite or PostgreSQL ---------------------------
@@ -166,9 +198,13 @@ class Webserver:
         self.port = free_ports(1)[0]
         self.log = cwd / "webserver.log"
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-m", LOCATION,
-                                          "-h", "127.0.0.1", "-p", str(self.port)],
-                                         cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dagster_webserver", "-m", LOCATION, "-h", "127.0.0.1", "-p", str(self.port)],
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             self._wait_loaded()
         except BaseException:
@@ -202,8 +238,9 @@ class Webserver:
         from dagster_graphql import DagsterGraphQLClient
 
         client = DagsterGraphQLClient("127.0.0.1", port_number=self.port, timeout=300)
-        return client.submit_job_execution("__ASSET_JOB", repository_location_name=LOCATION,
-                                           run_config=run_config, asset_selection=DATA_STEP)
+        return client.submit_job_execution(
+            "__ASSET_JOB", repository_location_name=LOCATION, run_config=run_config, asset_selection=DATA_STEP
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -221,8 +258,13 @@ class DataSession:
         self.tmp = Path(tempfile.mkdtemp(prefix="data_race_"))
         self.artifacts = self.tmp / "artifacts"
         self.storage_env = homes.new(self.tmp / "home")  # DAGSTER_HOME and what its dagster.yaml reads
-        self.env = dict(os.environ, **self.storage_env, KTO_ARTIFACT_ROOT=str(self.artifacts),
-                        PYTHONPATH=code, PYTHONDONTWRITEBYTECODE="1")
+        self.env = dict(
+            os.environ,
+            **self.storage_env,
+            KTO_ARTIFACT_ROOT=str(self.artifacts),
+            PYTHONPATH=code,
+            PYTHONDONTWRITEBYTECODE="1",
+        )
         self.webserver = None
         # Warm the instance first (its schema created by one run): N first runs at once on a brand-new SQLite
         # instance is the `cli --cold` scenario.
@@ -241,10 +283,26 @@ class DataSession:
         return {"ops": {"raw_preferences": {"config": {"raw_dir": str(raw)}}}}
 
     def materialize(self, config: dict, select: list[str]) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "dagster", "asset", "materialize", "-m", LOCATION,
-                                 "--select", ",".join(select), "--config-json", json.dumps(config)],
-                                cwd=self.tmp, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "asset",
+                "materialize",
+                "-m",
+                LOCATION,
+                "--select",
+                ",".join(select),
+                "--config-json",
+                json.dumps(config),
+            ],
+            cwd=self.tmp,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     @contextmanager
     def instance(self):
@@ -294,9 +352,9 @@ def data_trial(session: DataSession, trial: int, n_cli: int, n_graphql: int, row
             except Exception as e:  # noqa: BLE001 - a refused launch is a failed run, counted with its cause
                 errors.append(f"launch: {type(e).__name__}: {str(e)[:150]}")
     with session.instance() as instance:
-        runs = instance.get_runs(dg.RunsFilter(created_after=datetime.fromtimestamp(started - 1, timezone.utc)))
+        runs = instance.get_runs(dg.RunsFilter(created_after=datetime.fromtimestamp(started - 1, UTC)))
         unfinished = wait_done(instance, graphql_ids + [r.run_id for r in runs])
-        runs = instance.get_runs(dg.RunsFilter(created_after=datetime.fromtimestamp(started - 1, timezone.utc)))
+        runs = instance.get_runs(dg.RunsFilter(created_after=datetime.fromtimestamp(started - 1, UTC)))
         # A run failed when its status is not SUCCESS; one that never reached the instance (a CLI process that
         # died before creating its run, a refused launch) is missing. A launch whose request timed out but whose
         # run was created and succeeded is a launch error, not a failed run.
@@ -309,24 +367,42 @@ def data_trial(session: DataSession, trial: int, n_cli: int, n_graphql: int, row
     raw_folder = next(iter(new["raw_preferences"])) if len(new["raw_preferences"]) == 1 else None
     problem = dataset_problem(dataset, raw) if dataset else f"{len(new['kto_dataset'])} new kto_dataset folders"
     report = json.loads((dataset / "report.json").read_text()) if dataset and not problem else {}
-    mislabelled = sum(f["dataset_path"] is not None and (
-        f["dataset_path"] != str(dataset) or f["data_version"] != report.get("data_version")
-        or f["raw_path"] != str(raw_folder)) for f in facts)
+    mislabelled = sum(
+        f["dataset_path"] is not None
+        and (
+            f["dataset_path"] != str(dataset)
+            or f["data_version"] != report.get("data_version")
+            or f["raw_path"] != str(raw_folder)
+        )
+        for f in facts
+    )
     built = [f for f in facts if f["dataset_started"] is not None and not f["reused"]]
     build_end = max((f["dataset_ended"] or 0 for f in built), default=0)
-    overlapped = sum(f["dataset_started"] is not None and f["dataset_started"] < build_end for f in facts
-                     if f not in built)
+    overlapped = sum(
+        f["dataset_started"] is not None and f["dataset_started"] < build_end for f in facts if f not in built
+    )
     missing = max(n_cli + n_graphql - len(runs), 0)
-    return {"runs": n_cli + n_graphql, "instance_runs": len(runs), "unfinished": unfinished,
-            "failed": len(bad) + missing, "launch_errors": sum(e.startswith("launch:") for e in errors),
-            "builds": len(built),
-            "corrupt": int(bool(problem)), "mislabelled": mislabelled, "overlapped": overlapped,
-            "wall_s": round(wall, 1), "errors": errors + ([problem] if problem else [])}
+    return {
+        "runs": n_cli + n_graphql,
+        "instance_runs": len(runs),
+        "unfinished": unfinished,
+        "failed": len(bad) + missing,
+        "launch_errors": sum(e.startswith("launch:") for e in errors),
+        "builds": len(built),
+        "corrupt": int(bool(problem)),
+        "mislabelled": mislabelled,
+        "overlapped": overlapped,
+        "wall_s": round(wall, 1),
+        "errors": errors + ([problem] if problem else []),
+    }
 
 
 def cli_error(out: str) -> str:
-    causes = [line.strip() for line in out.splitlines()
-              if "Error: " in line and "DagsterExecutionStepExecutionError" not in line]
+    causes = [
+        line.strip()
+        for line in out.splitlines()
+        if "Error: " in line and "DagsterExecutionStepExecutionError" not in line
+    ]
     return causes[0][:200] if causes else "cli exit != 0: " + out.strip().splitlines()[-1][:150] if out.strip() else ""
 
 
@@ -356,8 +432,14 @@ def first_error(instance, run_id: str) -> str:
 def run_facts(instance, run_id: str) -> dict:
     """What one run recorded: the paths and versions of its materializations, when its kto_dataset step ran, and
     whether it reused the version ("already built") instead of building it."""
-    facts = {"dataset_path": None, "data_version": None, "raw_path": None, "dataset_started": None,
-             "dataset_ended": None, "reused": False}
+    facts = {
+        "dataset_path": None,
+        "data_version": None,
+        "raw_path": None,
+        "dataset_started": None,
+        "dataset_ended": None,
+        "reused": False,
+    }
     for entry in instance.all_logs(run_id):
         ev = entry.dagster_event
         if entry.step_key == "kto_dataset" and "already built" in (entry.user_message or ""):
@@ -415,11 +497,19 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--rows", type=int, default=0, help="cli, data: add a synthetic raw file of this many rows")
     p.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite", help="cli, data: instance storage")
-    p.add_argument("--launch", choices=["cli", "graphql", "cli+graphql"], default="cli+graphql",
-                   help="data: how the runs start (cli+graphql: half each)")
+    p.add_argument(
+        "--launch",
+        choices=["cli", "graphql", "cli+graphql"],
+        default="cli+graphql",
+        help="data: how the runs start (cli+graphql: half each)",
+    )
     p.add_argument("--cold", action="store_true", help="cli: no warming run, the N runs are the instance's first")
-    p.add_argument("--max-minutes", type=float, default=0,
-                   help="start no new trial after this long (0: no limit); the summary says how many ran")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0,
+        help="start no new trial after this long (0: no limit); the summary says how many ran",
+    )
     args = p.parse_args()
     code = str(Path(args.code).resolve())
     rows, started = [], time.time()
@@ -450,11 +540,15 @@ def main() -> int:
     what = args.scenario + (f" ({args.rows} rows)" if args.rows else "")
     if args.scenario != "store":
         what += f", {args.storage}" + (", cold" if args.cold else "") + (f", {args.launch}" if session else "")
-    line = (f"| {what} | {args.code} | {len(rows)} x {args.runs} | {sum(r['failed'] for r in rows)} of {total} | "
-            f"{sum(r['corrupt'] for r in rows)} | ")
+    line = (
+        f"| {what} | {args.code} | {len(rows)} x {args.runs} | {sum(r['failed'] for r in rows)} of {total} | "
+        f"{sum(r['corrupt'] for r in rows)} | "
+    )
     if args.scenario == "data":
-        line += (f"{sum(r['mislabelled'] for r in rows)} | builds per trial {dict(Counter(r['builds'] for r in rows))} | "
-                 f"{sum(r['overlapped'] for r in rows)} | {sum(r['launch_errors'] for r in rows)} | ")
+        line += (
+            f"{sum(r['mislabelled'] for r in rows)} | builds per trial {dict(Counter(r['builds'] for r in rows))} | "
+            f"{sum(r['overlapped'] for r in rows)} | {sum(r['launch_errors'] for r in rows)} | "
+        )
     else:
         line += f"{extra_builds} | "
     print(line + f"{dict(errors) or '-'} | {time.time() - started:.0f} s |")

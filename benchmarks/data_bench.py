@@ -31,8 +31,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-WORDS = ("the a of to and in is it that for on with as was at by an be this from or have not are "
-         "model answer question python data list value return function error because which when").split()
+WORDS = (
+    "the a of to and in is it that for on with as was at by an be this from or have not are "
+    "model answer question python data list value return function error because which when"
+).split()
 
 
 def generate(path: Path, rows: int, seed: int = 0) -> dict[str, int]:
@@ -42,10 +44,13 @@ def generate(path: Path, rows: int, seed: int = 0) -> dict[str, int]:
     prompts = [" ".join(rng.choices(WORDS, k=rng.randint(6, 18))) + "?" for _ in range(max(1, rows // 3))]
     recent: list[dict] = []
     with open(path, "w", encoding="utf-8") as f:
-        for i in range(rows):
+        for _ in range(rows):
             r = rng.random()
-            row = {"prompt": rng.choice(prompts), "completion": " ".join(rng.choices(WORDS, k=rng.randint(8, 40))),
-                   "label": rng.random() < 0.6}
+            row = {
+                "prompt": rng.choice(prompts),
+                "completion": " ".join(rng.choices(WORDS, k=rng.randint(8, 40))),
+                "label": rng.random() < 0.6,
+            }
             if r < 0.001:
                 kind, line = "malformed", json.dumps(row)[: rng.randint(5, 30)]
             elif r < 0.0015:
@@ -74,6 +79,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> dict[str, int]:
 
 
 # ---- the two contenders (each runs in its own subprocess) ------------------------------------------
+
 
 def run_pipeline(src: Path, work: Path) -> dict:
     from kto_pipeline.data.dataset import build_from_validated
@@ -117,15 +123,21 @@ def run_baseline(src: Path, work: Path) -> dict:
     dup = rows.duplicated(["row_id", "label"], keep="first")
     conflict_rows = rows[conflicted & ~dup]
     valid = rows[~conflicted & ~dup].copy()
-    valid["split"] = ["eval" if int(hashlib.sha256(p.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < 0.1 else "train"
-                      for p in valid["prompt"]]
+    valid["split"] = [
+        "eval" if int(hashlib.sha256(p.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < 0.1 else "train"
+        for p in valid["prompt"]
+    ]
     out = work / "baseline"
     out.mkdir(parents=True, exist_ok=True)
     valid[valid.split == "train"].to_parquet(out / "train.parquet")
     valid[valid.split == "eval"].to_parquet(out / "eval.parquet")
     pd.DataFrame(bad).to_parquet(out / "quarantine.parquet")
-    return {"records_in": len(df), "valid": len(valid), "quarantined": len(bad) + len(conflict_rows),
-            "duplicates_dropped": int(dup.sum())}
+    return {
+        "records_in": len(df),
+        "valid": len(valid),
+        "quarantined": len(bad) + len(conflict_rows),
+        "duplicates_dropped": int(dup.sum()),
+    }
 
 
 def other_formats(src: Path, folder: Path) -> dict[str, Path]:
@@ -139,16 +151,30 @@ def other_formats(src: Path, folder: Path) -> dict[str, Path]:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str) \
-                    and isinstance(r.get("label"), bool) and r["completion"].strip():
+            if (
+                isinstance(r, dict)
+                and isinstance(r.get("prompt"), str)
+                and isinstance(r.get("completion"), str)
+                and isinstance(r.get("label"), bool)
+                and r["completion"].strip()
+            ):
                 rows.append(r)
     chat = folder / "chat.jsonl"
     with open(chat, "w", encoding="utf-8") as f:
         for r in rows:
-            f.write(json.dumps({"messages": [{"role": "system", "content": "Be helpful."},
-                                             {"role": "user", "content": r["prompt"]},
-                                             {"role": "assistant", "content": r["completion"]}],
-                                "label": "yes" if r["label"] else "no"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "system", "content": "Be helpful."},
+                            {"role": "user", "content": r["prompt"]},
+                            {"role": "assistant", "content": r["completion"]},
+                        ],
+                        "label": "yes" if r["label"] else "no",
+                    }
+                )
+                + "\n"
+            )
     df = pd.DataFrame(rows)
     df.to_csv(folder / "feedback.csv", index=False)
     df.to_parquet(folder / "feedback.parquet")
@@ -167,22 +193,37 @@ def peak_rss_mib() -> float:
 
 def child(which: str, src: Path, work: Path) -> None:
     fn = {"pipeline": run_pipeline, "baseline": run_baseline}[which]
-    import kto_pipeline.data.dataset  # noqa: F401  imports are not part of the measurement
     import pandas  # noqa: F401
+
+    import kto_pipeline.data.dataset  # noqa: F401  imports are not part of the measurement
+
     start = time.perf_counter()
     cpu = time.process_time()
     report = fn(src, work)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak_rss_mib(),
-                      **{k: report[k] for k in ("records_in", "valid", "quarantined", "duplicates_dropped")}}))
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "peak_rss_mib": peak_rss_mib(),
+                **{k: report[k] for k in ("records_in", "valid", "quarantined", "duplicates_dropped")},
+            }
+        )
+    )
 
 
 def measure(which: str, src: Path, work: Path) -> dict:
     # Flush the dirty pages of earlier steps (the generated file, the last run's outputs) first, so the
     # kernel does not write them back on one of the 2 cores during this measurement.
     os.sync()
-    out = subprocess.run([sys.executable, __file__, "--child", which, "--input", str(src), "--work", str(work)],
-                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", which, "--input", str(src), "--work", str(work)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     if out.returncode != 0:
         raise SystemExit(f"{which} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -193,7 +234,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="pipeline runs (the best is reported; baseline runs once)")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--formats", action="store_true", help="also time chat JSONL, CSV and Parquet inputs (pipeline only)")
+    ap.add_argument(
+        "--formats", action="store_true", help="also time chat JSONL, CSV and Parquet inputs (pipeline only)"
+    )
     ap.add_argument("--child", choices=["pipeline", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -206,8 +249,11 @@ def main() -> None:
         src = Path(tmp) / "feedback.jsonl"
         t = time.perf_counter()
         kinds = generate(src, args.rows)
-        print(f"generated {args.rows:,} rows ({src.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f}s: "
-              f"{kinds}", flush=True)
+        print(
+            f"generated {args.rows:,} rows ({src.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f}s: "
+            f"{kinds}",
+            flush=True,
+        )
         runs = []
         for i in range(args.repeat):
             runs.append(measure("pipeline", src, Path(tmp) / f"p{i}"))
@@ -227,24 +273,34 @@ def main() -> None:
                 formats[name] = measure("pipeline", path, Path(tmp) / f"f{len(formats)}")
                 print(name, formats[name], flush=True)
 
-    print(f"\n{args.rows:,} rows, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other jobs on the machine)\n")
+    print(
+        f"\n{args.rows:,} rows, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other jobs on the machine)\n"
+    )
     print("| implementation | wall s | CPU s | rows/s (wall) | peak RSS MiB | valid | quarantined | duplicates |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, r in [("streaming pipeline (best of %d)" % len(runs), best)] + ([("naive pandas row-by-row", base)] if base else []):
-        print(f"| {name} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['records_in'] / r['wall_s']:,.0f} | "
-              f"{r['peak_rss_mib']:.0f} | {r['valid']:,} | {r['quarantined']:,} | {r['duplicates_dropped']:,} |")
+    for name, r in [(f"streaming pipeline (best of {len(runs)})", best)] + (
+        [("naive pandas row-by-row", base)] if base else []
+    ):
+        print(
+            f"| {name} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['records_in'] / r['wall_s']:,.0f} | "
+            f"{r['peak_rss_mib']:.0f} | {r['valid']:,} | {r['quarantined']:,} | {r['duplicates_dropped']:,} |"
+        )
     walls = sorted(r["wall_s"] for r in runs)
-    print(f"\npipeline wall s over {len(runs)} runs: best {walls[0]:.2f}, median {walls[len(walls) // 2]:.2f}, "
-          f"worst {walls[-1]:.2f} ({args.rows / walls[-1]:,.0f}-{args.rows / walls[0]:,.0f} rows/s)")
+    print(
+        f"\npipeline wall s over {len(runs)} runs: best {walls[0]:.2f}, median {walls[len(walls) // 2]:.2f}, "
+        f"worst {walls[-1]:.2f} ({args.rows / walls[-1]:,.0f}-{args.rows / walls[0]:,.0f} rows/s)"
+    )
     if base:
         print(f"speed-up: {base['wall_s'] / best['wall_s']:.1f}x wall, {base['cpu_s'] / best['cpu_s']:.1f}x CPU")
     if formats:
         print("\n| input (same data, well-formed rows only) | rows | wall s | CPU s | rows/s (wall) | peak RSS MiB |")
         print("|---|---|---|---|---|---|")
         for name, r in formats.items():
-            print(f"| {name} | {r['records_in']:,} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
-                  f"{r['records_in'] / r['wall_s']:,.0f} | {r['peak_rss_mib']:.0f} |")
+            print(
+                f"| {name} | {r['records_in']:,} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
+                f"{r['records_in'] / r['wall_s']:,.0f} | {r['peak_rss_mib']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from kto_pipeline_tests.procs import parents  # noqa: E402
-UPSTREAM = {"kto_dataset": "raw_preferences", "lora_adapter": "raw_preferences,kto_dataset",
-            "merged_model": "raw_preferences,kto_dataset,lora_adapter",
-            "gguf_quantizations": "raw_preferences,kto_dataset,lora_adapter,merged_model",
-            "hub_release": "raw_preferences,kto_dataset,lora_adapter,merged_model,gguf_quantizations"}
+
+UPSTREAM = {
+    "kto_dataset": "raw_preferences",
+    "lora_adapter": "raw_preferences,kto_dataset",
+    "merged_model": "raw_preferences,kto_dataset,lora_adapter",
+    "gguf_quantizations": "raw_preferences,kto_dataset,lora_adapter,merged_model",
+    "hub_release": "raw_preferences,kto_dataset,lora_adapter,merged_model,gguf_quantizations",
+}
 TOKEN = "hf_faults_token_0123456789"
 
 
@@ -94,19 +98,44 @@ class Project:
         if rows:  # a longer data build, so a random kill lands inside it
             with open(base / "data" / "raw" / "synthetic.jsonl", "w") as f:
                 for i in range(rows):
-                    f.write(json.dumps({"prompt": f"question {i}", "completion": f"answer {i} " * 20,
-                                        "label": i % 3 != 0}) + "\n")
-        self.env = dict(os.environ, DAGSTER_HOME=str(self.home), KTO_ARTIFACT_ROOT=str(self.root),
-                        PYTHONPATH=str(REPO), KTO_GPU_LOCK=str(base / "gpu.lock"), HF_TOKEN=TOKEN,
-                        HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
+                    f.write(
+                        json.dumps({"prompt": f"question {i}", "completion": f"answer {i} " * 20, "label": i % 3 != 0})
+                        + "\n"
+                    )
+        self.env = dict(
+            os.environ,
+            DAGSTER_HOME=str(self.home),
+            KTO_ARTIFACT_ROOT=str(self.root),
+            PYTHONPATH=str(REPO),
+            KTO_GPU_LOCK=str(base / "gpu.lock"),
+            HF_TOKEN=TOKEN,
+            HF_HUB_DISABLE_XET="1",
+            HF_HUB_DISABLE_TELEMETRY="1",
+        )
 
     def start(self, select: str, config: dict | None = None) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "kto_pipeline.definitions",
-               "--select", select]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "kto_pipeline.definitions",
+            "--select",
+            select,
+        ]
         if config:
             cmd += ["--config-json", json.dumps(config)]
-        return subprocess.Popen(cmd, cwd=self.dir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=self.dir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
     def run(self, select: str, config: dict | None = None) -> tuple[int, str]:
         p = self.start(select, config)
@@ -175,14 +204,22 @@ def complete_folders(root: Path, asset: str) -> list[Path]:
 
 def checkpoints(root: Path) -> list[int]:
     """Steps of the complete checkpoints in training's scratch folders (what a re-run can resume from)."""
-    return sorted(int(p.name.split("-")[-1]) for p in (root / "lora_adapter" / ".resume").glob("*/checkpoints/checkpoint-*")
-                  if (p / "trainer_state.json").is_file())
+    return sorted(
+        int(p.name.split("-")[-1])
+        for p in (root / "lora_adapter" / ".resume").glob("*/checkpoints/checkpoint-*")
+        if (p / "trainer_state.json").is_file()
+    )
 
 
 # ------------------------------------------------------------------------------------------- kill trials
 def hub_config(server, repo: str) -> dict:
-    return {"resources": {"release_target": {"config": {"target": "hub", "repo_id": repo,
-                                                        "endpoint": server.endpoint, "backoff_s": 0.05}}}}
+    return {
+        "resources": {
+            "release_target": {
+                "config": {"target": "hub", "repo_id": repo, "endpoint": server.endpoint, "backoff_s": 0.05}
+            }
+        }
+    }
 
 
 def fresh(proj: Project, asset: str) -> None:
@@ -198,7 +235,8 @@ def scratch(proj: Project, asset: str) -> list[str]:
     if not folder.is_dir():
         return []
     return [q.name for q in folder.iterdir() if ".tmp-" in q.name and q.is_dir()] + (
-        [f".resume/{q.name}" for q in (folder / ".resume").iterdir()] if (folder / ".resume").is_dir() else [])
+        [f".resume/{q.name}" for q in (folder / ".resume").iterdir()] if (folder / ".resume").is_dir() else []
+    )
 
 
 def wait_for(p: subprocess.Popen, what) -> float:
@@ -227,8 +265,9 @@ def step_seconds(proj: Project, asset: str, config: dict | None) -> tuple[float,
     return end - t0, (end - t_build) if t_build else 0.0
 
 
-def kill_trials(asset: str, trials: int, proj: Project, rng: random.Random, server=None,
-                trigger: str = "mixed") -> list[dict]:
+def kill_trials(
+    asset: str, trials: int, proj: Project, rng: random.Random, server=None, trigger: str = "mixed"
+) -> list[dict]:
     config = hub_config(server, "faults/warm") if server else None
     step_window, build_window = step_seconds(proj, asset, config)
     print(f"{asset}: the step process lives {step_window:.1f} s, {build_window:.1f} s of it building", flush=True)
@@ -239,7 +278,7 @@ def kill_trials(asset: str, trials: int, proj: Project, rng: random.Random, serv
         config = hub_config(server, repo) if server else None
         t_start = time.time()
         p = proj.start(asset, config)
-        step = wait_for(p, lambda: step_process(p.pid)) or None
+        step = wait_for(p, lambda p=p: step_process(p.pid)) or None
         # "step": anywhere in the step process's life; "build": after the store's scratch folder appeared.
         mode = trigger if trigger != "mixed" else ("step", "build")[trial % 2]
         if asset == "hub_release":
@@ -293,16 +332,30 @@ def kill_trials(asset: str, trials: int, proj: Project, rng: random.Random, serv
         if asset == "lora_adapter" and again:
             metrics = json.loads((Path(again[0]) / "metrics.json").read_text())
             resumed = int(metrics["resumed_from"].rsplit("-", 1)[1]) if metrics.get("resumed_from") else 0
-        row = {"asset": asset, "trial": trial + 1, "trigger": mode, "window_s": round(window, 1),
-               "delay_s": round(delay, 2), "killed": bool(killed), "processes_killed": len(killed),
-               "scratch_at_kill": writing,
-               "killed_run_rc": killed_rc, "reported_by_killed_run": len(reported),
-               "problems": problems[:3], "n_problems": len(problems), "rerun_rc": rc2,
-               "rerun_materialized": len(again), "rerun_s": round(time.time() - t_rerun, 1),
-               "trial_s": round(time.time() - t_start, 1)}
+        row = {
+            "asset": asset,
+            "trial": trial + 1,
+            "trigger": mode,
+            "window_s": round(window, 1),
+            "delay_s": round(delay, 2),
+            "killed": bool(killed),
+            "processes_killed": len(killed),
+            "scratch_at_kill": writing,
+            "killed_run_rc": killed_rc,
+            "reported_by_killed_run": len(reported),
+            "problems": problems[:3],
+            "n_problems": len(problems),
+            "rerun_rc": rc2,
+            "rerun_materialized": len(again),
+            "rerun_s": round(time.time() - t_rerun, 1),
+            "trial_s": round(time.time() - t_start, 1),
+        }
         if asset == "lora_adapter":
-            row.update(checkpoints_at_kill=ckpt, resumed_from_step=resumed,
-                       resume_ok=(resumed == max(ckpt)) if ckpt else (resumed == 0))
+            row.update(
+                checkpoints_at_kill=ckpt,
+                resumed_from_step=resumed,
+                resume_ok=(resumed == max(ckpt)) if ckpt else (resumed == 0),
+            )
         if rc2:
             row["rerun_error"] = out2[-1500:]
         rows.append(row)
@@ -337,9 +390,16 @@ def diskfull_trials(assets: list[str], trials: int, base: Path, rng: random.Rand
                 folder = proj.root / asset
                 scratch = [q.name for q in folder.iterdir() if ".tmp-" in q.name] if folder.is_dir() else []
                 resume = [q.name for q in (folder / ".resume").iterdir()] if (folder / ".resume").is_dir() else []
-                row = {"asset": asset, "trial": trial + 1, "free_kb": free_kb, "rc": rc,
-                       "message": m.group(0) if m else None, "complete_folders": len(complete_folders(proj.root, asset)),
-                       "scratch_left": scratch, "resume_kept": resume}
+                row = {
+                    "asset": asset,
+                    "trial": trial + 1,
+                    "free_kb": free_kb,
+                    "rc": rc,
+                    "message": m.group(0) if m else None,
+                    "complete_folders": len(complete_folders(proj.root, asset)),
+                    "scratch_left": scratch,
+                    "resume_kept": resume,
+                }
                 if not m:
                     row["tail"] = out[-2000:]
                 rows.append(row)
@@ -360,10 +420,12 @@ def table(paths: list[str]) -> str:
     full = [r for r in rows if "free_kb" in r]
     out = []
     if kill:
-        out += ["| asset | kill at a random moment of | trials | killed while building (scratch folder there) | "
-                "killed before the build began | killed after the asset had materialized | step already gone | "
-                "partial folder or tag reported complete | re-run succeeded | resumed from the newest checkpoint |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "| asset | kill at a random moment of | trials | killed while building (scratch folder there) | "
+            "killed before the build began | killed after the asset had materialized | step already gone | "
+            "partial folder or tag reported complete | re-run succeeded | resumed from the newest checkpoint |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for asset, trigger in dict.fromkeys((r["asset"], r.get("trigger", "step")) for r in kill):
             rs = [r for r in kill if r["asset"] == asset and r.get("trigger", "step") == trigger]
             k = [r for r in rs if r["killed"]]
@@ -371,18 +433,32 @@ def table(paths: list[str]) -> str:
             during = [r for r in k if r not in after and r["scratch_at_kill"]]
             before = [r for r in k if r not in after and not r["scratch_at_kill"]]
             where = "the step" if trigger == "step" else "the build"
-            resume = (f"{sum(r['resume_ok'] for r in rs)} of {len(rs)} (resumed from step "
-                      f"{', '.join(str(r['resumed_from_step']) for r in rs)})") if asset == "lora_adapter" else "-"
-            out.append(f"| {asset} | {where} ({rs[0]['window_s']} s) | {len(rs)} | {len(during)} | {len(before)} | "
-                       f"{len(after)} | {len(rs) - len(k)} | {sum(r['n_problems'] > 0 for r in rs)} | "
-                       f"{sum(r['rerun_rc'] == 0 and r['rerun_materialized'] == 1 for r in rs)} of {len(rs)} | {resume} |")
+            resume = (
+                (
+                    f"{sum(r['resume_ok'] for r in rs)} of {len(rs)} (resumed from step "
+                    f"{', '.join(str(r['resumed_from_step']) for r in rs)})"
+                )
+                if asset == "lora_adapter"
+                else "-"
+            )
+            out.append(
+                f"| {asset} | {where} ({rs[0]['window_s']} s) | {len(rs)} | {len(during)} | {len(before)} | "
+                f"{len(after)} | {len(rs) - len(k)} | {sum(r['n_problems'] > 0 for r in rs)} | "
+                f"{sum(r['rerun_rc'] == 0 and r['rerun_materialized'] == 1 for r in rs)} of {len(rs)} | {resume} |"
+            )
     if full:
-        out += ["", "| asset | trials | failed with \"<path>: disk full (N MB free) while writing <asset>\" | "
-                "complete folders left | scratch folders left |", "|---|---|---|---|---|"]
+        out += [
+            "",
+            '| asset | trials | failed with "<path>: disk full (N MB free) while writing <asset>" | '
+            "complete folders left | scratch folders left |",
+            "|---|---|---|---|---|",
+        ]
         for asset in dict.fromkeys(r["asset"] for r in full):
             rs = [r for r in full if r["asset"] == asset]
-            out.append(f"| {asset} | {len(rs)} | {sum(r['rc'] != 0 and bool(r['message']) for r in rs)} | "
-                       f"{sum(r['complete_folders'] for r in rs)} | {sum(len(r['scratch_left']) for r in rs)} |")
+            out.append(
+                f"| {asset} | {len(rs)} | {sum(r['rc'] != 0 and bool(r['message']) for r in rs)} | "
+                f"{sum(r['complete_folders'] for r in rs)} | {sum(len(r['scratch_left']) for r in rs)} |"
+            )
     return "\n".join(out)
 
 
@@ -392,13 +468,20 @@ def main() -> int:
         return 0
     p = argparse.ArgumentParser()
     p.add_argument("scenario", choices=["kill", "diskfull"])
-    p.add_argument("--assets", nargs="+",
-                   default=["kto_dataset", "lora_adapter", "merged_model", "gguf_quantizations", "hub_release"])
+    p.add_argument(
+        "--assets",
+        nargs="+",
+        default=["kto_dataset", "lora_adapter", "merged_model", "gguf_quantizations", "hub_release"],
+    )
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trigger", choices=["step", "build", "mixed"], default="mixed",
-                   help="kill: a random moment of the step's life, of its build (after the store's scratch folder "
-                        "appeared), or alternately")
+    p.add_argument(
+        "--trigger",
+        choices=["step", "build", "mixed"],
+        default="mixed",
+        help="kill: a random moment of the step's life, of its build (after the store's scratch folder "
+        "appeared), or alternately",
+    )
     p.add_argument("--rows", type=int, default=60000, help="kill kto_dataset: synthetic rows added to the raw data")
     p.add_argument("--out", default=None, help="append the rows as JSON lines here")
     args = p.parse_args()
@@ -429,8 +512,11 @@ def main() -> int:
                 raise SystemExit(out[-3000:])
             server = FakeHub(token=TOKEN).start() if "hub_release" in model_assets else None
             for asset in model_assets:
-                emit(kill_trials(asset, args.trials, model, rng, server if asset == "hub_release" else None,
-                                 trigger=args.trigger))
+                emit(
+                    kill_trials(
+                        asset, args.trials, model, rng, server if asset == "hub_release" else None, trigger=args.trigger
+                    )
+                )
             if server:
                 server.stop()
     shutil.rmtree(base, ignore_errors=True)

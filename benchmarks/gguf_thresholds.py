@@ -27,20 +27,36 @@ TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"]
 MODELS = {
     "tiny, random init": ({}, False),
     "tiny, trained": ({}, True),
-    "h256 x4 layers, trained": (dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                                     num_attention_heads=4, num_key_value_heads=2), True),
-    "h512 x4 layers, trained": (dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-                                     num_attention_heads=8, num_key_value_heads=4), True),
+    "h256 x4 layers, trained": (
+        dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
+        True,
+    ),
+    "h512 x4 layers, trained": (
+        dict(
+            hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
+        ),
+        True,
+    ),
 }
 
 
 def training_text() -> str:
     """A fixed, varied English corpus available offline: docstrings of a few stdlib modules."""
-    import collections, json as js, pathlib, textwrap, argparse as ap, functools
-    parts = [inspect.getdoc(obj) or "" for mod in (collections, js, pathlib, textwrap, ap, functools)
-             for obj in [mod, *[getattr(mod, n) for n in sorted(dir(mod)) if not n.startswith("_")]]
-             if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)]
+    import argparse as ap
+    import collections
+    import functools
+    import json as js
+    import pathlib
+    import textwrap
+
+    parts = [
+        inspect.getdoc(obj) or ""
+        for mod in (collections, js, pathlib, textwrap, ap, functools)
+        for obj in [mod, *[getattr(mod, n) for n in sorted(dir(mod)) if not n.startswith("_")]]
+        if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)
+    ]
     from kto_pipeline.training.tiny import _CORPUS
+
     return _CORPUS + "\n".join(dict.fromkeys(p for p in parts if p))
 
 
@@ -59,8 +75,9 @@ def build_variant(tiny_dir: Path, out: Path, overrides: dict, seed: int) -> Path
     return out
 
 
-def train_briefly(model_dir: Path, text: str, steps: int, seed: int, seq: int = 64, batch: int = 16,
-                  lr: float = 3e-3) -> float:
+def train_briefly(
+    model_dir: Path, text: str, steps: int, seed: int, seq: int = 64, batch: int = 16, lr: float = 3e-3
+) -> float:
     """Plain causal-LM AdamW steps on random windows of `text`; saves in place; returns final loss."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,7 +90,7 @@ def train_briefly(model_dir: Path, text: str, steps: int, seed: int, seq: int = 
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
         starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=g)
-        x = torch.stack([ids[s:s + seq] for s in starts])
+        x = torch.stack([ids[s : s + seq] for s in starts])
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
@@ -101,10 +118,21 @@ def damage(src: Path, dst: Path, tensor: str, how: str) -> Path:
 
 
 def row(model, seed, loss, kind, r_type, v, extra=None):
-    return {"model": model, "seed": seed, "loss": round(loss, 3), "type": r_type, **(extra or {}),
-            "positions": v["positions"], "decisive": v["decisive_positions"], "rel_error": v["rel_error"],
-            "top1": v["top1_agreement"], "top1_all": v["top1_agreement_all"], "kl": v["mean_kl"],
-            "tokenization_match": v["tokenization_match"], "kind": kind}
+    return {
+        "model": model,
+        "seed": seed,
+        "loss": round(loss, 3),
+        "type": r_type,
+        **(extra or {}),
+        "positions": v["positions"],
+        "decisive": v["decisive_positions"],
+        "rel_error": v["rel_error"],
+        "top1": v["top1_agreement"],
+        "top1_all": v["top1_agreement_all"],
+        "kl": v["mean_kl"],
+        "tokenization_match": v["tokenization_match"],
+        "kind": kind,
+    }
 
 
 def main() -> None:
@@ -116,6 +144,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+
     from kto_pipeline.export import gguf as G
     from kto_pipeline.training.tiny import build_tiny_model
 
@@ -125,8 +154,11 @@ def main() -> None:
     text = training_text()
     off = {t: {"max_rel_error": float("inf"), "min_top1": 0.0} for t in ["F16", *TYPES]}
     rows = []
-    print(f"# {G.llama_cpp_version()}; torch {torch.__version__}; {args.steps} steps; seeds 0..{args.seeds - 1}; "
-          f"tie margin {G.TIE_MARGIN}", flush=True)
+    print(
+        f"# {G.llama_cpp_version()}; torch {torch.__version__}; {args.steps} steps; seeds 0..{args.seeds - 1}; "
+        f"tie margin {G.TIE_MARGIN}",
+        flush=True,
+    )
     for name in args.models:
         overrides, trained = MODELS[name]
         dirs = []
@@ -135,11 +167,21 @@ def main() -> None:
             model_dir = build_variant(tiny, work / "hf", overrides, seed)
             loss = train_briefly(model_dir, text, args.steps, seed) if trained else float("nan")
             t0 = time.perf_counter()
-            results = G.export_gguf(model_dir, work / "gguf", ["F16", *TYPES], off, transformers_check=False,
-                                    log=lambda *_: None)
+            results = G.export_gguf(
+                model_dir, work / "gguf", ["F16", *TYPES], off, transformers_check=False, log=lambda *_: None
+            )
             for r in results:
-                rows.append(row(name, seed, loss, "healthy", r["type"], r["verification"],
-                                {"bpw": r["bits_per_weight"], "tensor_types": r["tensor_types"]}))
+                rows.append(
+                    row(
+                        name,
+                        seed,
+                        loss,
+                        "healthy",
+                        r["type"],
+                        r["verification"],
+                        {"bpw": r["bits_per_weight"], "tensor_types": r["tensor_types"]},
+                    )
+                )
                 print(json.dumps(rows[-1]), flush=True)
             print(f"# {name} seed {seed}: export+verify {time.perf_counter() - t0:.1f} s", flush=True)
             dirs.append((work, model_dir, loss))
@@ -147,12 +189,16 @@ def main() -> None:
         work, model_dir, loss = dirs[0]
         ref = G.reference_logits(model_dir, G.verification_texts(model_dir))
         q4 = work / "gguf" / "model-Q4_K_M.gguf"
-        broken = {"Q4_K_M, output rows shifted by one": damage(q4, work / "shift.gguf", "output.weight", "shift"),
-                  "Q4_K_M, blk.0.ffn_down zeroed": damage(q4, work / "zero.gguf", "blk.0.ffn_down.weight", "zero")}
+        broken = {
+            "Q4_K_M, output rows shifted by one": damage(q4, work / "shift.gguf", "output.weight", "shift"),
+            "Q4_K_M, blk.0.ffn_down zeroed": damage(q4, work / "zero.gguf", "blk.0.ffn_down.weight", "zero"),
+        }
         if len(dirs) > 1:
             broken["F16 of another seed's model"] = dirs[1][0] / "gguf" / "model-F16.gguf"
         for kind, path in broken.items():
-            rows.append(row(name, 0, loss, kind, kind.split(",")[0].split()[0], G.verify_gguf(path, model_dir, reference=ref)))
+            rows.append(
+                row(name, 0, loss, kind, kind.split(",")[0].split()[0], G.verify_gguf(path, model_dir, reference=ref))
+            )
             print(json.dumps(rows[-1]), flush=True)
     (root / "rows.json").write_text(json.dumps(rows, indent=1))
     print_tables(rows, args.models)
@@ -167,22 +213,28 @@ def _span(values, fmt):
 
 
 def print_tables(rows, models):
-    print("\n| model | type | bits/weight | rel. error | top-1 (decisive positions) | top-1 (all positions) "
-          "| decisive positions | mean KL |")
+    print(
+        "\n| model | type | bits/weight | rel. error | top-1 (decisive positions) | top-1 (all positions) "
+        "| decisive positions | mean KL |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in models:
         for t in ["F16", *TYPES]:
             sel = [r for r in rows if r["model"] == name and r["type"] == t and r["kind"] == "healthy"]
             if sel:
-                print(f"| {name} | {t} | {sel[0]['bpw']:.2f} | {_span([r['rel_error'] for r in sel], '{:.1e}')} | "
-                      f"{_span([r['top1'] for r in sel], '{:.1%}')} | {_span([r['top1_all'] for r in sel], '{:.1%}')} | "
-                      f"{_span([r['decisive'] for r in sel], '{}')} | {_span([r['kl'] for r in sel], '{:.1e}')} |")
+                print(
+                    f"| {name} | {t} | {sel[0]['bpw']:.2f} | {_span([r['rel_error'] for r in sel], '{:.1e}')} | "
+                    f"{_span([r['top1'] for r in sel], '{:.1%}')} | {_span([r['top1_all'] for r in sel], '{:.1%}')} | "
+                    f"{_span([r['decisive'] for r in sel], '{}')} | {_span([r['kl'] for r in sel], '{:.1e}')} |"
+                )
     print("\n| model (seed 0) | broken file | rel. error | top-1 (decisive) | mean KL |")
     print("|---|---|---|---|---|")
     for r in rows:
         if r["kind"] != "healthy":
-            print(f"| {r['model']} | {r['kind']} | {r['rel_error']:.2f} | "
-                  f"{'n/a' if r['top1'] is None else format(r['top1'], '.1%')} | {r['kl']:.2g} |")
+            print(
+                f"| {r['model']} | {r['kind']} | {r['rel_error']:.2f} | "
+                f"{'n/a' if r['top1'] is None else format(r['top1'], '.1%')} | {r['kl']:.2g} |"
+            )
 
 
 if __name__ == "__main__":

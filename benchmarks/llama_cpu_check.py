@@ -53,8 +53,9 @@ def main() -> int:
         for on in (False, True):
             os.environ[EXTRA_BUFTS_ENV] = "1" if on else "0"
             try:
-                r = isolated("benchmarks.llama_cpu_check:decode", f, args.tokens, what=f"decoding {Path(f).name}",
-                             timeout=600)
+                r = isolated(
+                    "benchmarks.llama_cpu_check:decode", f, args.tokens, what=f"decoding {Path(f).name}", timeout=600
+                )
                 row = ("ok", f"{r['prompt_tok_s']:.0f}", f"{r['gen_tok_s']:.1f}")
             except NativeCrash as e:
                 row = (str(e).split("killed by ")[-1].split(".")[0] if "killed by" in str(e) else "failed", "–", "–")

@@ -43,8 +43,12 @@ def quantize(src: Path, dst: Path) -> float:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     t = time.time()
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.bfloat16)
+    q = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(src, quantization_config=q, device_map={"": device})
     model.save_pretrained(dst)
@@ -56,7 +60,7 @@ def quantize(src: Path, dst: Path) -> float:
     return time.time() - t
 
 
-def logits_of(model_dir: Path, adapter: Path | None, ids, dtype: str = "auto") -> "torch.Tensor":
+def logits_of(model_dir: Path, adapter: Path | None, ids, dtype: str = "auto") -> torch.Tensor:  # noqa: F821 - torch is imported inside
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -101,14 +105,39 @@ def main() -> int:
     result["quantize_s"] = round(quantize(base16, base4), 1)
     build_kto_dataset(sorted((REPO / "data" / "raw").glob("*.jsonl")), root / "data", eval_fraction=0.2)
 
-    config = get_config("7b", {
-        "model": {"model_name": str(base4), "max_seq_length": 512,
-                  "use_unsloth": "never" if args.backend == "transformers" else "auto"},
-        "training": {"max_steps": args.steps, "gradient_accumulation_steps": 1, "learning_rate": 2e-4,
-                     "warmup_ratio": 0.0, "lr_scheduler_type": "constant", "save_steps": 1000}})
+    config = get_config(
+        "7b",
+        {
+            "model": {
+                "model_name": str(base4),
+                "max_seq_length": 512,
+                "use_unsloth": "never" if args.backend == "transformers" else "auto",
+            },
+            "training": {
+                "max_steps": args.steps,
+                "gradient_accumulation_steps": 1,
+                "learning_rate": 2e-4,
+                "warmup_ratio": 0.0,
+                "lr_scheduler_type": "constant",
+                "save_steps": 1000,
+            },
+        },
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", TRAIN, json.dumps(config.to_dict()), str(root / "data"),
-                           str(root / "adapter"), str(root / "cache")], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            TRAIN,
+            json.dumps(config.to_dict()),
+            str(root / "data"),
+            str(root / "adapter"),
+            str(root / "cache"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         print(proc.stdout[-3000:], proc.stderr[-6000:])
         return 1
@@ -124,8 +153,11 @@ def main() -> int:
     vocab = json.loads((base16 / "config.json").read_text())["vocab_size"]
     ids = torch.randint(0, vocab - tb.N_SPECIAL, (2, 96), generator=torch.Generator().manual_seed(0))
     adapter = root / "adapter"
-    ref = {"base16": logits_of(base16, None, ids), "base16+lora": logits_of(base16, adapter, ids),
-           "base4+lora": logits_of(base4, adapter, ids)}
+    ref = {
+        "base16": logits_of(base16, None, ids),
+        "base16+lora": logits_of(base16, adapter, ids),
+        "base4+lora": logits_of(base4, adapter, ids),
+    }
     result["adapter_effect"] = rel(ref["base16+lora"], ref["base16"])
     result["4bit_rounding"] = rel(ref["base4+lora"], ref["base16+lora"])
     # what bf16 rounding alone does to this model's logits: the same model and adapter computed in fp32
@@ -133,9 +165,11 @@ def main() -> int:
     import kto_pipeline.export.merge as merge
 
     on_gpu = merge._fits_on_gpu
-    for name, plan in (("original", plan_merge(str(base4), base_16bit=str(base16))),
-                       ("dequantize", plan_merge(str(base4), "dequantize")),
-                       ("dequantize_cpu", plan_merge(str(base4), "dequantize"))):
+    for name, plan in (
+        ("original", plan_merge(str(base4), base_16bit=str(base16))),
+        ("dequantize", plan_merge(str(base4), "dequantize")),
+        ("dequantize_cpu", plan_merge(str(base4), "dequantize")),
+    ):
         out = root / f"merged-{name}"
         merge._fits_on_gpu = (lambda *a, **k: False) if name.endswith("_cpu") else on_gpu  # a card too small
         t = time.time()
@@ -143,10 +177,15 @@ def main() -> int:
         wall = time.time() - t
         cfg = json.loads((out / "config.json").read_text())
         got = logits_of(out, None, ids)
-        result[name] = {"merge_s": round(wall, 1), "dtype": info["dtype"], "size_gib": info["size_bytes"] / 2**30,
-                        "merged_into": info["merged_into"],
-                        "quantization_config": "quantization_config" in cfg,
-                        "vs_base16+lora": rel(got, ref["base16+lora"]), "vs_base4+lora": rel(got, ref["base4+lora"])}
+        result[name] = {
+            "merge_s": round(wall, 1),
+            "dtype": info["dtype"],
+            "size_gib": info["size_bytes"] / 2**30,
+            "merged_into": info["merged_into"],
+            "quantization_config": "quantization_config" in cfg,
+            "vs_base16+lora": rel(got, ref["base16+lora"]),
+            "vs_base4+lora": rel(got, ref["base4+lora"]),
+        }
         print(name, result[name], flush=True)
         shutil.rmtree(out)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -30,7 +30,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_bench as tb  # noqa: E402  (its build, synthetic rows and memory helpers)
 
-
 STEPS = 2
 
 
@@ -56,11 +55,19 @@ def preset_config(preset: str, backend: str, model_dir: Path, overrides: dict):
     """The preset's config pointed at the local random-weight model: STEPS steps of one micro-batch each."""
     from kto_pipeline.config import apply_overrides, get_config
 
-    config = get_config(preset, {
-        "model": {"model_name": str(model_dir), "use_unsloth": "always" if backend == "unsloth" else "never"},
-        "training": {"gradient_accumulation_steps": 1, "max_steps": STEPS, "save_steps": 10**9, "logging_steps": 1,
-                     "precompute_ref_log_probs": False},
-    })
+    config = get_config(
+        preset,
+        {
+            "model": {"model_name": str(model_dir), "use_unsloth": "always" if backend == "unsloth" else "never"},
+            "training": {
+                "gradient_accumulation_steps": 1,
+                "max_steps": STEPS,
+                "save_steps": 10**9,
+                "logging_steps": 1,
+                "precompute_ref_log_probs": False,
+            },
+        },
+    )
     return apply_overrides(config, overrides)
 
 
@@ -96,8 +103,13 @@ def one(spec: str, root: Path, out: Path) -> None:
             config = replace(config, model=replace(config.model, max_seq_length=64, load_in_4bit=False))
         b, t = config.training.per_device_train_batch_size, config.model.max_seq_length
         plan = estimate(config)
-        r.update(batch=b, seq=t, lora_r=config.lora.r, planned_allocated_gib=round(plan.peak_allocated_gib, 2),
-                 planned_reserved_gib=round(plan.peak_reserved_gib, 2))
+        r.update(
+            batch=b,
+            seq=t,
+            lora_r=config.lora.r,
+            planned_allocated_gib=round(plan.peak_allocated_gib, 2),
+            planned_reserved_gib=round(plan.peak_reserved_gib, 2),
+        )
         loaded = load_for_training(config, root)
         r["loaded_gib"] = tb.memory().get("allocated_gib")
         print(f"[{spec}] loaded in {time.perf_counter() - t0:.0f}s: {tb.memory()}", flush=True)
@@ -131,8 +143,11 @@ def one(spec: str, root: Path, out: Path) -> None:
 
 
 def table(path: Path) -> str:
-    lines = ["| preset | backend | architecture | LoRA r | micro-batch x seq | measured alloc / reserved GiB "
-             "| planned alloc / reserved GiB | error alloc / reserved |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| preset | backend | architecture | LoRA r | micro-batch x seq | measured alloc / reserved GiB "
+        "| planned alloc / reserved GiB | error alloc / reserved |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for line in path.read_text().splitlines():
         r = json.loads(line)
         name = r["preset"] + "".join(f" {s}.{k}={v}" for s, d in r.get("overrides", {}).items() for k, v in d.items())
@@ -140,10 +155,12 @@ def table(path: Path) -> str:
             why = r.get("error", "no CUDA, no peak")[:150]
             lines.append(f"| {name} | {r['backend']} | {r['arch']} | | | failed: {why} | | |")
             continue
-        lines.append(f"| {name} | {r['backend']} | {r['arch']} | {r['lora_r']} | {r['batch']} x {r['seq']} "
-                     f"| {r['peak_allocated_gib']} / {r['peak_reserved_gib']} "
-                     f"| {r['planned_allocated_gib']} / {r['planned_reserved_gib']} "
-                     f"| {r['error_allocated']:+.1%} / {r['error_reserved']:+.1%} |")
+        lines.append(
+            f"| {name} | {r['backend']} | {r['arch']} | {r['lora_r']} | {r['batch']} x {r['seq']} "
+            f"| {r['peak_allocated_gib']} / {r['peak_reserved_gib']} "
+            f"| {r['planned_allocated_gib']} / {r['planned_reserved_gib']} "
+            f"| {r['error_allocated']:+.1%} / {r['error_reserved']:+.1%} |"
+        )
     return "\n".join(lines)
 
 

@@ -54,8 +54,10 @@ def main() -> int:
             with dg.DagsterInstance.from_config(home) as instance:
                 instance.event_log_storage.initialize_concurrency_limit_to_default("gpu")
             barrier, results = mp.Barrier(2), mp.Queue()
-            procs = [mp.Process(target=contender, args=(home, env, f"run{i}", f"{home}/gpu.lock", barrier, results))
-                     for i in range(2)]
+            procs = [
+                mp.Process(target=contender, args=(home, env, f"run{i}", f"{home}/gpu.lock", barrier, results))
+                for i in range(2)
+            ]
             for proc in procs:
                 proc.start()
             for proc in procs:
@@ -64,8 +66,10 @@ def main() -> int:
             double += c1 and c2
             overlaps += s1 < e2 and s2 < e1
             shutil.rmtree(home)
-    print(f"{args.storage}, {args.trials} trials: both processes claimed the pool's one slot in {double}; "
-          f"both held the file lock at once in {overlaps}")
+    print(
+        f"{args.storage}, {args.trials} trials: both processes claimed the pool's one slot in {double}; "
+        f"both held the file lock at once in {overlaps}"
+    )
     return 0
 
 

@@ -23,7 +23,6 @@ import contextlib
 import gc
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -37,14 +36,37 @@ PEAK_TFLOPS = 790.0  # bf16 dense, what an 8192^3 bf16 matmul reaches on these H
 
 ARCHS: dict[str, dict[str, Any]] = {
     # meta-llama/Llama-3.1-8B config.json, as far as shapes and RoPE go
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
-                         rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=500000.0,
-                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-    "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=1280, max_position_embeddings=4096, rms_norm_eps=1e-5,
-                  tie_word_embeddings=False, rope_theta=10000.0),
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
+    "smoke": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1280,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+    ),
 }
 N_SPECIAL = 256  # the last 256 ids are special tokens, as in Llama 3
 EOS, PAD, UNK = "<|eot_id|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_0|>"
@@ -53,35 +75,80 @@ BUDGET_GIB = 20.0  # the issue's target peak; kto_pipeline's planner picks the m
 VARIANTS: dict[str, dict[str, Any]] = {
     "a": dict(label="(a) TRL + PEFT + bitsandbytes QLoRA", backend="transformers", trainer="trl"),
     "b": dict(label="(b) Unsloth + TRL defaults (the seed)", backend="unsloth", trainer="trl"),
-    "c": dict(label="(c) kto_pipeline (memory_budget_gib=20: micro-batch from the planner)", backend="unsloth",
-              trainer="ours", budget=BUDGET_GIB),
+    "c": dict(
+        label="(c) kto_pipeline (memory_budget_gib=20: micro-batch from the planner)",
+        backend="unsloth",
+        trainer="ours",
+        budget=BUDGET_GIB,
+    ),
     # levers, each against its neighbour in the table
     "c_mb4": dict(label="(c) at the seed's micro-batch 4 (no budget)", backend="unsloth", trainer="ours"),
-    "c_mb8": dict(label="(c) at micro-batch 8 x accumulation 2", backend="unsloth", trainer="ours", batch=8,
-                  accum=2),
-    "c_noprecompute": dict(label="(c) without the precomputed reference (scored inside every step)",
-                           backend="unsloth", trainer="ours", budget=BUDGET_GIB, precompute=False),
-    "c_nogroup": dict(label="(c) without length grouping", backend="unsloth", trainer="ours",
-                      budget=BUDGET_GIB, group_by_length=False),
-    "c_precompute": dict(label="(c) + precomputed reference log-probs (one epoch)", backend="unsloth",
-                         trainer="ours", budget=BUDGET_GIB, precompute=True),
-    "c_mb4_precompute": dict(label="(c) at micro-batch 4 + precomputed reference log-probs", backend="unsloth",
-                             trainer="ours", precompute=True),
-    "b_precompute": dict(label="(b) + TRL precompute_ref_log_probs (TRL's full-weight hash)", backend="unsloth",
-                         trainer="trl", precompute=True),
-    "b_unchunked": dict(label="(b) with an unchunked LM head ([tokens, vocab] fp32 logits)", backend="unsloth",
-                        trainer="trl", lm_head="unchunked"),
+    "c_mb8": dict(label="(c) at micro-batch 8 x accumulation 2", backend="unsloth", trainer="ours", batch=8, accum=2),
+    "c_noprecompute": dict(
+        label="(c) without the precomputed reference (scored inside every step)",
+        backend="unsloth",
+        trainer="ours",
+        budget=BUDGET_GIB,
+        precompute=False,
+    ),
+    "c_nogroup": dict(
+        label="(c) without length grouping", backend="unsloth", trainer="ours", budget=BUDGET_GIB, group_by_length=False
+    ),
+    "c_precompute": dict(
+        label="(c) + precomputed reference log-probs (one epoch)",
+        backend="unsloth",
+        trainer="ours",
+        budget=BUDGET_GIB,
+        precompute=True,
+    ),
+    "c_mb4_precompute": dict(
+        label="(c) at micro-batch 4 + precomputed reference log-probs",
+        backend="unsloth",
+        trainer="ours",
+        precompute=True,
+    ),
+    "b_precompute": dict(
+        label="(b) + TRL precompute_ref_log_probs (TRL's full-weight hash)",
+        backend="unsloth",
+        trainer="trl",
+        precompute=True,
+    ),
+    "b_unchunked": dict(
+        label="(b) with an unchunked LM head ([tokens, vocab] fp32 logits)",
+        backend="unsloth",
+        trainer="trl",
+        lm_head="unchunked",
+    ),
     "b_repeat": dict(label="(b) again, last: run-to-run spread", backend="unsloth", trainer="trl"),
     # issue 20: (b') and one lever per row, each against the row above it
-    "b16": dict(label="(b') Unsloth + TRL at 16 x 1 (the micro-batch ours picks)", backend="unsloth", trainer="trl",
-                batch=16, accum=1),
-    "c_pack": dict(label="(c) + packed (padding-free) passes", backend="unsloth", trainer="ours", budget=BUDGET_GIB,
-                   packing=True),
-    "c_pack_fuse": dict(label="(c) + packed + fused reference forward (rows and KL rows in one)", backend="unsloth",
-                        trainer="ours", budget=BUDGET_GIB, packing=True, fuse_reference=True),
-    "c_varlen": dict(label="(c) + packed + fused reference + one flash varlen kernel per packed sequence "
-                           "(patches.unsloth_flash_varlen)", backend="unsloth", trainer="ours", budget=BUDGET_GIB,
-                     packing=True, fuse_reference=True, varlen=True),
+    "b16": dict(
+        label="(b') Unsloth + TRL at 16 x 1 (the micro-batch ours picks)",
+        backend="unsloth",
+        trainer="trl",
+        batch=16,
+        accum=1,
+    ),
+    "c_pack": dict(
+        label="(c) + packed (padding-free) passes", backend="unsloth", trainer="ours", budget=BUDGET_GIB, packing=True
+    ),
+    "c_pack_fuse": dict(
+        label="(c) + packed + fused reference forward (rows and KL rows in one)",
+        backend="unsloth",
+        trainer="ours",
+        budget=BUDGET_GIB,
+        packing=True,
+        fuse_reference=True,
+    ),
+    "c_varlen": dict(
+        label="(c) + packed + fused reference + one flash varlen kernel per packed sequence "
+        "(patches.unsloth_flash_varlen)",
+        backend="unsloth",
+        trainer="ours",
+        budget=BUDGET_GIB,
+        packing=True,
+        fuse_reference=True,
+        varlen=True,
+    ),
 }
 
 
@@ -109,10 +176,17 @@ def build(out: Path, arch: str) -> None:
     tok = Tokenizer(models.WordLevel(table, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens(special)
-    config = AutoConfig.for_model(cfg.pop("model_type", "llama"), **cfg, bos_token_id=words + 2,
-                                  eos_token_id=words + 9, pad_token_id=words + 4)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-                                   bos_token="<|begin_of_text|>", model_max_length=config.max_position_embeddings)
+    config = AutoConfig.for_model(
+        cfg.pop("model_type", "llama"), **cfg, bos_token_id=words + 2, eos_token_id=words + 9, pad_token_id=words + 4
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token="<|begin_of_text|>",
+        model_max_length=config.max_position_embeddings,
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.time()
     torch.manual_seed(0)
@@ -151,24 +225,28 @@ def synth_rows(model_dir: Path, n: int, max_length: int, seed: int, fixed: tuple
         out = []
         for i in range(n):
             r = random.Random(seed * 100_003 + i)
-            out.append({"prompt": " ".join(f"w{r.randrange(vocab)}" for _ in range(fixed[0])),
-                        "completion": " " + " ".join(f"w{r.randrange(vocab)}" for _ in range(fixed[1])),
-                        "label": i % 2 == 0})
+            out.append(
+                {
+                    "prompt": " ".join(f"w{r.randrange(vocab)}" for _ in range(fixed[0])),
+                    "completion": " " + " ".join(f"w{r.randrange(vocab)}" for _ in range(fixed[1])),
+                    "label": i % 2 == 0,
+                }
+            )
         return out
     lengths = lognormal_lengths(rng, n, max_length)
     labels = [i % 2 == 0 for i in range(n)]
     rng.shuffle(labels)
     words = lambda k: " ".join(f"w{rng.randrange(vocab)}" for _ in range(k))  # noqa: E731
-    return [{"prompt": words(p), "completion": " " + words(c), "label": lab}
-            for (p, c), lab in zip(lengths, labels)]
+    return [{"prompt": words(p), "completion": " " + words(c), "label": lab} for (p, c), lab in zip(lengths, labels)]
 
 
 def as_dataset(rows, tag: str):
     """A datasets.Dataset; `tag` makes its fingerprint unique, so no variant reuses another's cached reference."""
     from datasets import Dataset
 
-    return Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "completion", "label")}
-                             | {"bench_tag": [tag] * len(rows)})
+    return Dataset.from_dict(
+        {k: [r[k] for r in rows] for k in ("prompt", "completion", "label")} | {"bench_tag": [tag] * len(rows)}
+    )
 
 
 def write_kto_dir(rows, path: Path) -> Path:
@@ -176,8 +254,14 @@ def write_kto_dir(rows, path: Path) -> Path:
     import pandas as pd
 
     path.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame({"prompt": [r["prompt"] for r in rows], "completion": [r["completion"] for r in rows],
-                       "label": [r["label"] for r in rows], "messages": [None] * len(rows)})
+    df = pd.DataFrame(
+        {
+            "prompt": [r["prompt"] for r in rows],
+            "completion": [r["completion"] for r in rows],
+            "label": [r["label"] for r in rows],
+            "messages": [None] * len(rows),
+        }
+    )
     df.to_parquet(path / "train.parquet")
     df.iloc[:0].to_parquet(path / "eval.parquet")
     return path
@@ -206,15 +290,25 @@ def batch_stats(trainer, a: dict[str, int]) -> dict[str, float]:
     gradients), a no-grad policy forward on the KL pair (x, y'), and reference forwards on both:
     3 fwd(x, y) + 2 fwd(x, y'). Recomputation by gradient checkpointing is overhead, not counted.
     """
-    s = dict(tokens=0, padded=0, kl_tokens=0, kl_padded=0, completion_tokens=0, flops=0.0, batches=0,
-             max_batch_tokens=0, max_batch_tokens_with_kl=0)  # max_*: the largest micro-batch, for the planner
+    s = dict(
+        tokens=0,
+        padded=0,
+        kl_tokens=0,
+        kl_padded=0,
+        completion_tokens=0,
+        flops=0.0,
+        batches=0,
+        max_batch_tokens=0,
+        max_batch_tokens_with_kl=0,
+    )  # max_*: the largest micro-batch, for the planner
     for batch in trainer.get_train_dataloader():
         am, cm = batch["attention_mask"], batch["completion_mask"]
         tokens = int(am.sum())
         s["batches"] += 1
         s["max_batch_tokens"] = max(s["max_batch_tokens"], tokens)
-        s["max_batch_tokens_with_kl"] = max(s["max_batch_tokens_with_kl"],
-                                            tokens + int(batch.get("KL_attention_mask", am[:0]).sum()))
+        s["max_batch_tokens_with_kl"] = max(
+            s["max_batch_tokens_with_kl"], tokens + int(batch.get("KL_attention_mask", am[:0]).sum())
+        )
         s["tokens"] += tokens
         s["padded"] += am.numel()
         s["completion_tokens"] += int(cm.sum())
@@ -242,6 +336,7 @@ class Timer:
             finally:
                 sync()
                 self.total += time.perf_counter() - t0
+
         return inner
 
 
@@ -276,9 +371,11 @@ def memory() -> dict[str, float]:
 
     if not torch.cuda.is_available():
         return {}
-    return {"peak_allocated_gib": gib(torch.cuda.max_memory_allocated()),
-            "peak_reserved_gib": gib(torch.cuda.max_memory_reserved()),
-            "allocated_gib": gib(torch.cuda.memory_allocated())}
+    return {
+        "peak_allocated_gib": gib(torch.cuda.max_memory_allocated()),
+        "peak_reserved_gib": gib(torch.cuda.max_memory_reserved()),
+        "allocated_gib": gib(torch.cuda.memory_allocated()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- trainers
@@ -332,29 +429,56 @@ def trl_args(opts: dict, out: Path, steps_cfg: dict, **kw):
     from trl import KTOConfig
 
     cuda = torch.cuda.is_available()
-    return KTOConfig(output_dir=str(out), per_device_train_batch_size=steps_cfg["batch"],
-                     gradient_accumulation_steps=steps_cfg["accum"], max_length=steps_cfg["max_length"],
-                     learning_rate=5e-7, num_train_epochs=steps_cfg.get("epochs", 1), max_steps=-1, logging_steps=1, save_strategy="no",
-                     report_to=[], optim="adamw_8bit" if cuda else "adamw_torch", bf16=cuda, use_cpu=not cuda,
-                     precompute_ref_log_probs=opts.get("precompute", False), dataloader_num_workers=0,
-                     seed=42, **kw)
+    return KTOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=steps_cfg["batch"],
+        gradient_accumulation_steps=steps_cfg["accum"],
+        max_length=steps_cfg["max_length"],
+        learning_rate=5e-7,
+        num_train_epochs=steps_cfg.get("epochs", 1),
+        max_steps=-1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        optim="adamw_8bit" if cuda else "adamw_torch",
+        bf16=cuda,
+        use_cpu=not cuda,
+        precompute_ref_log_probs=opts.get("precompute", False),
+        dataloader_num_workers=0,
+        seed=42,
+        **kw,
+    )
 
 
 def ours_config(model_dir: Path, opts: dict, steps_cfg: dict):
     from kto_pipeline.config import get_config
 
-    return get_config("7b", {
-        "model": {"model_name": str(model_dir), "max_seq_length": steps_cfg["max_length"],
-                  "use_unsloth": "always" if opts["backend"] == "unsloth" and cuda() else "never"},
-        "lora": {"r": 16, "alpha": 16, "dropout": 0.0},
-        "training": {"per_device_train_batch_size": steps_cfg["batch"],
-                     "gradient_accumulation_steps": steps_cfg["accum"], "learning_rate": 5e-7,
-                     "num_train_epochs": float(steps_cfg.get("epochs", 1)), "max_steps": -1, "logging_steps": 1, "save_steps": 10**9,
-                     "warmup_ratio": 0.1, "group_by_length": opts.get("group_by_length", True),
-                     "precompute_ref_log_probs": opts.get("precompute"),
-                     "packing": opts.get("packing", False), "fuse_reference": opts.get("fuse_reference", False),
-                     "memory_budget_gib": opts.get("budget")},
-    })
+    return get_config(
+        "7b",
+        {
+            "model": {
+                "model_name": str(model_dir),
+                "max_seq_length": steps_cfg["max_length"],
+                "use_unsloth": "always" if opts["backend"] == "unsloth" and cuda() else "never",
+            },
+            "lora": {"r": 16, "alpha": 16, "dropout": 0.0},
+            "training": {
+                "per_device_train_batch_size": steps_cfg["batch"],
+                "gradient_accumulation_steps": steps_cfg["accum"],
+                "learning_rate": 5e-7,
+                "num_train_epochs": float(steps_cfg.get("epochs", 1)),
+                "max_steps": -1,
+                "logging_steps": 1,
+                "save_steps": 10**9,
+                "warmup_ratio": 0.1,
+                "group_by_length": opts.get("group_by_length", True),
+                "precompute_ref_log_probs": opts.get("precompute"),
+                "packing": opts.get("packing", False),
+                "fuse_reference": opts.get("fuse_reference", False),
+                "memory_budget_gib": opts.get("budget"),
+            },
+        },
+    )
 
 
 def planned_micro_batch(model_dir: Path, opts: dict, steps_cfg: dict) -> int:
@@ -365,8 +489,9 @@ def planned_micro_batch(model_dir: Path, opts: dict, steps_cfg: dict) -> int:
     return with_budget(ours_config(model_dir, opts, steps_cfg)).training.per_device_train_batch_size
 
 
-def make_trainer(name: str, opts: dict, loaded, rows, model_dir: Path, work: Path, steps_cfg: dict,
-                 callbacks: list, tag: str):
+def make_trainer(
+    name: str, opts: dict, loaded, rows, model_dir: Path, work: Path, steps_cfg: dict, callbacks: list, tag: str
+):
     """One trainer for this variant on `rows` (the warm-up batch or the measured set)."""
     from trl import KTOTrainer
 
@@ -383,9 +508,14 @@ def make_trainer(name: str, opts: dict, loaded, rows, model_dir: Path, work: Pat
         config = ours_config(model_dir, opts, steps_cfg)
         trainer, _ = build_trainer(config, loaded, write_kto_dir(rows, work / f"data-{tag}"), work / tag, callbacks)
         return trainer
-    return KTOTrainer(model=loaded.model, args=trl_args(opts, work / tag, steps_cfg),
-                      train_dataset=as_dataset(rows, f"{name}-{tag}"), processing_class=loaded.tokenizer,
-                      peft_config=loaded.peft_config, callbacks=callbacks)
+    return KTOTrainer(
+        model=loaded.model,
+        args=trl_args(opts, work / tag, steps_cfg),
+        train_dataset=as_dataset(rows, f"{name}-{tag}"),
+        processing_class=loaded.tokenizer,
+        peft_config=loaded.peft_config,
+        callbacks=callbacks,
+    )
 
 
 def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict) -> dict[str, Any]:
@@ -395,9 +525,13 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
     opts = VARIANTS[name]
     steps_cfg = dict(steps_cfg, **{k: opts[k] for k in ("batch", "accum") if k in opts})
     a = arch_numbers(model_dir)
-    result: dict[str, Any] = {"variant": name, "label": opts["label"], "backend": loaded.backend,
-                              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                              **steps_cfg}
+    result: dict[str, Any] = {
+        "variant": name,
+        "label": opts["label"],
+        "backend": loaded.backend,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        **steps_cfg,
+    }
     precompute_t, save_t = Timer(), Timer()
     orig_pre, orig_save = KTOTrainer._precompute_ref_logps, KTOTrainer._save_checkpoint
     KTOTrainer._precompute_ref_logps = precompute_t.wrap(orig_pre)
@@ -409,10 +543,24 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
             fresh_memory()
             first: dict = {}
             micro = planned_micro_batch(model_dir, opts, steps_cfg)
-            warm_rows = synth_rows(model_dir, micro, steps_cfg["max_length"], seed=7,
-                                   fixed=(steps_cfg["max_length"] // 2 - 1, steps_cfg["max_length"] // 2))
-            warm = make_trainer(name, opts, loaded, warm_rows, model_dir, work, dict(steps_cfg, batch=micro, accum=1),
-                                [first_log_callback(first)], "warm")
+            warm_rows = synth_rows(
+                model_dir,
+                micro,
+                steps_cfg["max_length"],
+                seed=7,
+                fixed=(steps_cfg["max_length"] // 2 - 1, steps_cfg["max_length"] // 2),
+            )
+            warm = make_trainer(
+                name,
+                opts,
+                loaded,
+                warm_rows,
+                model_dir,
+                work,
+                dict(steps_cfg, batch=micro, accum=1),
+                [first_log_callback(first)],
+                "warm",
+            )
             t0 = time.perf_counter()
             warm.train()
             sync()
@@ -466,8 +614,12 @@ def run_variant(name: str, loaded, model_dir: Path, work: Path, steps_cfg: dict)
             result["run_peak_reserved_gib"] = result.get("peak_reserved_gib")
             if opts["trainer"] == "ours":
                 result.update(planned_peaks(trainer, model_dir, opts, steps_cfg))
-            result["peak_allocated_gib"] = max(result.get("peak_allocated_gib", 0), result.get("warm_peak_allocated_gib", 0))
-            result["peak_reserved_gib"] = max(result.get("peak_reserved_gib", 0), result.get("warm_peak_reserved_gib", 0))
+            result["peak_allocated_gib"] = max(
+                result.get("peak_allocated_gib", 0), result.get("warm_peak_allocated_gib", 0)
+            )
+            result["peak_reserved_gib"] = max(
+                result.get("peak_reserved_gib", 0), result.get("warm_peak_reserved_gib", 0)
+            )
             del trainer
     finally:
         KTOTrainer._precompute_ref_logps, KTOTrainer._save_checkpoint = orig_pre, orig_save
@@ -486,13 +638,19 @@ def planned_peaks(trainer, model_dir: Path, opts: dict, steps_cfg: dict) -> dict
     ds = trainer.train_dataset
     toks = [len(p) + len(c) for p, c in zip(ds["prompt_ids"], ds["completion_ids"])]
     # the run's own micro-batches: the dataset is already in the order training walks
-    run = estimate(config, micro_batch=b, tokens=packed_tokens(toks, b, max_len, list(range(len(toks))))
-                   if opts.get("packing") else None)
+    run = estimate(
+        config,
+        micro_batch=b,
+        tokens=packed_tokens(toks, b, max_len, list(range(len(toks)))) if opts.get("packing") else None,
+    )
     warm = estimate(config, micro_batch=b)
-    return {"plan_run_allocated_gib": round(run.peak_allocated_gib, 2),
-            "plan_run_reserved_gib": round(run.peak_reserved_gib, 2), "plan_run_tokens": run.tokens,
-            "plan_warm_allocated_gib": round(warm.peak_allocated_gib, 2),
-            "plan_warm_reserved_gib": round(warm.peak_reserved_gib, 2)}
+    return {
+        "plan_run_allocated_gib": round(run.peak_allocated_gib, 2),
+        "plan_run_reserved_gib": round(run.peak_reserved_gib, 2),
+        "plan_run_tokens": run.tokens,
+        "plan_warm_allocated_gib": round(warm.peak_allocated_gib, 2),
+        "plan_warm_reserved_gib": round(warm.peak_reserved_gib, 2),
+    }
 
 
 def packed_logp_check(trainer) -> dict[str, Any]:
@@ -512,14 +670,20 @@ def packed_logp_check(trainer) -> dict[str, Any]:
                 if n in saved:
                     p.copy_((torch.randn(p.shape, generator=gen) * 0.02).to(p.device, p.dtype))
         for prefix in ("", "KL_"):
-            ids, am, cm = (batch[f"{prefix}{k}"].to(model.device)
-                           for k in ("input_ids", "attention_mask", "completion_mask"))
+            ids, am, cm = (
+                batch[f"{prefix}{k}"].to(model.device) for k in ("input_ids", "attention_mask", "completion_mask")
+            )
             sums = {}
             for packed in (False, True):
                 trainer.pack_stats.enabled = packed
                 with torch.no_grad(), trainer.accelerator.autocast():
-                    lp = model(input_ids=ids, attention_mask=am, labels=ids.masked_fill(cm == 0, -100),
-                               use_cache=False, fused_lm_head=True).log_probs
+                    lp = model(
+                        input_ids=ids,
+                        attention_mask=am,
+                        labels=ids.masked_fill(cm == 0, -100),
+                        use_cache=False,
+                        fused_lm_head=True,
+                    ).log_probs
                 sums[packed] = lp.float().sum(-1)
             rel = ((sums[True] - sums[False]).abs() / sums[False].abs().clamp(min=1e-6)).max().item()
             out[f"packed_vs_padded_max_rel{'_kl' if prefix else ''}"] = rel
@@ -531,9 +695,11 @@ def packed_logp_check(trainer) -> dict[str, Any]:
             for n, p in model.named_parameters():
                 if n in saved:
                     p.copy_(saved[n])
-    print(f"[packing] per-row log-probs packed vs padded, max relative difference: "
-          f"{out['packed_vs_padded_max_rel']:.2e} (rows), {out['packed_vs_padded_max_rel_kl']:.2e} (KL rows)",
-          flush=True)
+    print(
+        f"[packing] per-row log-probs packed vs padded, max relative difference: "
+        f"{out['packed_vs_padded_max_rel']:.2e} (rows), {out['packed_vs_padded_max_rel_kl']:.2e} (KL rows)",
+        flush=True,
+    )
     return out
 
 
@@ -574,17 +740,26 @@ def load(backend: str, model_dir: Path, steps_cfg: dict):
     if torch.cuda.is_available():
         from transformers import BitsAndBytesConfig
 
-        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                       bnb_4bit_use_double_quant=True,
-                                                       bnb_4bit_compute_dtype=torch.bfloat16)
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
         kw["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
     if torch.cuda.is_available():
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    peft = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft = LoraConfig(
+        r=16,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     return LoadedModel(model, AutoTokenizer.from_pretrained(model_dir), peft, "transformers", str(model_dir))
 
 
@@ -596,8 +771,9 @@ def child(args) -> None:
     from kto_pipeline.patches import install_torch_chunked_logprob
 
     install_torch_chunked_logprob()  # CPU smoke runs only: TRL's LM-head kernel is Triton
-    steps_cfg = dict(batch=args.batch, accum=args.accum, examples=args.examples, max_length=args.max_length,
-                     epochs=args.epochs)
+    steps_cfg = dict(
+        batch=args.batch, accum=args.accum, examples=args.examples, max_length=args.max_length, epochs=args.epochs
+    )
     model_dir, work = Path(args.model), Path(args.work)
     fresh_memory()
     t0 = time.perf_counter()
@@ -648,8 +824,14 @@ def profile(loaded, model_dir: Path, work: Path, steps_cfg: dict, out_dir: Path,
     events = prof.key_averages()
     device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
     kernels = sum(getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA and e.count or 0 for e in events)
-    line = {"profile": name, "micro_batch": batch, "wall_s": round(wall, 2), "device_busy_s": round(device_us / 1e6, 2),
-            "device_busy_share": round(device_us / 1e6 / wall, 3), "launched_kernels": kernels}
+    line = {
+        "profile": name,
+        "micro_batch": batch,
+        "wall_s": round(wall, 2),
+        "device_busy_s": round(device_us / 1e6, 2),
+        "device_busy_share": round(device_us / 1e6 / wall, 3),
+        "launched_kernels": kernels,
+    }
     sort = "self_device_time_total" if cuda() else "self_cpu_time_total"
     (out_dir / f"profile_{name}.txt").write_text(json.dumps(line) + "\n" + events.table(sort_by=sort, row_limit=30))
     print(f"PROFILE {json.dumps(line)}", flush=True)
@@ -666,8 +848,9 @@ def compile_warmup(loaded, model_dir: Path, work: Path, steps_cfg: dict, names: 
         opts = VARIANTS[name]
         batch = planned_micro_batch(model_dir, opts, steps_cfg)
         rows = synth_rows(model_dir, 2 * batch, steps_cfg["max_length"], seed=99)
-        tr = make_trainer(name, opts, loaded, rows, model_dir, work, dict(steps_cfg, batch=batch, accum=1), [],
-                          f"{name}")
+        tr = make_trainer(
+            name, opts, loaded, rows, model_dir, work, dict(steps_cfg, batch=batch, accum=1), [], f"{name}"
+        )
         tr.train()
         del tr
         reset_lora(loaded)
@@ -686,10 +869,14 @@ def sweep(loaded, model_dir: Path, work: Path, steps_cfg: dict, spec: str, out: 
         cfg = dict(steps_cfg, batch=b, accum=1, max_length=t)
         rows = synth_rows(model_dir, b, t, seed=b * 10000 + t, fixed=(t // 2 - 1, t // 2))
         fresh_memory()
-        plan = estimate(ours_config(model_dir, opts, cfg), micro_batch=b,
-                        tokens=b * t if opts.get("packing") else None)
-        r: dict[str, Any] = {"sweep": True, "variant": variant, "batch": b, "seq": t,
-                             "plan_allocated_gib": round(plan.peak_allocated_gib, 3)}
+        plan = estimate(ours_config(model_dir, opts, cfg), micro_batch=b, tokens=b * t if opts.get("packing") else None)
+        r: dict[str, Any] = {
+            "sweep": True,
+            "variant": variant,
+            "batch": b,
+            "seq": t,
+            "plan_allocated_gib": round(plan.peak_allocated_gib, 3),
+        }
         try:
             tr = make_trainer(variant, opts, loaded, rows, model_dir, work, cfg, [], f"{b}x{t}")
             tr.train()
@@ -714,10 +901,32 @@ def run(args) -> int:
         groups.setdefault("unsloth", [])
     code = 0
     for backend, names in groups.items():
-        cmd = [sys.executable, __file__, "child", args.model, "--backend", backend, "--variants", ",".join(names),
-               "--out", args.out, "--work", args.work, "--batch", str(args.batch), "--accum", str(args.accum),
-               "--examples", str(args.examples), "--max-length", str(args.max_length),
-               "--epochs", str(args.epochs), "--compile-warmup", args.compile_warmup]
+        cmd = [
+            sys.executable,
+            __file__,
+            "child",
+            args.model,
+            "--backend",
+            backend,
+            "--variants",
+            ",".join(names),
+            "--out",
+            args.out,
+            "--work",
+            args.work,
+            "--batch",
+            str(args.batch),
+            "--accum",
+            str(args.accum),
+            "--examples",
+            str(args.examples),
+            "--max-length",
+            str(args.max_length),
+            "--epochs",
+            str(args.epochs),
+            "--compile-warmup",
+            args.compile_warmup,
+        ]
         if args.profile and backend == "unsloth":
             cmd += ["--profile", args.profile]
         if args.sweep and backend == "unsloth":
@@ -737,11 +946,13 @@ def run(args) -> int:
 def table(path: str) -> str:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     runs = [r for r in rows if not r.get("sweep")]
-    lines = ["| variant | tokens/s (non-pad) | train-only tokens/s | padding | peak alloc GiB | peak reserved GiB "
-             "| at micro-batch x max_length: alloc / reserved GiB | first-step loss | first logps/chosen | MFU "
-             "| precompute s | train s | vs (a) | vs best of (b), (b') | packed vs padded row log-probs (max rel.) "
-             "| model forwards per micro-batch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | tokens/s (non-pad) | train-only tokens/s | padding | peak alloc GiB | peak reserved GiB "
+        "| at micro-batch x max_length: alloc / reserved GiB | first-step loss | first logps/chosen | MFU "
+        "| precompute s | train s | vs (a) | vs best of (b), (b') | packed vs padded row log-probs (max rel.) "
+        "| model forwards per micro-batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     speed = {r["variant"]: r["tokens_per_s"] for r in runs if "error" not in r}
     best_b = max((speed[v] for v in ("b", "b16") if v in speed), default=None)
 
@@ -761,13 +972,20 @@ def table(path: str) -> str:
             f"| {r['first_loss']} | {r['first_logps_chosen']} | {r['mfu']:.1%} | {r['precompute_s']} "
             f"| {r['train_s']} | {ratio(r['tokens_per_s'], speed.get('a'))} | {ratio(r['tokens_per_s'], best_b)} "
             f"| {check} "
-            f"| {r.get('forwards_per_micro_batch', '-')} |")
+            f"| {r.get('forwards_per_micro_batch', '-')} |"
+        )
     sweeps = [r for r in rows if r.get("sweep")]
     if sweeps:
-        lines += ["", "| variant | micro-batch x seq | peak alloc GiB | planned alloc GiB | peak reserved GiB |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r.get('variant', 'c')} | {r['batch']}x{r['seq']} | {r.get('peak_allocated_gib', r.get('error'))} "
-                  f"| {r.get('plan_allocated_gib', '')} | {r.get('peak_reserved_gib', '')} |" for r in sweeps]
+        lines += [
+            "",
+            "| variant | micro-batch x seq | peak alloc GiB | planned alloc GiB | peak reserved GiB |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r.get('variant', 'c')} | {r['batch']}x{r['seq']} | {r.get('peak_allocated_gib', r.get('error'))} "
+            f"| {r.get('plan_allocated_gib', '')} | {r.get('peak_reserved_gib', '')} |"
+            for r in sweeps
+        ]
     return "\n".join(lines)
 
 
@@ -787,14 +1005,22 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument("--accum", type=int, default=4)
         r.add_argument("--examples", type=int, default=256)
         r.add_argument("--max-length", type=int, default=2048)
-        r.add_argument("--sweep", default="", help="micro-batch x seq points for the memory planner, e.g. 4x2048,8x1024")
+        r.add_argument(
+            "--sweep", default="", help="micro-batch x seq points for the memory planner, e.g. 4x2048,8x1024"
+        )
         r.add_argument("--sweep-variant", default="c", help="the variant the --sweep points run (c, c_varlen, ...)")
         r.add_argument("--timeout", type=int, default=3600)
         r.add_argument("--epochs", type=int, default=1)
-        r.add_argument("--compile-warmup", default="b,c_mb4,c_precompute",
-                       help="variants run once, untimed, before anything is measured")
-        r.add_argument("--profile", default="",
-                       help="after the variants: profile two micro-batches of each of these variants (e.g. c,c_pack_fuse)")
+        r.add_argument(
+            "--compile-warmup",
+            default="b,c_mb4,c_precompute",
+            help="variants run once, untimed, before anything is measured",
+        )
+        r.add_argument(
+            "--profile",
+            default="",
+            help="after the variants: profile two micro-batches of each of these variants (e.g. c,c_pack_fuse)",
+        )
         if name == "child":
             r.add_argument("--backend", required=True)
     t = sub.add_parser("table")
@@ -819,8 +1045,9 @@ def child_sweep_only(args) -> None:
     if cuda():
         import unsloth  # noqa: F401
 
-    steps_cfg = dict(batch=args.batch, accum=args.accum, examples=args.examples, max_length=args.max_length,
-                     epochs=args.epochs)
+    steps_cfg = dict(
+        batch=args.batch, accum=args.accum, examples=args.examples, max_length=args.max_length, epochs=args.epochs
+    )
     model_dir = Path(args.model)
     loaded = load("unsloth", model_dir, steps_cfg)
     sweep(loaded, model_dir, Path(args.work) / "sweep", steps_cfg, args.sweep, args.out, args.sweep_variant)

@@ -20,10 +20,11 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import filelock
 
@@ -96,8 +97,10 @@ def exclusive(path: Path, holder: str = "", on_wait: Callable[[str], None] | Non
                 on_wait("another process")
         lock.acquire()
     except PermissionError:
-        raise PermissionError(f"cannot open the lock file {path} (made by another user?): give it write "
-                              "permission, or choose another lock path") from None
+        raise PermissionError(
+            f"cannot open the lock file {path} (made by another user?): give it write "
+            "permission, or choose another lock path"
+        ) from None
     try:
         holder_file(path).write_text(f"{holder} (pid {os.getpid()})")
         yield
@@ -114,8 +117,14 @@ def _discard(folder: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def build_once(final: Path, build: Callable[[Path], Any], *, resumable: bool = False, holder: str = "",
-               on_wait: Callable[[str], None] | None = None) -> bool:
+def build_once(
+    final: Path,
+    build: Callable[[Path], Any],
+    *,
+    resumable: bool = False,
+    holder: str = "",
+    on_wait: Callable[[str], None] | None = None,
+) -> bool:
     """Make `final` a complete folder by calling build(scratch) unless it already is one; True if this call built it.
 
     resumable: the scratch folder has a fixed name (`.resume/{name}`) and survives a failure, so the next
@@ -131,7 +140,7 @@ def build_once(final: Path, build: Callable[[Path], Any], *, resumable: bool = F
         if is_complete(final):  # a concurrent run finished it while we waited for the lock
             return False
         for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed builder: only a lock holder
-            shutil.rmtree(stale, ignore_errors=True)              # makes them, and the lock is ours now
+            shutil.rmtree(stale, ignore_errors=True)  # makes them, and the lock is ours now
         if resumable:
             tmp = final.parent / ".resume" / final.name  # keeps the final name: a builder may record it
             tmp.mkdir(parents=True, exist_ok=True)
@@ -156,9 +165,11 @@ def build_once(final: Path, build: Callable[[Path], Any], *, resumable: bool = F
                 shutil.rmtree(tmp, ignore_errors=True)
             # A subprocess (training, llama.cpp) reports ENOSPC only in its own log; what is left on the disk tells.
             if _disk_full(exc) or (free_mb < 1 and not isinstance(exc, KeyboardInterrupt)):
-                raise DiskFullError(f"{final}: disk full ({free_mb:.1f} MB free) while writing {final.parent.name}"
-                                    + ("" if not resumable else f"; what was written is kept in {tmp} to resume "
-                                       "from") + ": free some space and materialize it again") from exc
+                raise DiskFullError(
+                    f"{final}: disk full ({free_mb:.1f} MB free) while writing {final.parent.name}"
+                    + ("" if not resumable else f"; what was written is kept in {tmp} to resume from")
+                    + ": free some space and materialize it again"
+                ) from exc
             raise
     return True
 
@@ -200,20 +211,30 @@ class Store:
     def is_complete(self, asset: str, version: str) -> bool:
         return is_complete(self.path(asset, version))
 
-    def get_or_build(self, asset: str, version: str, build: Callable[[Path], Any], *, resumable: bool = False,
-                     holder: str = "", on_wait: Callable[[str], None] | None = None) -> Artifact:
+    def get_or_build(
+        self,
+        asset: str,
+        version: str,
+        build: Callable[[Path], Any],
+        *,
+        resumable: bool = False,
+        holder: str = "",
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Artifact:
         """The complete folder of (asset, version), calling build(scratch folder) only if none exists yet."""
         path = self.path(asset, version)
-        built = build_once(path, build, resumable=resumable, holder=holder or f"building {asset} {version}",
-                           on_wait=on_wait)
+        built = build_once(
+            path, build, resumable=resumable, holder=holder or f"building {asset} {version}", on_wait=on_wait
+        )
         return Artifact(asset, version, path, built)
 
     def get(self, asset: str, version: str) -> Artifact:
         """An existing complete folder; a clear error when it is missing or was never finished."""
         path = self.path(asset, version)
         if not is_complete(path):
-            raise FileNotFoundError(f"{asset} {version}: {path} is missing or incomplete (no {COMPLETE}); "
-                                    f"materialize {asset} again")
+            raise FileNotFoundError(
+                f"{asset} {version}: {path} is missing or incomplete (no {COMPLETE}); materialize {asset} again"
+            )
         return Artifact(asset, version, path, False)
 
     @property

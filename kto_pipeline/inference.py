@@ -17,8 +17,8 @@ from __future__ import annotations
 import atexit
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 Messages = list[dict[str, str]]
 
@@ -48,15 +48,17 @@ class _HFBackend:
         if dtype == "auto" and self.device == "cpu":
             dtype = "float32"  # 16-bit matmuls on a CPU are slow and lossy: SmolLM2 in bf16 loops where fp32 answers
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
-                                                          trust_remote_code=trust_remote_code).to(self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, trust_remote_code=trust_remote_code
+        ).to(self.device)
         self.model.eval()
         self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
 
     def _inputs(self, messages: Messages | None, text: str | None):
         if messages is not None:
-            enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=True, return_tensors="pt")
+            enc = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            )
         else:
             enc = self.tokenizer(text, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
@@ -65,8 +67,11 @@ class _HFBackend:
         if seed is not None:
             self.torch.manual_seed(seed)
         tok = self.tokenizer
-        kw = dict(**inputs, max_new_tokens=max_new_tokens,
-                  pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        kw = dict(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        )
         if temperature and temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:
@@ -107,7 +112,7 @@ class _HFBackend:
         inputs = self._inputs(messages, text)
         with self.torch.inference_mode():
             out = self.model.generate(**self._gen_kwargs(inputs, temperature, max_new_tokens, top_p, seed))
-        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 class _GGUFBackend:
@@ -117,7 +122,9 @@ class _GGUFBackend:
         try:
             from kto_pipeline.export import llama
         except ImportError as exc:
-            raise InferenceError("GGUF inference needs llama-cpp-python (pip install llama-cpp-python==0.3.36)") from exc
+            raise InferenceError(
+                "GGUF inference needs llama-cpp-python (pip install llama-cpp-python==0.3.36)"
+            ) from exc
         kw = {"seed": seed} if seed is not None else {}
         self.llm = llama.load(path, n_ctx=n_ctx, n_threads=n_threads, verbose=False, **kw)
         self.has_template = bool(self.llm.metadata.get("tokenizer.chat_template"))
@@ -160,8 +167,17 @@ def _close_llama(ref) -> None:
 class KTOInference:
     """Generate with a merged HF model folder (transformers) or a .gguf file (llama.cpp)."""
 
-    def __init__(self, path: str | Path, *, device: str | None = None, dtype: str = "auto", n_ctx: int = 4096,
-                 n_threads: int | None = None, seed: int | None = None, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        seed: int | None = None,
+        trust_remote_code: bool = False,
+    ):
         self.path = Path(path)
         if self.path.is_file() and self.path.suffix == ".gguf":
             self.backend = _GGUFBackend(self.path, n_ctx, n_threads, seed)
@@ -171,18 +187,22 @@ class KTOInference:
             names = ", ".join(sorted(p.name for p in self.path.glob("*.gguf")))
             raise InferenceError(f"{self.path} holds GGUF files but no config.json; pass one file: {names}")
         elif self.path.is_dir() and (self.path / "adapter_config.json").is_file():
-            raise InferenceError(f"{self.path} is a LoRA adapter; merge it first (the merged_model asset) "
-                                 "or release it with save method merged_16bit")
+            raise InferenceError(
+                f"{self.path} is a LoRA adapter; merge it first (the merged_model asset) "
+                "or release it with save method merged_16bit"
+            )
         else:
-            raise InferenceError(f"{path} is neither a model folder with config.json nor a .gguf file "
-                                 "(Hub repos must be downloaded first: hf download REPO --local-dir DIR)")
+            raise InferenceError(
+                f"{path} is neither a model folder with config.json nor a .gguf file "
+                "(Hub repos must be downloaded first: hf download REPO --local-dir DIR)"
+            )
 
     def close(self) -> None:
         """Free llama.cpp memory now (transformers models are freed by the garbage collector)."""
         if hasattr(self.backend, "close"):
             self.backend.close()
 
-    def __enter__(self) -> "KTOInference":
+    def __enter__(self) -> KTOInference:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -199,29 +219,59 @@ class KTOInference:
         if not self.backend.has_template:
             raise InferenceError(f"{self.path} has no chat template; use generate(..., use_chat_template=False)")
 
-    def generate(self, prompt: str, temperature: float = 0.7, max_new_tokens: int = 512, top_p: float = 0.9,
-                 *, system: str | None = None, use_chat_template: bool = True, seed: int | None = None) -> str:
+    def generate(
+        self,
+        prompt: str,
+        temperature: float = 0.7,
+        max_new_tokens: int = 512,
+        top_p: float = 0.9,
+        *,
+        system: str | None = None,
+        use_chat_template: bool = True,
+        seed: int | None = None,
+    ) -> str:
         """One answer to one prompt, formatted as a user turn by the chat template (raw text if asked)."""
         if use_chat_template:
             self._need_template()
-            return self.backend.complete(self._messages(prompt, system), None, temperature, max_new_tokens, top_p,
-                                         seed)
+            return self.backend.complete(self._messages(prompt, system), None, temperature, max_new_tokens, top_p, seed)
         return self.backend.complete(None, prompt, temperature, max_new_tokens, top_p, seed)
 
-    def chat(self, messages: Messages, temperature: float = 0.7, max_new_tokens: int = 512, top_p: float = 0.9,
-             *, seed: int | None = None) -> str:
+    def chat(
+        self,
+        messages: Messages,
+        temperature: float = 0.7,
+        max_new_tokens: int = 512,
+        top_p: float = 0.9,
+        *,
+        seed: int | None = None,
+    ) -> str:
         """The assistant's next turn after `messages` (a list of {role, content})."""
         self._need_template()
         return self.backend.complete(_check_messages(messages), None, temperature, max_new_tokens, top_p, seed)
 
-    def stream_chat(self, messages: Messages, temperature: float = 0.7, max_new_tokens: int = 512,
-                    top_p: float = 0.9, *, seed: int | None = None) -> Iterator[str]:
+    def stream_chat(
+        self,
+        messages: Messages,
+        temperature: float = 0.7,
+        max_new_tokens: int = 512,
+        top_p: float = 0.9,
+        *,
+        seed: int | None = None,
+    ) -> Iterator[str]:
         """Like chat(), yielding text pieces as they are generated."""
         self._need_template()
         return self.backend.stream(_check_messages(messages), None, temperature, max_new_tokens, top_p, seed)
 
-    def stream_generate(self, prompt: str, temperature: float = 0.7, max_new_tokens: int = 512, top_p: float = 0.9,
-                        *, use_chat_template: bool = True, seed: int | None = None) -> Iterator[str]:
+    def stream_generate(
+        self,
+        prompt: str,
+        temperature: float = 0.7,
+        max_new_tokens: int = 512,
+        top_p: float = 0.9,
+        *,
+        use_chat_template: bool = True,
+        seed: int | None = None,
+    ) -> Iterator[str]:
         if use_chat_template:
             return self.stream_chat(self._messages(prompt, None), temperature, max_new_tokens, top_p, seed=seed)
         return self.backend.stream(None, prompt, temperature, max_new_tokens, top_p, seed)

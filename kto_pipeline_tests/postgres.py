@@ -31,8 +31,11 @@ PG_VARS = ("KTO_PG_HOST", "KTO_PG_PORT", "KTO_PG_USER", "KTO_PG_PASSWORD", "KTO_
 
 def find_bin_dir() -> Path | None:
     """The newest /usr/lib/postgresql/<major>/bin holding initdb and pg_ctl (Debian does not put them on PATH)."""
-    found = [Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin")
-             if os.access(Path(d) / "initdb", os.X_OK) and os.access(Path(d) / "pg_ctl", os.X_OK)]
+    found = [
+        Path(d)
+        for d in glob.glob("/usr/lib/postgresql/*/bin")
+        if os.access(Path(d) / "initdb", os.X_OK) and os.access(Path(d) / "pg_ctl", os.X_OK)
+    ]
     found.sort(key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
     if found:
         return found[-1]
@@ -61,19 +64,22 @@ class Cluster:
 
     def _run(self, tool: str, *args: str, timeout: float = 120) -> str:
         kw = {"user": self.user, "group": pwd.getpwnam(self.user).pw_gid, "extra_groups": []} if self.user else {}
-        proc = subprocess.run([str(self.bin_dir / tool), *args], cwd=self.root, capture_output=True, text=True,
-                              timeout=timeout, **kw)
+        proc = subprocess.run(
+            [str(self.bin_dir / tool), *args], cwd=self.root, capture_output=True, text=True, timeout=timeout, **kw
+        )
         if proc.returncode != 0:
             log = self.log.read_text()[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}{log}")
         return proc.stdout
 
     @classmethod
-    def start(cls, bin_dir: Path | None = None) -> "Cluster":
+    def start(cls, bin_dir: Path | None = None) -> Cluster:
         bin_dir = bin_dir or find_bin_dir()
         if bin_dir is None:
-            raise FileNotFoundError("no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin "
-                                    "or on PATH: apt-get install postgresql")
+            raise FileNotFoundError(
+                "no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin "
+                "or on PATH: apt-get install postgresql"
+            )
         user = _server_user()
         root = Path(tempfile.mkdtemp(prefix="kto-pg-"))
         if user:
@@ -86,8 +92,19 @@ class Cluster:
             pwfile.write_text(cluster.password + "\n")
             if user:
                 os.chown(pwfile, pwd.getpwnam(user).pw_uid, -1)
-            cluster._run("initdb", "-D", str(cluster.data), "-U", SUPERUSER, f"--pwfile={pwfile}",
-                         "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-sync")
+            cluster._run(
+                "initdb",
+                "-D",
+                str(cluster.data),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
             pwfile.unlink()
             opts = f"-p {cluster.port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off -c max_connections=200"
             cluster._run("pg_ctl", "-D", str(cluster.data), "-l", str(cluster.log), "-o", opts, "-w", "start")
@@ -119,7 +136,7 @@ class Cluster:
                     time.sleep(0.1)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -135,8 +152,10 @@ def alive(pid: int) -> bool:
 
 
 REPO = Path(__file__).resolve().parent.parent
-INSTANCE_YAML = {"sqlite": REPO / "kto_pipeline" / "dagster.yaml",
-                 "postgres": REPO / "kto_pipeline" / "dagster_postgres.yaml"}
+INSTANCE_YAML = {
+    "sqlite": REPO / "kto_pipeline" / "dagster.yaml",
+    "postgres": REPO / "kto_pipeline" / "dagster_postgres.yaml",
+}
 
 
 class InstanceHomes:
@@ -153,7 +172,7 @@ class InstanceHomes:
             raise ValueError(f"storage {storage!r}: use one of {sorted(INSTANCE_YAML)}")
         self.storage, self.cluster, self._own = storage, cluster, cluster is None
 
-    def __enter__(self) -> "InstanceHomes":
+    def __enter__(self) -> InstanceHomes:
         if self.storage == "postgres" and self.cluster is None:
             self.cluster = Cluster.start()
         return self

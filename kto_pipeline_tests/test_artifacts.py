@@ -18,12 +18,14 @@ from kto_pipeline.artifacts import COMPLETE, Store, build_once, is_complete, ver
 
 def slow_build(root: str, marker: str, q) -> None:
     """A build that takes a while and writes several files, recording that it ran."""
+
     def build(tmp: Path) -> None:
         with open(marker, "a") as f:
             f.write(f"{os.getpid()}\n")
         for i in range(5):
             (tmp / f"part{i}.json").write_text(json.dumps({"i": i, "pid": os.getpid()}))
             time.sleep(0.02)
+
     try:
         art = Store(root).get_or_build("kto_dataset", "v1", build)
         parts = sorted(p.name for p in art.path.iterdir())
@@ -36,8 +38,10 @@ def test_concurrent_builds_of_one_version_build_once_and_all_succeed(tmp_path):
     n = 8
     marker = tmp_path / "builds.txt"
     q = mp.get_context("spawn").Queue()
-    procs = [mp.get_context("spawn").Process(target=slow_build, args=(str(tmp_path / "root"), str(marker), q))
-             for _ in range(n)]
+    procs = [
+        mp.get_context("spawn").Process(target=slow_build, args=(str(tmp_path / "root"), str(marker), q))
+        for _ in range(n)
+    ]
     for p in procs:
         p.start()
     results = [q.get(timeout=120) for _ in procs]

@@ -22,21 +22,27 @@ RESOURCES = {"artifacts": ArtifactStore()}  # the root: $KTO_ARTIFACT_ROOT of th
 
 
 def rows(n: int, tag: str, share: float = 0.5) -> str:
-    return "".join(json.dumps({"prompt": f"{tag} question {i}", "completion": f"{tag} answer {i}",
-                               "label": i < n * share}) + "\n" for i in range(n))
+    return "".join(
+        json.dumps({"prompt": f"{tag} question {i}", "completion": f"{tag} answer {i}", "label": i < n * share}) + "\n"
+        for i in range(n)
+    )
 
 
 def tick(sensor: dg.SensorDefinition, instance, cursor: str | None):
     """One sensor evaluation, with what the daemon would do with its result: add the requested
     partitions, then execute the requested runs."""
-    data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor, definitions=defs,
-                                                       resources=RESOURCES))
+    data = sensor.evaluate_tick(
+        dg.build_sensor_context(
+            instance=instance, instance_ref=instance.get_ref(), cursor=cursor, definitions=defs, resources=RESOURCES
+        )
+    )
     for req in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
     job = defs.resolve_job_def("ingest_raw_file")
     for rr in data.run_requests or []:
-        assert job.execute_in_process(instance=instance, partition_key=rr.partition_key, run_config=rr.run_config,
-                                      tags=rr.tags).success
+        assert job.execute_in_process(
+            instance=instance, partition_key=rr.partition_key, run_config=rr.run_config, tags=rr.tags
+        ).success
     return data
 
 
@@ -49,7 +55,8 @@ def ingested(instance) -> dict[str, dict]:
     out = {}
     for key in instance.get_dynamic_partitions("raw_files"):
         rec = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_file"), asset_partitions=[key]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_file"), asset_partitions=[key]), limit=1
+        ).records
         out[key] = {k: v.value for k, v in rec[0].asset_materialization.metadata.items()} if rec else {}
     return out
 
@@ -58,8 +65,10 @@ def test_sensor_adds_one_partition_per_new_file_with_a_cursor(tmp_path, project)
     drop = tmp_path / "drop"
     sensor = build_raw_files_sensor(drop, name="test_sensor", settle_seconds=0)
     with project.instance() as instance:
-        assert "does not exist" in sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, resources=RESOURCES)).skip_message
+        assert (
+            "does not exist"
+            in sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=RESOURCES)).skip_message
+        )
         drop.mkdir()
         first = tick(sensor, instance, None)
         assert not first.run_requests and "no new files" in first.skip_message
@@ -90,7 +99,15 @@ def test_sensor_adds_one_partition_per_new_file_with_a_cursor(tmp_path, project)
 
         fresh = build_raw_files_sensor(drop, name="test_sensor", settle_seconds=3600)
         (drop / "c.jsonl").write_text(rows(4, "c"))  # still "being written" for an hour-long settle time
-        assert not fresh.evaluate_tick(dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=fourth.cursor, definitions=defs, resources=RESOURCES)).run_requests
+        assert not fresh.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance,
+                instance_ref=instance.get_ref(),
+                cursor=fourth.cursor,
+                definitions=defs,
+                resources=RESOURCES,
+            )
+        ).run_requests
 
 
 def test_schedule_retrains_only_on_new_validated_data(tmp_path, project):
@@ -113,11 +130,18 @@ def test_schedule_retrains_only_on_new_validated_data(tmp_path, project):
         assert request.run_config["ops"]["raw_preferences"]["config"]["raw_dir"] == str(drop.resolve())
 
         # A manual training run (never gated): real TRL training of the tiny model, on the sensor's drop.
-        config = {"ops": {**request.run_config["ops"],
-                          "lora_adapter": {"config": {"training": {"max_steps": 2, "eval_steps": 0}}}}}
+        config = {
+            "ops": {
+                **request.run_config["ops"],
+                "lora_adapter": {"config": {"training": {"max_steps": 2, "eval_steps": 0}}},
+            }
+        }
         result = implicit.execute_in_process(
-            instance=instance, run_config=config, raise_on_error=False,
-            asset_selection=[dg.AssetKey(k) for k in ("raw_preferences", "kto_dataset", "lora_adapter")])
+            instance=instance,
+            run_config=config,
+            raise_on_error=False,
+            asset_selection=[dg.AssetKey(k) for k in ("raw_preferences", "kto_dataset", "lora_adapter")],
+        )
         assert result.success
         assert project.latest("kto_dataset")["valid"] == 24
         assert "since the last training" in schedule_says(schedule, instance)
@@ -130,8 +154,11 @@ def test_schedule_retrains_only_on_new_validated_data(tmp_path, project):
         # The schedule's own run starts (here: only its data steps) -> the next tick does not pile on.
         retrain = defs.resolve_job_def("retrain")
         assert retrain.execute_in_process(
-            instance=instance, run_config=request.run_config, tags={**request.tags, "dagster/schedule_name": SCHEDULE},
-            asset_selection=[dg.AssetKey("raw_preferences"), dg.AssetKey("kto_dataset")]).success
+            instance=instance,
+            run_config=request.run_config,
+            tags={**request.tags, "dagster/schedule_name": SCHEDULE},
+            asset_selection=[dg.AssetKey("raw_preferences"), dg.AssetKey("kto_dataset")],
+        ).success
         assert "already retraining or retrained on this data" in schedule_says(schedule, instance)
         assert project.latest("kto_dataset")["valid"] == 36  # the union of every validated partition
 

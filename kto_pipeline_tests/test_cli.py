@@ -32,7 +32,9 @@ def test_kto_train_shows_progress_and_results(project):
     assert code == 0, out[-4000:]
     assert re.search(r"kto_dataset +done {2}\d+ valid rows \(\d+ train, \d+ eval", out), out[-4000:]
     assert "kto_dataset          check label_balance passed" in out
-    steps = re.findall(rf"lora_adapter +step (\d+)/{TINY_STEPS} {{2}}loss \d\.\d{{4}}.*tok/s {{2}}ETA \d:\d\d:\d\d", out)
+    steps = re.findall(
+        rf"lora_adapter +step (\d+)/{TINY_STEPS} {{2}}loss \d\.\d{{4}}.*tok/s {{2}}ETA \d:\d\d:\d\d", out
+    )
     assert len(steps) >= 5 and steps[-1] == str(TINY_STEPS), out[-4000:]
     assert re.search(rf"lora_adapter +done {{2}}{TINY_STEPS} steps, loss [\d.]+, eval loss [\d.]+", out)
     assert re.search(r"^Results:$", out, re.M) and re.search(r"^  lora_adapter {9}/\S+  eval_loss=", out, re.M)
@@ -49,8 +51,9 @@ def test_kto_train_shows_progress_and_results(project):
 
 def _one_class(project) -> Path:
     path = project.root / "one_class.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": True}) + "\n"
-                            for i in range(20)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": True}) + "\n" for i in range(20))
+    )
     return path
 
 
@@ -59,7 +62,7 @@ def test_kto_train_explains_a_failed_check(project):
     term = Terminal([*KTO, "train", "--local-file", str(_one_class(project))])
     code, out = term.read_to_end()
     assert code == 1, out[-4000:]
-    block = out[out.index("FAILED: check label_balance on kto_dataset"):]
+    block = out[out.index("FAILED: check label_balance on kto_dataset") :]
     assert "desirable share 1.00 is outside [0.2, 0.8]" in block and "add undesirable (label false) rows" in block
     assert "n_desirable=20, n_undesirable=0" in block and "min_share=0.2" in block
     assert re.search(r"Not run: .*lora_adapter", block)
@@ -72,7 +75,7 @@ def test_kto_train_explains_a_failed_check(project):
     # --verbose: Dagster's log as it is written, its stack traces included, then the same summary.
     code, out = Terminal([*KTO, "train", "--verbose", "--local-file", str(_one_class(project))]).read_to_end()
     assert code == 1 and " - dagster - DEBUG - " in out and "DagsterAssetCheckFailedError" in out
-    assert "desirable share 1.00 is outside [0.2, 0.8]" in out[out.index("FAILED: check label_balance"):]
+    assert "desirable share 1.00 is outside [0.2, 0.8]" in out[out.index("FAILED: check label_balance") :]
 
 
 def test_kto_train_explains_a_run_that_never_started(project):
@@ -80,7 +83,7 @@ def test_kto_train_explains_a_run_that_never_started(project):
     (project.home / "dagster.yaml").write_text("storage:\n  bogus: 1\n")
     code, out = Terminal([*KTO, "train", "--select", "raw_preferences"]).read_to_end()
     assert code == 1
-    block = out[out.index("kto train: Dagster stopped before the run started:"):]
+    block = out[out.index("kto train: Dagster stopped before the run started:") :]
     assert "DagsterInvalidConfigError: Errors whilst loading dagster instance config" in block
     assert 'unexpected config entry "bogus"' in block and "Full log: " in block and "Traceback" not in out
 
@@ -95,8 +98,9 @@ def test_kto_ui_stops_its_whole_process_tree_on_sigterm(tmp_path):
     port = _free_port()
     env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "home"), KTO_ARTIFACT_ROOT=str(tmp_path / "artifacts"))
     log = open(tmp_path / "ui.log", "w")  # a file, not a pipe nobody reads while the server runs
-    proc = subprocess.Popen([*KTO, "ui", "--port", str(port)], cwd=tmp_path, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*KTO, "ui", "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     tree: list[psutil.Process] = []
     try:
         deadline = time.time() + 240

@@ -47,19 +47,38 @@ def test_dagster_config_mirrors_dataclasses():
         assert all(derived[name].description for name in derived)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"model": {"use_unsloth": "Never"}}, "model.use_unsloth must be one of ['auto', 'always', 'never'], not 'Never'"),
-    ({"model": {"dtype": "bf16"}}, "model.dtype must be one of ['auto', 'bfloat16', 'float16', 'float32'], not 'bf16'"),
-    ({"training": {"per_device_train_batch_size": 1}}, "training.per_device_train_batch_size must be at least 2"),
-    ({"training": {"num_processes": 3}}, "training.num_processes=3 must divide training.gradient_accumulation_steps=8"),
-    ({"training": {"desirable_weight": -0.5}}, "training.desirable_weight must be >= 0"),
-    ({"training": {"precompute_ref_log_probs": True, "num_processes": 2}},
-     "training.precompute_ref_log_probs=True does not work with training.num_processes=2"),
-    ({"training": {"launcher": "slurm"}}, "training.launcher must be one of ['local', 'torchrun', 'ray'], not 'slurm'"),
-    ({"training": {"desirable_weight": 0.0, "undesirable_weight": 0.0}}, "both 0"),
-    ({"training": {"memory_budget_gib": 16}, "model": {"model_name": "someone/unknown-7b"}},
-     "training.memory_budget_gib needs the model's architecture: no architecture known for 'someone/unknown-7b'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"model": {"use_unsloth": "Never"}},
+            "model.use_unsloth must be one of ['auto', 'always', 'never'], not 'Never'",
+        ),
+        (
+            {"model": {"dtype": "bf16"}},
+            "model.dtype must be one of ['auto', 'bfloat16', 'float16', 'float32'], not 'bf16'",
+        ),
+        ({"training": {"per_device_train_batch_size": 1}}, "training.per_device_train_batch_size must be at least 2"),
+        (
+            {"training": {"num_processes": 3}},
+            "training.num_processes=3 must divide training.gradient_accumulation_steps=8",
+        ),
+        ({"training": {"desirable_weight": -0.5}}, "training.desirable_weight must be >= 0"),
+        (
+            {"training": {"precompute_ref_log_probs": True, "num_processes": 2}},
+            "training.precompute_ref_log_probs=True does not work with training.num_processes=2",
+        ),
+        (
+            {"training": {"launcher": "slurm"}},
+            "training.launcher must be one of ['local', 'torchrun', 'ray'], not 'slurm'",
+        ),
+        ({"training": {"desirable_weight": 0.0, "undesirable_weight": 0.0}}, "both 0"),
+        (
+            {"training": {"memory_budget_gib": 16}, "model": {"model_name": "someone/unknown-7b"}},
+            "training.memory_budget_gib needs the model's architecture: no architecture known for 'someone/unknown-7b'",
+        ),
+    ],
+)
 def test_invalid_config_fails_before_any_model_loads(overrides, message):
     with pytest.raises(ValueError) as e:
         get_config("7b", overrides)
@@ -101,7 +120,9 @@ def test_the_environment_is_read_when_used_not_at_import(tmp_path, monkeypatch):
     assert ArtifactStore().path == tmp_path / "art" and ArtifactStore(root=str(tmp_path / "x")).path == tmp_path / "x"
     sensor = build_raw_files_sensor(name="env_sensor")
     with dg.DagsterInstance.ephemeral() as instance:
-        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources={"artifacts": ArtifactStore()}))
+        tick = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, resources={"artifacts": ArtifactStore()})
+        )
     assert tick.skip_message == f"{tmp_path / 'later'} does not exist yet"
 
 
@@ -114,7 +135,8 @@ def test_each_launcher_starts_its_own_command():
     assert launch_command("py", 1) == launch_command("py", 1, "local") == ["py", "-m", "kto_pipeline.training.run"]
     assert launch_command("py", 2, "local")[:4] == torchrun and "--nproc-per-node=2" in launch_command("py", 2)
     assert launch_command("py", 1, "torchrun")[:4] == torchrun and "--nproc-per-node=1" in launch_command(
-        "py", 1, "torchrun")
+        "py", 1, "torchrun"
+    )
     assert launch_command("py", 2, "ray") == ["py", "-m", "kto_pipeline.training.ray_job"]
 
 

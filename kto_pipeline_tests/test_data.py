@@ -17,9 +17,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kto_pipeline.data import (BadRow, DataFileError, build_kto_dataset, coerce_label, label_balance, normalize,
-                               validate_file)
-from kto_pipeline.data import readers
+from kto_pipeline.data import (
+    BadRow,
+    DataFileError,
+    build_kto_dataset,
+    coerce_label,
+    label_balance,
+    normalize,
+    readers,
+    validate_file,
+)
 from kto_pipeline.data import validate as validate_module
 from kto_pipeline.data.readers import parse_json_line
 from kto_pipeline.data.validate import read_rows
@@ -50,9 +57,25 @@ def build(tmp_path: Path, files: list[Path], **kw) -> tuple[dict, Path]:
 
 # ---- labels ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value,expected", [
-    (True, True), (False, False), (1, True), (0, False), ("true", True), ("FALSE", False), (" Yes ", True),
-    ("no", False), ("NO", False), ("1", True), ("0", False), ("👍", True), ("👎", False)])
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+        ("true", True),
+        ("FALSE", False),
+        (" Yes ", True),
+        ("no", False),
+        ("NO", False),
+        ("1", True),
+        ("0", False),
+        ("👍", True),
+        ("👎", False),
+    ],
+)
 def test_label_coercion_accepts(value, expected):
     assert coerce_label(value) is expected
 
@@ -78,11 +101,20 @@ def test_labels_agree_between_bulk_and_row_paths(tmp_path, first):
 
 # ---- record shapes ---------------------------------------------------------------------------------
 
+
 def test_conversations_last_assistant_turn_is_the_completion_and_system_is_kept():
-    row = normalize({"conversations": [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Capital of France?"},
-        {"role": "assistant", "content": "Paris."}], "label": "yes"})
+    row = normalize(
+        {
+            "conversations": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Capital of France?"},
+                {"role": "assistant", "content": "Paris."},
+            ],
+            "label": "yes",
+        }
+    )
     assert row["completion"] == "Paris." and row["label"] is True
     turns = json.loads(row["messages"])
     assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
@@ -96,30 +128,55 @@ def test_messages_key_and_sharegpt_turns():
 
 
 def test_trl_conversational_prompt_completion_lists():
-    row = normalize({"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
-                     "completion": [{"role": "assistant", "content": "A"}], "label": True})
+    row = normalize(
+        {
+            "prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+            "completion": [{"role": "assistant", "content": "A"}],
+            "label": True,
+        }
+    )
     assert row["completion"] == "A" and json.loads(row["messages"])[0] == {"role": "system", "content": "S"}
 
 
-@pytest.mark.parametrize("record,category", [
-    ({"conversations": [{"role": "user", "content": "q"}], "label": 1}, "bad conversation"),
-    ({"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
-                        {"role": "user", "content": "more?"}], "label": 1}, "bad conversation"),
-    ({"conversations": [{"role": "assistant", "content": "a"}], "label": 1}, "empty field"),
-    ({"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}], "label": 1},
-     "empty field"),
-    ({"conversations": "not a list", "label": 1}, "malformed JSON"),
-    ({"conversations": [["user", "q"]], "label": 1}, "wrong type"),
-    ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "user", "content": "a"}], "label": 1},
-     "bad conversation"),
-    ({"prompt": "q", "completion": 5, "label": 1}, "wrong type"),
-    ({"prompt": None, "completion": "a", "label": 1}, "wrong type"),
-    ({"completion": "a", "label": 1}, "missing field"),
-    ({"prompt": "q", "completion": "a"}, "missing field"),
-    ({"prompt": " \t\n", "completion": "a", "label": 1}, "empty field"),
-    ({"prompt": "q\ud800", "completion": "a", "label": 1}, "not UTF-8"),
-    (["q", "a", True], "not an object"),
-])
+@pytest.mark.parametrize(
+    "record,category",
+    [
+        ({"conversations": [{"role": "user", "content": "q"}], "label": 1}, "bad conversation"),
+        (
+            {
+                "conversations": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": "more?"},
+                ],
+                "label": 1,
+            },
+            "bad conversation",
+        ),
+        ({"conversations": [{"role": "assistant", "content": "a"}], "label": 1}, "empty field"),
+        (
+            {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}], "label": 1},
+            "empty field",
+        ),
+        ({"conversations": "not a list", "label": 1}, "malformed JSON"),
+        ({"conversations": [["user", "q"]], "label": 1}, "wrong type"),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "completion": [{"role": "user", "content": "a"}],
+                "label": 1,
+            },
+            "bad conversation",
+        ),
+        ({"prompt": "q", "completion": 5, "label": 1}, "wrong type"),
+        ({"prompt": None, "completion": "a", "label": 1}, "wrong type"),
+        ({"completion": "a", "label": 1}, "missing field"),
+        ({"prompt": "q", "completion": "a"}, "missing field"),
+        ({"prompt": " \t\n", "completion": "a", "label": 1}, "empty field"),
+        ({"prompt": "q\ud800", "completion": "a", "label": 1}, "not UTF-8"),
+        (["q", "a", True], "not an object"),
+    ],
+)
 def test_bad_records_get_a_reason(record, category):
     with pytest.raises(BadRow) as e:
         normalize(record)
@@ -161,8 +218,17 @@ def test_every_reason_is_quarantined_with_file_and_line(tmp_path):
     expected = {(i + 1, why) for i, (_, why) in enumerate(DIRTY) if why not in (None, "duplicate")}
     assert got == expected | {(14, "not UTF-8")}
     assert set(bad.source) == {str(src.resolve())} or set(bad.source) == {str(src)}
-    assert report["reasons"] == {"bad label": 1, "conflicting duplicate": 2, "empty field": 1, "malformed JSON": 1,
-                                 "missing field": 1, "not UTF-8": 1, "not an object": 1, "too long": 1, "wrong type": 1}
+    assert report["reasons"] == {
+        "bad label": 1,
+        "conflicting duplicate": 2,
+        "empty field": 1,
+        "malformed JSON": 1,
+        "missing field": 1,
+        "not UTF-8": 1,
+        "not an object": 1,
+        "too long": 1,
+        "wrong type": 1,
+    }
     assert (report["records_in"], report["valid"], report["duplicates_dropped"]) == (14, 3, 1)
     assert {s["reason"].split(":")[0] for s in report["samples"]} == set(report["reasons"])
     raw = bad.set_index("line").raw
@@ -173,9 +239,11 @@ def test_every_reason_is_quarantined_with_file_and_line(tmp_path):
 
 def test_file_hygiene_bom_crlf_blank_lines_truncated_tail(tmp_path):
     src = tmp_path / "messy.jsonl"
-    body = ('\ufeff{"prompt": "a", "completion": "x", "label": true}\r\n\r\n'
-            '   \r\n{"prompt": "b", "completion": "y", "label": false}\r\n\n\n'
-            '{"prompt": "c", "completion": "z", "label": 1}\r\n{"prompt": "d", "compl')
+    body = (
+        '\ufeff{"prompt": "a", "completion": "x", "label": true}\r\n\r\n'
+        '   \r\n{"prompt": "b", "completion": "y", "label": false}\r\n\n\n'
+        '{"prompt": "c", "completion": "z", "label": 1}\r\n{"prompt": "d", "compl'
+    )
     src.write_bytes(body.encode("utf-8"))
     report = validate_file(src, tmp_path / "out")
     assert (report["records_in"], report["valid"], report["quarantined"]) == (4, 3, 1)
@@ -186,8 +254,13 @@ def test_file_hygiene_bom_crlf_blank_lines_truncated_tail(tmp_path):
 
 
 def test_empty_and_blank_files_hold_no_rows(tmp_path):
-    for name, text in [("empty.jsonl", ""), ("blank.jsonl", "\n \n\r\n"), ("empty.csv", ""), ("empty.json", "[]"),
-                       ("header.csv", "prompt,completion,label\n")]:
+    for name, text in [
+        ("empty.jsonl", ""),
+        ("blank.jsonl", "\n \n\r\n"),
+        ("empty.csv", ""),
+        ("empty.json", "[]"),
+        ("header.csv", "prompt,completion,label\n"),
+    ]:
         (tmp_path / name).write_text(text)
         report = validate_file(tmp_path / name, tmp_path / f"out_{name}")
         assert (report["records_in"], report["valid"]) == (0, 0), name
@@ -195,12 +268,16 @@ def test_empty_and_blank_files_hold_no_rows(tmp_path):
 
 # ---- the other formats -----------------------------------------------------------------------------
 
+
 def test_json_array_file_streams_elements_with_their_lines(tmp_path):
     src = tmp_path / "array.json"
-    src.write_text('[\n  {"prompt": "a",\n   "completion": "x", "label": "yes"},\n'
-                   '  {"prompt": "b", "completion": "y", "label": "no"},\n  7,\n'
-                   '  {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}],'
-                   ' "label": true}\n]\n', encoding="utf-8-sig")
+    src.write_text(
+        '[\n  {"prompt": "a",\n   "completion": "x", "label": "yes"},\n'
+        '  {"prompt": "b", "completion": "y", "label": "no"},\n  7,\n'
+        '  {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}],'
+        ' "label": true}\n]\n',
+        encoding="utf-8-sig",
+    )
     report = validate_file(src, tmp_path / "out")
     assert (report["valid"], report["quarantined"]) == (3, 1)
     assert sorted(rows_of(tmp_path / "out").line) == [2, 4, 6]
@@ -217,7 +294,9 @@ def test_truncated_json_array_keeps_what_it_could_read(tmp_path):
 
 def test_json_file_of_lines_is_read_as_jsonl(tmp_path):
     src = tmp_path / "lines.json"
-    src.write_text(jl({"prompt": "a", "completion": "x", "label": True}, {"prompt": "b", "completion": "y", "label": 0}))
+    src.write_text(
+        jl({"prompt": "a", "completion": "x", "label": True}, {"prompt": "b", "completion": "y", "label": 0})
+    )
     assert validate_file(src, tmp_path / "out")["valid"] == 2
 
 
@@ -241,8 +320,9 @@ def test_csv_quoted_multiline_fields_keep_line_numbers(tmp_path):
 
 def test_csv_ragged_rows_blank_lines_and_bad_bytes(tmp_path):
     src = tmp_path / "ragged.csv"
-    src.write_bytes(b'\xef\xbb\xbfprompt,completion,label\r\n"multi\r\nline",a,1\r\n\r\nonly,two\r\n'
-                    b'q\xff,b,0\r\nq4,"c, d",no\r\n')
+    src.write_bytes(
+        b'\xef\xbb\xbfprompt,completion,label\r\n"multi\r\nline",a,1\r\n\r\nonly,two\r\nq\xff,b,0\r\nq4,"c, d",no\r\n'
+    )
     report = validate_file(src, tmp_path / "out")
     assert (report["records_in"], report["valid"], report["quarantined"]) == (4, 2, 2)
     assert sorted(rows_of(tmp_path / "out").line) == [2, 7]
@@ -264,13 +344,27 @@ def test_tsv_and_compressed_files(tmp_path):
 
 def test_parquet_with_flat_and_chat_columns(tmp_path):
     flat = tmp_path / "flat.parquet"
-    pq.write_table(pa.table({"prompt": ["a", "b", ""], "completion": ["x", "y", "z"], "label": [True, False, True]}),
-                   flat)
+    pq.write_table(
+        pa.table({"prompt": ["a", "b", ""], "completion": ["x", "y", "z"], "label": [True, False, True]}), flat
+    )
     report = validate_file(flat, tmp_path / "o1")
     assert (report["valid"], report["quarantined"]) == (2, 1) and bad_of(tmp_path / "o1").line.tolist() == [3]
     chat = tmp_path / "chat.parquet"
-    pq.write_table(pa.table({"messages": [[{"role": "system", "content": "S"}, {"role": "user", "content": "q"},
-                                           {"role": "assistant", "content": "a"}]], "label": ["yes"]}), chat)
+    pq.write_table(
+        pa.table(
+            {
+                "messages": [
+                    [
+                        {"role": "system", "content": "S"},
+                        {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a"},
+                    ]
+                ],
+                "label": ["yes"],
+            }
+        ),
+        chat,
+    )
     rows = (validate_file(chat, tmp_path / "o2"), rows_of(tmp_path / "o2"))[1]
     assert rows.completion[0] == "a" and json.loads(rows.messages[0])[0]["role"] == "system"
 
@@ -284,7 +378,7 @@ def test_block_boundaries_and_fallbacks_match_a_line_by_line_reference(tmp_path,
         r = rng.random()
         rec = {"prompt": f"p{i % 700}", "completion": f"c{i}", "label": rng.choice([True, False])}
         if r < 0.03:
-            lines.append(json.dumps(rec)[:rng.randint(3, 20)])
+            lines.append(json.dumps(rec)[: rng.randint(3, 20)])
         elif r < 0.06:
             lines.append(json.dumps({**rec, "label": rng.choice(["yes", "no", "maybe", 1, 2])}))
         elif r < 0.08:
@@ -330,12 +424,27 @@ def test_chat_rows_checked_in_bulk_match_normalize_exactly(tmp_path, monkeypatch
     """Chat rows go through Arrow's vectorized path; their prompt text and messages JSON (which the
     row hash covers) must be byte-identical to normalize's, escapes and all."""
     rng = random.Random(3)
-    tricky = ['say "hi"', "back\\slash", "two\nlines", "tab\there", "bell\x07", "form\x0cfeed", "bs\x08",
-              "émoji 👍 ünïcode", "", "  ", "cr\r\nlf", "\x1f unit sep", "plain"]
+    tricky = [
+        'say "hi"',
+        "back\\slash",
+        "two\nlines",
+        "tab\there",
+        "bell\x07",
+        "form\x0cfeed",
+        "bs\x08",
+        "émoji 👍 ünïcode",
+        "",
+        "  ",
+        "cr\r\nlf",
+        "\x1f unit sep",
+        "plain",
+    ]
     lines = []
     for i in range(1500):
-        turns = [{"role": "user", "content": f"{rng.choice(tricky)} q{i}"},
-                 {"role": "assistant", "content": rng.choice(tricky)}]
+        turns = [
+            {"role": "user", "content": f"{rng.choice(tricky)} q{i}"},
+            {"role": "assistant", "content": rng.choice(tricky)},
+        ]
         if rng.random() < 0.5:
             turns.insert(0, {"role": "system", "content": rng.choice(tricky)})
         r = rng.random()
@@ -358,8 +467,11 @@ def test_chat_rows_checked_in_bulk_match_normalize_exactly(tmp_path, monkeypatch
     check_invariant(report)
     want_good, want_bad = reference(lines)
     # Python saw exactly the bad rows and the good ones with rare control characters (\\u00XX escapes).
-    rare = sum(1 for r in want_good.values() if "\\u00" in r["messages"] or "\x07" in r["completion"]
-               or "\x1f" in r["completion"])
+    rare = sum(
+        1
+        for r in want_good.values()
+        if "\\u00" in r["messages"] or "\x07" in r["completion"] or "\x1f" in r["completion"]
+    )
     assert len(calls) == len(want_bad) + rare
     got = read_rows(tmp_path / "out").to_pylist()
     assert {r["line"]: {k: r[k] for k in ("prompt", "completion", "label", "messages")} for r in got} == want_good
@@ -369,12 +481,16 @@ def test_chat_rows_checked_in_bulk_match_normalize_exactly(tmp_path, monkeypatch
 
 # ---- unreadable files -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,content,why", [
-    ("missing.jsonl", None, "no such file"),
-    ("notes.txt", b"hello", "unsupported file type"),
-    ("broken.parquet", b"PAR1 this is not parquet", "not a readable Parquet file"),
-    ("broken.jsonl.gz", b"\x1f\x8b\x08\x00garbage", "cannot read jsonl (gzip)"),
-])
+
+@pytest.mark.parametrize(
+    "name,content,why",
+    [
+        ("missing.jsonl", None, "no such file"),
+        ("notes.txt", b"hello", "unsupported file type"),
+        ("broken.parquet", b"PAR1 this is not parquet", "not a readable Parquet file"),
+        ("broken.jsonl.gz", b"\x1f\x8b\x08\x00garbage", "cannot read jsonl (gzip)"),
+    ],
+)
 def test_unreadable_file_fails_with_one_clear_line(tmp_path, name, content, why):
     path = tmp_path / name
     if content is not None:
@@ -395,6 +511,7 @@ def test_a_directory_is_not_a_file(tmp_path):
 
 # ---- the dataset: duplicates, split, hashes -----------------------------------------------------------
 
+
 def grouped_data(path: Path, n_prompts: int = 200, seed: int = 0) -> None:
     rng = random.Random(seed)
     recs = []
@@ -411,8 +528,10 @@ def test_split_is_grouped_by_prompt_stratified_and_deterministic(tmp_path):
     r2, out2 = build(tmp_path, [src], eval_fraction=0.2, seed=3)
     train, ev = pd.read_parquet(out1 / "train.parquet"), pd.read_parquet(out1 / "eval.parquet")
     assert not set(train.prompt) & set(ev.prompt)  # a prompt never sits on both sides
-    for label, n_train, n_eval in ((True, r1["train_desirable"], r1["eval_desirable"]),
-                                   (False, r1["train_undesirable"], r1["eval_undesirable"])):
+    for label, n_train, n_eval in (
+        (True, r1["train_desirable"], r1["eval_desirable"]),
+        (False, r1["train_undesirable"], r1["eval_undesirable"]),
+    ):
         assert abs(n_eval / (n_train + n_eval) - 0.2) < 0.05, label  # stratified by label
     assert set(ev.split) == {"eval"} and set(train.split) == {"train"}
     assert pd.read_parquet(out2 / "eval.parquet").row_id.tolist() == ev.row_id.tolist()
@@ -434,7 +553,9 @@ def test_row_ids_and_data_version_follow_content_not_order(tmp_path):
     c = tmp_path / "c.jsonl"  # the same content under another name: the same row ids
     c.write_text(a.read_text())
     _, out_c = build(tmp_path, [c])
-    assert set(pd.concat([pd.read_parquet(out_c / f) for f in ("train.parquet", "eval.parquet")]).row_id) <= set(ids.row_id)
+    assert set(pd.concat([pd.read_parquet(out_c / f) for f in ("train.parquet", "eval.parquet")]).row_id) <= set(
+        ids.row_id
+    )
     flipped = tmp_path / "flipped.jsonl"
     flipped.write_text(a.read_text().replace('"label": true', '"label": false', 1))
     assert build(tmp_path, [flipped, b])[0]["data_version"] != r_ab["data_version"]
@@ -445,11 +566,20 @@ def test_sample_data_validates_cleanly(tmp_path):
     report, out = build(tmp_path, sorted(raw.glob("*.jsonl")), eval_fraction=0.2)
     assert report["quarantined"] == 0 and report["valid"] == report["records_in"]
     assert report["eval_desirable"] > 0 and report["eval_undesirable"] > 0
-    assert set(pd.read_parquet(out / "train.parquet").columns) >= {"prompt", "completion", "label", "messages",
-                                                                    "source", "line", "row_id", "split"}
+    assert set(pd.read_parquet(out / "train.parquet").columns) >= {
+        "prompt",
+        "completion",
+        "label",
+        "messages",
+        "source",
+        "line",
+        "row_id",
+        "split",
+    }
 
 
 # ---- label balance ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n_d,n_u", [(10, 90), (50, 50), (60, 40), (90, 10), (1, 1000), (1000, 1)])
 def test_label_balance_weights_land_in_the_papers_band(n_d, n_u):
@@ -475,6 +605,7 @@ def test_report_recommends_weights_from_the_train_rows(tmp_path):
 
 # ---- Hugging Face datasets -----------------------------------------------------------------------------
 
+
 def test_hf_dataset_from_a_local_folder_and_file(tmp_path, monkeypatch):
     from kto_pipeline.data.hf import snapshot
 
@@ -482,8 +613,9 @@ def test_hf_dataset_from_a_local_folder_and_file(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = tmp_path / "my_dataset"
     folder.mkdir()
-    (folder / "train.jsonl").write_text(jl({"prompt": "q", "completion": "a", "label": "yes"},
-                                           {"prompt": "q2", "completion": "b", "label": "no"}))
+    (folder / "train.jsonl").write_text(
+        jl({"prompt": "q", "completion": "a", "label": "yes"}, {"prompt": "q2", "completion": "b", "label": "no"})
+    )
     (folder / "other.jsonl").write_text(jl({"prompt": "z", "completion": "z", "label": 1}))
     path, label = snapshot(str(folder), tmp_path / "snap", data_file="train.jsonl")
     assert label == f"hf://{folder}/train.jsonl"
@@ -493,14 +625,21 @@ def test_hf_dataset_from_a_local_folder_and_file(tmp_path, monkeypatch):
 
 def test_hf_dataset_that_cannot_be_reached_says_so(tmp_path):
     # In a fresh process: huggingface_hub reads HF_HUB_OFFLINE once, at import.
-    code = ("import sys\nfrom kto_pipeline.data import DataFileError\nfrom kto_pipeline.data.hf import snapshot\n"
-            "for name, file in (('someone/not-cached-anywhere', None), (sys.argv[1], 'nope.jsonl')):\n"
-            "    try:\n        snapshot(name, __import__('pathlib').Path(sys.argv[1]), data_file=file)\n"
-            "    except DataFileError as e:\n        print(e)\n")
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
-                         timeout=120)
+    code = (
+        "import sys\nfrom kto_pipeline.data import DataFileError\nfrom kto_pipeline.data.hf import snapshot\n"
+        "for name, file in (('someone/not-cached-anywhere', None), (sys.argv[1], 'nope.jsonl')):\n"
+        "    try:\n        snapshot(name, __import__('pathlib').Path(sys.argv[1]), data_file=file)\n"
+        "    except DataFileError as e:\n        print(e)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+    )
     first, second = out.stdout.strip().splitlines()
     assert first.startswith("Hugging Face dataset hf://someone/not-cached-anywhere: could not be loaded")
     assert "offline" in first
@@ -509,14 +648,36 @@ def test_hf_dataset_that_cannot_be_reached_says_so(tmp_path):
 
 # ---- bad input that gets a hint -------------------------------------------------------------------
 
-@pytest.mark.parametrize("record, reason", [
-    ({"Prompt": "q", "completion": "a", "label": True}, "missing field: prompt (found 'Prompt': field names are lower case)"),
-    ({"prompt": "q", "completion": "a", "Label": True}, "missing field: label (found 'Label': field names are lower case)"),
-    ({"prompt": "q", "response": "a", "label": True}, "missing field: completion (found 'response': rename it to completion)"),
-    ({"prompt": "q", "output": "a", "label": True}, "missing field: completion (found 'output': rename it to completion)"),
-    ({"prompt": "q", "chosen": "a", "rejected": "b", "label": True}, "found 'chosen'/'rejected': a paired preference row"),
-    ({"prompt": "q", "text": "a", "label": True}, "missing field: completion (the record has: 'prompt', 'text', 'label')"),
-])
+
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        (
+            {"Prompt": "q", "completion": "a", "label": True},
+            "missing field: prompt (found 'Prompt': field names are lower case)",
+        ),
+        (
+            {"prompt": "q", "completion": "a", "Label": True},
+            "missing field: label (found 'Label': field names are lower case)",
+        ),
+        (
+            {"prompt": "q", "response": "a", "label": True},
+            "missing field: completion (found 'response': rename it to completion)",
+        ),
+        (
+            {"prompt": "q", "output": "a", "label": True},
+            "missing field: completion (found 'output': rename it to completion)",
+        ),
+        (
+            {"prompt": "q", "chosen": "a", "rejected": "b", "label": True},
+            "found 'chosen'/'rejected': a paired preference row",
+        ),
+        (
+            {"prompt": "q", "text": "a", "label": True},
+            "missing field: completion (the record has: 'prompt', 'text', 'label')",
+        ),
+    ],
+)
 def test_missing_field_names_what_was_found(record, reason):
     with pytest.raises(BadRow) as e:
         normalize(record)
@@ -532,8 +693,9 @@ def test_a_chat_role_outside_system_user_assistant_tool_is_quarantined(tmp_path)
     report = validate_file(f, tmp_path / "out")
     assert (report["valid"], report["quarantined"]) == (2, 2)  # the bulk (Arrow) path agrees with normalize
     reasons = sorted(bad_of(tmp_path / "out").reason)
-    assert reasons[0].startswith("bad conversation: messages[0].role is 'narrator', expected one of "
-                                 "system/user/assistant/tool")
+    assert reasons[0].startswith(
+        "bad conversation: messages[0].role is 'narrator', expected one of system/user/assistant/tool"
+    )
     assert reasons[1].startswith("bad conversation: messages[1].role is 'bot'")
 
 

@@ -21,10 +21,14 @@ from kto_pipeline_tests.hub_server import FakeHub
 
 TOKEN = "hf_testTOKEN_0d9e8f7a6b5c4d3e2f1a"
 REPO = "me/feedback"
-GOOD = [{"prompt": f"question {i}?", "completion": f"answer {i}.", "label": ["yes", "no", "👍", "👎"][i % 4]}
-        for i in range(8)]
-BAD = [{"prompt": "question 8?", "completion": "", "label": "yes"},  # empty field
-       {"prompt": "question 9?", "completion": "answer 9.", "label": "maybe"}]  # bad label
+GOOD = [
+    {"prompt": f"question {i}?", "completion": f"answer {i}.", "label": ["yes", "no", "👍", "👎"][i % 4]}
+    for i in range(8)
+]
+BAD = [
+    {"prompt": "question 8?", "completion": "", "label": "yes"},  # empty field
+    {"prompt": "question 9?", "completion": "answer 9.", "label": "maybe"},
+]  # bad label
 ROWS = GOOD[:4] + BAD[:1] + GOOD[4:] + BAD[1:]
 
 # Exit 3 with the one-line DataFileError on stdout; anything else escapes as a traceback.
@@ -57,8 +61,13 @@ def hf_env(tmp_path, monkeypatch) -> Path:
 
 
 def load(name: str, out: Path, data_file: str = "feedback.jsonl") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", LOAD, name, str(out), data_file], env=dict(os.environ),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", LOAD, name, str(out), data_file],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def loaded(proc: subprocess.CompletedProcess) -> tuple[Path, str]:

@@ -77,10 +77,15 @@ def test_resources_take_env_vars(tmp_path, monkeypatch):
     monkeypatch.setenv("KTO_TEST_ROOT", str(tmp_path / "store"))
     monkeypatch.setenv("KTO_TEST_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("KTO_TEST_REPO", "me/from-env")
-    result = dg.materialize([probe], resources={
-        "artifacts": ArtifactStore(root=dg.EnvVar("KTO_TEST_ROOT")),
-        "release_target": ReleaseTarget(endpoint=dg.EnvVar("KTO_TEST_ENDPOINT"), repo_id=dg.EnvVar("KTO_TEST_REPO")),
-    })
+    result = dg.materialize(
+        [probe],
+        resources={
+            "artifacts": ArtifactStore(root=dg.EnvVar("KTO_TEST_ROOT")),
+            "release_target": ReleaseTarget(
+                endpoint=dg.EnvVar("KTO_TEST_ENDPOINT"), repo_id=dg.EnvVar("KTO_TEST_REPO")
+            ),
+        },
+    )
     assert result.success
     assert seen == {"root": (tmp_path / "store").resolve(), "endpoint": "http://127.0.0.1:9", "repo": "me/from-env"}
 

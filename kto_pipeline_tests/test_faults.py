@@ -61,16 +61,22 @@ def test_disk_full_names_the_path_and_asset_and_marks_nothing_complete(small_dis
 
 
 def test_scratch_left_by_a_killed_build_is_removed_by_the_next_build(tmp_path):
-    """SIGKILL leaves the scratch folder of the killed build behind; the next holder of the version's lock removes it."""
+    """SIGKILL leaves the killed build's scratch folder behind; the next holder of the version's lock removes it."""
     import sys
 
     store = Store(tmp_path)
-    code = ("import sys, time; from pathlib import Path; from kto_pipeline.artifacts import Store\n"
-            "def build(tmp):\n    (tmp / 'half.bin').write_bytes(b'x' * 1000); print('writing', flush=True); "
-            "time.sleep(60)\n"
-            f"Store({str(tmp_path)!r}).get_or_build('merged_model', 'v1', build)")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+    code = (
+        "import sys, time; from pathlib import Path; from kto_pipeline.artifacts import Store\n"
+        "def build(tmp):\n    (tmp / 'half.bin').write_bytes(b'x' * 1000); print('writing', flush=True); "
+        "time.sleep(60)\n"
+        f"Store({str(tmp_path)!r}).get_or_build('merged_model', 'v1', build)"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)),
+    )
     assert child.stdout.readline().strip() == "writing"
     child.kill()
     child.wait()
@@ -98,8 +104,9 @@ def test_disk_full_in_a_child_process_is_named_too(small_disk):
 
 def mount_tmpfs(folder: Path, size: str) -> None:
     folder.mkdir(exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
 
@@ -113,8 +120,10 @@ def test_a_disk_full_dataset_build_fails_the_dagster_run_with_the_message(projec
         project = Project(project.root, project.home, root)  # the same instance, artifacts on the small disk
         with open(project.root / "data" / "raw" / "big.jsonl", "w") as f:
             for i in range(20000):
-                f.write(json.dumps({"prompt": f"q {i} {uuid.uuid4()}", "completion": f"a {i} " * 10,
-                                    "label": i % 3 != 0}) + "\n")
+                f.write(
+                    json.dumps({"prompt": f"q {i} {uuid.uuid4()}", "completion": f"a {i} " * 10, "label": i % 3 != 0})
+                    + "\n"
+                )
         run_ok(project.materialize_cli("raw_preferences"))
         free = shutil.disk_usage(root).free
         (root / "filler.bin").write_bytes(b"\0" * (free - 64 * 1024))
@@ -138,8 +147,13 @@ def test_a_byte_flipped_in_the_hubs_storage_fails_the_release_before_it_is_tagge
 
     hub.corrupt_on_commit("model-Q4_K_M.gguf")  # the stored copy differs from what was uploaded, by one byte
     with pytest.raises(ReleaseError) as info:
-        release_model(tiny_model_dir, REPO, target=HubTarget(endpoint=hub.endpoint, backoff_s=0.01), card_info=CARD,
-                      gguf_files=[gguf_file])
+        release_model(
+            tiny_model_dir,
+            REPO,
+            target=HubTarget(endpoint=hub.endpoint, backoff_s=0.01),
+            card_info=CARD,
+            gguf_files=[gguf_file],
+        )
     text = str(info.value)
     assert "model-Q4_K_M.gguf: the Hub serves sha256" in text and "not tagged" in text
     assert "model.safetensors" not in text  # the intact files are not named
@@ -151,8 +165,13 @@ def test_kto_verify_names_a_file_flipped_after_the_release(hub, tiny_model_dir, 
     from kto_pipeline.cli import main
     from kto_pipeline.release import HubTarget, release_model
 
-    result = release_model(tiny_model_dir, REPO, target=HubTarget(endpoint=hub.endpoint, backoff_s=0.01),
-                           card_info=CARD, gguf_files=[gguf_file])
+    result = release_model(
+        tiny_model_dir,
+        REPO,
+        target=HubTarget(endpoint=hub.endpoint, backoff_s=0.01),
+        card_info=CARD,
+        gguf_files=[gguf_file],
+    )
     argv = ["verify", REPO, "--revision", result.tag, "--endpoint", hub.endpoint]
     assert main(argv) == 0
     assert "every file matches" in capsys.readouterr().out

@@ -35,7 +35,7 @@ def _train_briefly(model_dir: Path, steps: int = 80) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
         starts = torch.randint(0, len(ids) - 65, (8,), generator=g)
-        x = torch.stack([ids[s:s + 64] for s in starts])
+        x = torch.stack([ids[s : s + 64] for s in starts])
         model(input_ids=x, labels=x).loss.backward()
         opt.step()
         opt.zero_grad()
@@ -77,8 +77,11 @@ def test_every_file_is_built_and_verified_in_llama_cpp(exported, trained_model):
     # smaller files, larger error: the quantizations really differ
     bpw = [by_type[t]["bits_per_weight"] for t in ("F16", "Q8_0", "Q5_K_M", "Q4_K_M")]
     assert bpw == sorted(bpw, reverse=True) and 15.9 < bpw[0] < 16.1 and bpw[-1] < 7
-    assert by_type["F16"]["verification"]["rel_error"] < by_type["Q8_0"]["verification"]["rel_error"] \
+    assert (
+        by_type["F16"]["verification"]["rel_error"]
+        < by_type["Q8_0"]["verification"]["rel_error"]
         < by_type["Q4_K_M"]["verification"]["rel_error"]
+    )
     assert set(by_type["Q4_K_M"]["tensor_types"]) - {"F32", "F16"}  # really quantized tensors
 
 
@@ -122,8 +125,7 @@ def _shift_rows(path: Path, tensor: str) -> None:
         f.write(np.roll(data, n // rows).tobytes())
 
 
-def test_a_corrupted_quantization_fails_the_export_and_is_not_kept(exported, trained_model, tmp_path,
-                                                                    monkeypatch):
+def test_a_corrupted_quantization_fails_the_export_and_is_not_kept(exported, trained_model, tmp_path, monkeypatch):
     out = tmp_path / "gguf"
     shutil.copytree(exported[0], out)
     for stale in out.glob("model-Q4_K_M.gguf*"):
@@ -195,6 +197,7 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, trained_model):
 
 # ------------------------------------------------------------------------------------ Modelfile
 
+
 def render_go_template(template: str, messages: list[dict]) -> str:
     """Just enough of Go's text/template for the templates in CHAT_FORMATS: {{- -}} trimming, range
     .Messages, .Role/.Content, if/else if/else with `eq .Role "x"`."""
@@ -241,7 +244,7 @@ def render_go_template(template: str, messages: list[dict]) -> str:
                     if body == "end":
                         i += 1
                         break
-                    cond = body[len("else if "):] if body.startswith("else if ") else "true"
+                    cond = body[len("else if ") :] if body.startswith("else if ") else "true"
             else:
                 out += str(msg[body.lstrip(".").lower()])
                 i += 1
@@ -258,8 +261,12 @@ def _cond(cond: str, msg: dict) -> bool:
     return msg["role"] == m.group(1)
 
 
-CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
-                {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Italy?"}]
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And Italy?"},
+]
 
 
 def test_modelfile_is_written_next_to_the_files(exported, trained_model):
@@ -277,9 +284,11 @@ def test_modelfile_is_written_next_to_the_files(exported, trained_model):
     assert render_go_template(template, CONVERSATION) == expected
 
 
-LLAMA3_JINJA = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
-                "'<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}{% endfor %}"
-                "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+LLAMA3_JINJA = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
 
 
 def test_chat_formats_are_recognised_and_translated(tmp_path):
@@ -287,21 +296,23 @@ def test_chat_formats_are_recognised_and_translated(tmp_path):
 
     assert chat_format(LLAMA3_JINJA) == "llama3"
     assert chat_format("{% for m in messages %}<start_of_turn>{{ m['content'] }}{% endfor %}") == "gemma"
-    assert chat_format("{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}") \
-        == "mistral"
+    assert (
+        chat_format("{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}") == "mistral"
+    )
     assert chat_format("{{ messages[0]['content'] }}") is None and chat_format(None) is None
-    rendered = jinja2.Template(LLAMA3_JINJA).render(messages=CONVERSATION, bos_token="",
-                                                    add_generation_prompt=True)
+    rendered = jinja2.Template(LLAMA3_JINJA).render(messages=CONVERSATION, bos_token="", add_generation_prompt=True)
     assert render_go_template(CHAT_FORMATS["llama3"][1], CONVERSATION) == rendered
     # an unknown template: no TEMPLATE line (Ollama reads the GGUF's own), eos still a stop token
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>",
-                                                                 "chat_template": "{{ messages }}"}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "</s>", "chat_template": "{{ messages }}"})
+    )
     text, summary = modelfile_text("m.gguf", tmp_path, system="Be kind.")
     assert "TEMPLATE" not in text and summary["chat_format"] is None
     assert 'PARAMETER stop "</s>"' in text and 'SYSTEM """Be kind."""' in text
 
 
 # ------------------------------------------------------------------------------------ Dagster
+
 
 def _gguf_run(instance, artifacts: Path, config: dict):
     import dagster as dg
@@ -310,9 +321,13 @@ def _gguf_run(instance, artifacts: Path, config: dict):
     from kto_pipeline.defs.export import gguf_quantizations
     from kto_pipeline.defs.resources import ArtifactStore
 
-    return dg.materialize([gguf_quantizations, gguf_files_intact], instance=instance, raise_on_error=False,
-                          resources={"artifacts": ArtifactStore(root=str(artifacts))},
-                          run_config={"ops": {"gguf_quantizations": {"config": config}}})
+    return dg.materialize(
+        [gguf_quantizations, gguf_files_intact],
+        instance=instance,
+        raise_on_error=False,
+        resources={"artifacts": ArtifactStore(root=str(artifacts))},
+        run_config={"ops": {"gguf_quantizations": {"config": config}}},
+    )
 
 
 def test_gguf_asset_records_files_and_a_failing_file_fails_it(trained_model, tmp_path):
@@ -321,8 +336,9 @@ def test_gguf_asset_records_files_and_a_failing_file_fails_it(trained_model, tmp
     fast = {"quantizations": ["Q8_0"], "transformers_check": False}
     with dg.DagsterInstance.ephemeral() as instance:
         # merged_model as the asset reads it: its latest materialization's path and data version
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            "merged_model", metadata={"path": str(trained_model), "data_version": "m1"}))
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("merged_model", metadata={"path": str(trained_model), "data_version": "m1"})
+        )
         result = _gguf_run(instance, tmp_path, fast)
         assert result.success
         meta = result.asset_materializations_for_node("gguf_quantizations")[0].metadata
@@ -338,8 +354,13 @@ def test_gguf_asset_records_files_and_a_failing_file_fails_it(trained_model, tmp
         # a file changed after verification: the blocking check fails and names it
         (folder / "model-Q8_0.gguf").write_bytes(b"GGUF" + b"\0" * 64)
         from kto_pipeline.defs.checks import gguf_files_intact
-        checked = dg.materialize([gguf_files_intact], instance=instance, raise_on_error=False,
-                                 selection=dg.AssetSelection.checks(gguf_files_intact))
+
+        checked = dg.materialize(
+            [gguf_files_intact],
+            instance=instance,
+            raise_on_error=False,
+            selection=dg.AssetSelection.checks(gguf_files_intact),
+        )
         evaluation = checked.get_asset_check_evaluations()[0]
         assert not evaluation.passed and "model-Q8_0.gguf: content changed" in evaluation.description
 
@@ -353,6 +374,7 @@ def test_gguf_asset_records_files_and_a_failing_file_fails_it(trained_model, tmp
 
 
 # ------------------------------------------------------------------------------ native crashes
+
 
 def test_llama_loads_without_extra_buffer_types(exported, monkeypatch):
     """Extra buffer types (AMX, weight repacking) crash quantized decode on AVX-512/AMX Xeons: every load is
@@ -400,8 +422,9 @@ def test_gguf_asset_fails_cleanly_on_a_native_crash(trained_model, tmp_path, mon
 
     monkeypatch.setenv(FAULT_ENV, "verifying model-Q8_0.gguf")
     with dg.DagsterInstance.ephemeral() as instance:
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            "merged_model", metadata={"path": str(trained_model), "data_version": "m1"}))
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("merged_model", metadata={"path": str(trained_model), "data_version": "m1"})
+        )
         result = _gguf_run(instance, tmp_path, {"quantizations": ["Q8_0"], "transformers_check": False})
         assert not result.success
         error = result.failure_data_for_node("gguf_quantizations").error

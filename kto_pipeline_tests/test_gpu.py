@@ -16,7 +16,8 @@ from kto_pipeline.config import get_config
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None,
-    reason="needs a CUDA GPU and unsloth (pip install -e '.[gpu]')")
+    reason="needs a CUDA GPU and unsloth (pip install -e '.[gpu]')",
+)
 
 
 def test_unsloth_evaluates_the_released_adapter_beside_the_new_one(kto_data, tmp_path):
@@ -26,8 +27,9 @@ def test_unsloth_evaluates_the_released_adapter_beside_the_new_one(kto_data, tmp
     released = train(get_config("tiny"), kto_data, tmp_path / "released", tmp_path / "cache", log=lambda s: None)
     assert released["backend"] == "unsloth" and math.isfinite(released["eval_loss"])
     untrained = get_config("tiny", {"training": {"learning_rate": 1e-9}})
-    new = train(untrained, kto_data, tmp_path / "new", tmp_path / "cache", log=lambda s: None,
-                champion=tmp_path / "released")
+    new = train(
+        untrained, kto_data, tmp_path / "new", tmp_path / "cache", log=lambda s: None, champion=tmp_path / "released"
+    )
     assert new["champion"]["eval_loss"] == pytest.approx(released["eval_loss"], rel=1e-2)
     assert new["eval_loss"] > new["champion"]["eval_loss"]  # the untrained adapter is the worse one
     assert not list((tmp_path / "new").rglob("*champion*")), "the champion adapter was saved with the new one"

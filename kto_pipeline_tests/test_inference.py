@@ -52,10 +52,9 @@ def test_hf_generate_and_chat_use_the_chat_template(hf_bot, tiny_model_dir):
     assert answer and answer == hf_bot.chat(Q, temperature=0, max_new_tokens=12)  # greedy: deterministic
     # generate() is exactly "the chat template around one user turn", decoded without the prompt.
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    ids = tok.apply_chat_template(Q, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                  return_tensors="pt")
+    ids = tok.apply_chat_template(Q, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
     out = hf_bot.backend.model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert answer == tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert answer == tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     # Sampling honours the seed and the temperature.
     a = hf_bot.chat(Q, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=3)
     assert a == hf_bot.chat(Q, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=3)
@@ -91,7 +90,12 @@ def test_chat_session_keeps_history_and_resets(hf_bot):
     first = "".join(session.send("hello"))
     "".join(session.send("and then?"))
     assert session.turns == 2 and [m["role"] for m in session.messages] == [
-        "system", "user", "assistant", "user", "assistant"]
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert session.messages[2]["content"] == first
     session.reset()
     assert session.messages == [{"role": "system", "content": "Be brief."}]
@@ -107,8 +111,7 @@ def _answer(chunk: bytes) -> str:
 
 
 def run_chat(path: Path, *extra: str) -> None:
-    term = Terminal([*KTO, "chat", str(path), "--temperature", "0",
-                     "--max-new-tokens", "10", *extra])
+    term = Terminal([*KTO, "chat", str(path), "--temperature", "0", "--max-new-tokens", "10", *extra])
     try:
         banner = term.read_until(b"you> ")
         assert b"/reset starts over, /exit quits" in banner
@@ -135,12 +138,12 @@ def test_kto_chat_in_a_terminal(tiny_model_dir):
 
 
 def test_kto_chat_rejects_a_bad_path(tmp_path):
-    proc = subprocess.run([*KTO, "chat", str(tmp_path)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([*KTO, "chat", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "neither a model folder" in proc.stderr
 
 
 # --------------------------------------------------------------------------------------------- GGUF
+
 
 def test_gguf_generate_chat_and_stream(gguf_path):
     with KTOInference(gguf_path, n_ctx=512) as bot:
@@ -150,8 +153,9 @@ def test_gguf_generate_chat_and_stream(gguf_path):
         pieces = list(bot.stream_chat(Q, temperature=0, max_new_tokens=12))
         assert len(pieces) > 1 and "".join(pieces) == answer
         raw = bot.generate("The capital of France", temperature=0, max_new_tokens=6, use_chat_template=False)
-        assert raw and raw == bot.generate("The capital of France", temperature=0, max_new_tokens=6,
-                                           use_chat_template=False)
+        assert raw and raw == bot.generate(
+            "The capital of France", temperature=0, max_new_tokens=6, use_chat_template=False
+        )
         # The chat template comes from the GGUF metadata and its special tokens are single tokens.
         tmpl = bot.backend.llm.metadata["tokenizer.chat_template"]
         assert "<|im_start|>" in tmpl
@@ -169,13 +173,20 @@ def test_gguf_and_transformers_see_the_same_chat_prompt(gguf_path, legacy_model_
     hf_bot = KTOInference(legacy_model_dir)
     with KTOInference(gguf_path, n_ctx=512) as bot:
         llm, tok = bot.backend.llm, hf_bot.backend.tokenizer
-        for messages in (Q, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"},
-                             {"role": "assistant", "content": "Hi! How can I help?"},
-                             {"role": "user", "content": "Explain KTO training"}]):
+        for messages in (
+            Q,
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hello!"},
+                {"role": "assistant", "content": "Hi! How can I help?"},
+                {"role": "user", "content": "Explain KTO training"},
+            ],
+        ):
             hf_ids = hf_bot.backend._inputs(messages, None)
             # What create_chat_completion feeds llama.cpp: the GGUF's template, rendered, tokenized.
-            prompt = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token=tok.eos_token,
-                                         bos_token=tok.bos_token)(messages=messages).prompt
+            prompt = Jinja2ChatFormatter(
+                llm.metadata["tokenizer.chat_template"], eos_token=tok.eos_token, bos_token=tok.bos_token
+            )(messages=messages).prompt
             ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
             assert ids == hf_ids["input_ids"][0].tolist()
             first = hf_bot.backend.model.generate(**hf_ids, max_new_tokens=1, do_sample=False)[0, -1].item()

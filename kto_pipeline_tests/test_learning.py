@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 import learning  # noqa: E402  (the benchmark's data and measure)
 
-TRAIN_PROMPTS = 40   # of 250: 72 rows, both labels
+TRAIN_PROMPTS = 40  # of 250: 72 rows, both labels
 HELDOUT = 12
-SCORED_TOKENS = 96   # the tiny model has 512 positions; a verbose answer alone is ~500 of its tokens
+SCORED_TOKENS = 96  # the tiny model has 512 positions; a verbose answer alone is ~500 of its tokens
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,13 @@ def test_heldout_is_not_trained_on():
 @pytest.mark.slow
 @pytest.mark.parametrize("lr", [3e-3, 0.0], ids=["trained", "lr0-control"])
 def test_kto_raises_the_heldout_preference_for_concise_answers(lr, tmp_path, slice_dataset, cache):
-    config = get_config("tiny", {"model": {"max_seq_length": 256},
-                                 "training": {"learning_rate": lr, "max_steps": 8, "per_device_train_batch_size": 8,
-                                              "save_steps": 100}})
+    config = get_config(
+        "tiny",
+        {
+            "model": {"max_seq_length": 256},
+            "training": {"learning_rate": lr, "max_steps": 8, "per_device_train_batch_size": 8, "save_steps": 100},
+        },
+    )
     train(config, slice_dataset, tmp_path / "adapter", cache, log=lambda s: None)
     before = margin(cache / "tiny")
     after = margin(cache / "tiny", tmp_path / "adapter")

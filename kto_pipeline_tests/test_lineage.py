@@ -1,6 +1,5 @@
 """lineage.upstream: the materialization this run consumed, not whichever finished last in the instance."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -23,8 +22,9 @@ def _assets(root: Path):
     @dg.asset(deps=[lora_adapter])
     def merged_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         # another run, with another config, finishes its adapter just now
-        context.instance.report_runless_asset_event(dg.AssetMaterialization(
-            "lora_adapter", metadata={"path": str(_folder(root, "B")), "data_version": "B"}))
+        context.instance.report_runless_asset_event(
+            dg.AssetMaterialization("lora_adapter", metadata={"path": str(_folder(root, "B")), "data_version": "B"})
+        )
         return dg.MaterializeResult(metadata={"merged": upstream(context, "lora_adapter").version})
 
     return lora_adapter, merged_model
@@ -45,8 +45,11 @@ def reader(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 def test_an_upstream_outside_the_run_is_the_latest_and_must_be_complete(tmp_path):
     with dg.DagsterInstance.ephemeral() as instance:
         for name in ("A", "B"):
-            instance.report_runless_asset_event(dg.AssetMaterialization(
-                "lora_adapter", metadata={"path": str(_folder(tmp_path, name)), "data_version": name}))
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    "lora_adapter", metadata={"path": str(_folder(tmp_path, name)), "data_version": name}
+                )
+            )
         result = dg.materialize([reader], instance=instance)
         assert result.asset_materializations_for_node("reader")[0].metadata["read"].value == "B"
 

@@ -16,13 +16,16 @@ from kto_pipeline.export.merge import MergeError, merge_adapter, original_of, pl
 from kto_pipeline_tests.conftest import RAW_SAMPLES, run_ok
 
 
-
 def quantize_to(src: Path, dst: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.float32)
+    q = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
     AutoModelForCausalLM.from_pretrained(src, quantization_config=q, device_map={"": "cpu"}).save_pretrained(dst)
     for f in src.iterdir():  # the tokenizer, as the Hub's 4-bit repos carry it
         if f.name.startswith("tokenizer") or f.suffix == ".jinja":
@@ -88,12 +91,14 @@ def test_merges_into_16bit_weights(q4, adapter, tiny_model_dir, tmp_path):
     """Both choices give plain 16/32-bit safetensors; each equals the adapter on the base it names."""
     from safetensors import safe_open
 
-    trained = logits(q4, adapter)              # what training optimized: the 4-bit base + the adapter
+    trained = logits(q4, adapter)  # what training optimized: the 4-bit base + the adapter
     on_original = logits(tiny_model_dir, adapter)
     assert rel(trained, logits(tiny_model_dir)) > 0.05, "the adapter did not move the model"
     results = {}
-    for name, plan in (("original", plan_merge(str(q4), base_16bit=str(tiny_model_dir))),
-                       ("dequantize", plan_merge(str(q4), "dequantize"))):
+    for name, plan in (
+        ("original", plan_merge(str(q4), base_16bit=str(tiny_model_dir))),
+        ("dequantize", plan_merge(str(q4), "dequantize")),
+    ):
         info = merge_adapter(str(q4), adapter, tmp_path / name, plan=plan)
         config = json.loads((tmp_path / name / "config.json").read_text())
         assert "quantization_config" not in config
@@ -131,8 +136,9 @@ def test_kto_upload_of_an_adapter_on_a_4bit_base(adapter, tiny_model_dir, tmp_pa
 
     assert main(["upload", str(adapter), "me/q4-model", "--root", str(tmp_path)]) == 1
     assert "16-bit original is unknown" in capsys.readouterr().err
-    assert main(["upload", str(adapter), "me/q4-model", "--root", str(tmp_path),
-                 "--base-16bit", str(tiny_model_dir)]) == 0
+    assert (
+        main(["upload", str(adapter), "me/q4-model", "--root", str(tmp_path), "--base-16bit", str(tiny_model_dir)]) == 0
+    )
     released = tmp_path / "registry" / "me" / "q4-model" / "latest"
     assert "quantization_config" not in json.loads((released / "config.json").read_text())
     assert rel(logits(released), logits(tiny_model_dir, adapter)) < 0.01  # the release casts to bf16

@@ -23,14 +23,21 @@ def test_trl_chunked_logprob_is_the_kernel_kto_calls_and_the_stand_in_matches_it
 
     from kto_pipeline.training.torch_logprob import TorchChunkedLogProb
 
-    calls = [n for n in ast.walk(ast.parse(inspect.getsource(trl_utils))) if isinstance(n, ast.Call)
-             and isinstance(n.func, ast.Attribute) and n.func.attr == "apply"
-             and isinstance(n.func.value, ast.Name) and n.func.value.id == "_ChunkedLogProbFunction"]
+    calls = [
+        n
+        for n in ast.walk(ast.parse(inspect.getsource(trl_utils)))
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "apply"
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "_ChunkedLogProbFunction"
+    ]
     assert calls, "TRL no longer calls _ChunkedLogProbFunction.apply"
     params = list(inspect.signature(TorchChunkedLogProb.apply).parameters)
     for call in calls:
         assert len(call.args) <= len(params) and {k.arg for k in call.keywords} <= set(params), (
-            f"TRL calls the kernel with arguments the stand-in does not take: {ast.unparse(call)}")
+            f"TRL calls the kernel with arguments the stand-in does not take: {ast.unparse(call)}"
+        )
 
     original = trl_utils._ChunkedLogProbFunction
     try:
@@ -56,7 +63,8 @@ def test_trl_hash_module_and_precompute_are_where_the_reference_pass_patch_swaps
     assert callable(getattr(KTOTrainer, "_precompute_ref_logps", None)), "TRL renamed _precompute_ref_logps"
     source = inspect.getsource(KTOTrainer)
     assert "hash_module(" in source and "self._precompute_ref_logps(" in source, (
-        "KTOTrainer no longer calls hash_module / _precompute_ref_logps: the fast reference pass does nothing")
+        "KTOTrainer no longer calls hash_module / _precompute_ref_logps: the fast reference pass does nothing"
+    )
 
     original_hash, original_pre = kto_module.hash_module, KTOTrainer._precompute_ref_logps
     seen = []
@@ -79,7 +87,8 @@ def test_transformers_gguf_gate_is_what_blocks_the_bundled_gguf_module():
 
     assert callable(getattr(gguf_utils, "is_gguf_available", None)), "transformers moved is_gguf_available"
     assert "is_gguf_available(" in inspect.getsource(gguf_utils.load_gguf_checkpoint), (
-        "load_gguf_checkpoint no longer asks is_gguf_available: the gate patch is not needed (or not enough)")
+        "load_gguf_checkpoint no longer asks is_gguf_available: the gate patch is not needed (or not enough)"
+    )
     original = gguf_utils.is_gguf_available
     with patches.transformers_gguf_gate():
         assert gguf_utils.is_gguf_available() is True
@@ -97,7 +106,8 @@ def test_llama_cpp_builds_its_model_params_from_llama_model_default_params():
     params = api.llama_model_default_params()
     assert hasattr(params, "use_extra_bufts"), "llama.cpp dropped use_extra_bufts"
     assert "llama_model_default_params()" in inspect.getsource(llama_cpp.Llama.__init__), (
-        "Llama.__init__ no longer starts from llama_model_default_params(): extra buffer types are back on")
+        "Llama.__init__ no longer starts from llama_model_default_params(): extra buffer types are back on"
+    )
     original = api.llama_model_default_params
     for value in (False, True):
         with patches.llama_model_params(use_extra_bufts=value):
@@ -108,8 +118,9 @@ def test_llama_cpp_builds_its_model_params_from_llama_model_default_params():
 def test_transformers_saves_through_weight_conversions_whose_operations_name_their_module():
     import transformers.core_model_loading as cml
 
-    assert "getattr(model, \"_weight_conversions\"" in inspect.getsource(cml.revert_weight_conversion), (
-        "save_pretrained no longer reverses model._weight_conversions: the patch is not needed (or not enough)")
+    assert 'getattr(model, "_weight_conversions"' in inspect.getsource(cml.revert_weight_conversion), (
+        "save_pretrained no longer reverses model._weight_conversions: the patch is not needed (or not enough)"
+    )
     assert "operations" in cml.WeightConverter.__slots__
 
     class Op:

@@ -8,6 +8,7 @@ import time
 
 import dagster as dg
 import pytest
+
 from kto_pipeline.config import PRESETS
 from kto_pipeline_tests.conftest import run_ok
 
@@ -21,14 +22,16 @@ TINY_STEPS = PRESETS["tiny"]["training"]["max_steps"]
 
 def _check_results(instance, asset: str) -> dict[str, bool]:
     records = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(dg.AssetKey(asset), CHECKS[asset]), limit=1)
+        dg.AssetCheckKey(dg.AssetKey(asset), CHECKS[asset]), limit=1
+    )
     return {r.run_id: r.evaluation.passed for r in records if r.evaluation is not None}
 
 
 def test_label_balance_failure_blocks_training(project):
     one_class = project.root / "only_yes.jsonl"
-    one_class.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": True}) + "\n"
-                                 for i in range(20)))
+    one_class.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": True}) + "\n" for i in range(20))
+    )
     proc = project.materialize_cli("*", {"ops": {"raw_preferences": {"config": {"local_file": str(one_class)}}}})
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
@@ -51,12 +54,16 @@ def test_rematerializing_skips_finished_training(project):
 def test_gpu_pool_runs_one_training_at_a_time(project):
     """Two runs started together, each with real training to do: the pool makes one wait."""
     run_ok(project.materialize_cli("raw_preferences,kto_dataset"))
-    procs = [project.materialize_cli("lora_adapter", {"ops": {"lora_adapter": {"config": {
-        "training": {"seed": seed}}}}}) for seed in (1, 2)]
+    procs = [
+        project.materialize_cli("lora_adapter", {"ops": {"lora_adapter": {"config": {"training": {"seed": seed}}}}})
+        for seed in (1, 2)
+    ]
     for p in procs:
         run_ok(p)
-    spans = sorted((m["started_at"], m["finished_at"]) for m in (
-        json.loads(f.read_text()) for f in (project.artifacts / "lora_adapter").glob("*/metrics.json")))
+    spans = sorted(
+        (m["started_at"], m["finished_at"])
+        for m in (json.loads(f.read_text()) for f in (project.artifacts / "lora_adapter").glob("*/metrics.json"))
+    )
     assert len(spans) == 2
     (s1, e1), (s2, e2) = spans
     assert e1 <= s2, f"trainings overlapped: {spans}"
@@ -99,8 +106,12 @@ def test_dagster_cli_materializes_whole_graph(project):
         assert adapter["train_rows_whole"] == adapter["train_rows"] == data["train_rows"]
         assert adapter["train_rows_dropped"] == adapter["eval_rows_dropped"] == adapter["train_rows_prompt_cut"] == 0
         assert [r.data["split"] for r in adapter["long_rows"].records] == ["train", "eval"]
-        checks = {name: instance.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(dg.AssetKey("lora_adapter"), name)]) for name in ("long_rows", "kl_health")}
+        checks = {
+            name: instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [dg.AssetCheckKey(dg.AssetKey("lora_adapter"), name)]
+            )
+            for name in ("long_rows", "kl_health")
+        }
         evaluations = {name: next(iter(r.values())).evaluation for name, r in checks.items()}
         assert evaluations["long_rows"].passed
         assert 0 <= evaluations["kl_health"].metadata["kl_zero_share"].value <= 1
@@ -121,13 +132,30 @@ def test_data_parallel_training_through_torchrun(project):
     shutil.rmtree(project.artifacts / "cache" / "tiny")  # both ranks then need the tiny model built: one builds it
     runs = {}
     for processes, accumulation in ((2, 2), (1, 2)):
-        out = run_ok(project.materialize_cli("lora_adapter", {"ops": {"lora_adapter": {"config": {"training": {
-            "num_processes": processes, "max_steps": 6, "gradient_accumulation_steps": accumulation,
-            "per_device_train_batch_size": 4}}}}}))  # 6 steps x 8 rows stay inside one epoch of the 53 rows
+        out = run_ok(
+            project.materialize_cli(
+                "lora_adapter",
+                {
+                    "ops": {
+                        "lora_adapter": {
+                            "config": {
+                                "training": {
+                                    "num_processes": processes,
+                                    "max_steps": 6,
+                                    "gradient_accumulation_steps": accumulation,
+                                    "per_device_train_batch_size": 4,
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+        )  # 6 steps x 8 rows stay inside one epoch of the 53 rows
         assert out.count("backend=transformers") == 1, "more than one rank reported through Pipes"
         meta = project.latest("lora_adapter")
-        runs[processes] = json.loads((project.artifacts / "lora_adapter" / meta["data_version"] / "metrics.json")
-                                     .read_text())
+        runs[processes] = json.loads(
+            (project.artifacts / "lora_adapter" / meta["data_version"] / "metrics.json").read_text()
+        )
         assert meta["processes"] == processes and meta["steps"] == 6
     one, two = runs[1], runs[2]
     assert (one["gradient_accumulation"], two["gradient_accumulation"]) == (2, 1)  # same effective batch

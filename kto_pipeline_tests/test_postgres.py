@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from kto_pipeline_tests.postgres import PG_VARS, Cluster, InstanceHomes, alive

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+
 from kto_pipeline_tests.conftest import run_ok
 from kto_pipeline_tests.procs import descendants, free_ports
 
@@ -29,11 +30,31 @@ def node_args(resources: dict) -> list[str]:
     """What both nodes share: one CPU and our resource each, a small object store, ports of their own (two raylets
     on one machine would otherwise both take the agents' default ports)."""
     agent, agent_grpc, runtime_env, metrics, node_manager, object_manager = free_ports(6)
-    return ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
-            "--resources", json.dumps(resources), "--object-store-memory", str(100 * 2**20),
-            "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
-            "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
-            "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager), "--block"]
+    return [
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        "1",
+        "--num-gpus",
+        "0",
+        "--resources",
+        json.dumps(resources),
+        "--object-store-memory",
+        str(100 * 2**20),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--runtime-env-agent-port",
+        str(runtime_env),
+        "--metrics-export-port",
+        str(metrics),
+        "--node-manager-port",
+        str(node_manager),
+        "--object-manager-port",
+        str(object_manager),
+        "--block",
+    ]
 
 
 def cluster_processes(temp_dir: Path) -> list[str]:
@@ -61,8 +82,11 @@ class Cluster:
     def start_node(self, args: list[str], log: str) -> None:
         # Its own session (process group): the teardown signals exactly these processes and their children.
         with open(self.temp_dir.parent / log, "w") as out:
-            self.nodes.append(subprocess.Popen([RAY, "start", *args], env=self.env, stdout=out,
-                                               stderr=subprocess.STDOUT, start_new_session=True))
+            self.nodes.append(
+                subprocess.Popen(
+                    [RAY, "start", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
 
     def alive_nodes(self) -> list:
         from ray.util.state import list_nodes
@@ -118,14 +142,27 @@ def ray_cluster():
     temp_dir.mkdir()
     cluster = Cluster(temp_dir)
     try:
-        cluster.start_node(["--head", "--port", str(cluster.gcs_port), "--temp-dir", str(temp_dir),
-                            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                            "--dashboard-port", str(cluster.dashboard_port),
-                            "--ray-client-server-port", str(cluster.client_port),
-                            *node_args({"kto_worker": 1, "head": 1})], "head.log")
+        cluster.start_node(
+            [
+                "--head",
+                "--port",
+                str(cluster.gcs_port),
+                "--temp-dir",
+                str(temp_dir),
+                "--include-dashboard",
+                "true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(cluster.dashboard_port),
+                "--ray-client-server-port",
+                str(cluster.client_port),
+                *node_args({"kto_worker": 1, "head": 1}),
+            ],
+            "head.log",
+        )
         cluster.wait_for_nodes(1)
-        cluster.start_node(["--address", f"127.0.0.1:{cluster.gcs_port}", *node_args({"kto_worker": 1})],
-                           "node2.log")
+        cluster.start_node(["--address", f"127.0.0.1:{cluster.gcs_port}", *node_args({"kto_worker": 1})], "node2.log")
         cluster.wait_for_nodes(2)
         assert len(cluster_processes(temp_dir)) >= 3, "the teardown check would not see this cluster's processes"
         yield cluster
@@ -137,9 +174,19 @@ def ray_cluster():
 
 
 def ray_run_config(training: dict) -> dict:
-    return {"ops": {"lora_adapter": {"config": {"training": {"launcher": "ray", **training}}}},
-            "resources": {"ray_cluster": {"config": {"python": sys.executable, "worker_resources": {"kto_worker": 1},
-                                                     "max_failures": 2, "poll_interval_s": 0.5}}}}
+    return {
+        "ops": {"lora_adapter": {"config": {"training": {"launcher": "ray", **training}}}},
+        "resources": {
+            "ray_cluster": {
+                "config": {
+                    "python": sys.executable,
+                    "worker_resources": {"kto_worker": 1},
+                    "max_failures": 2,
+                    "poll_interval_s": 0.5,
+                }
+            }
+        },
+    }
 
 
 def metrics_of(project, meta: dict) -> dict:
@@ -170,13 +217,21 @@ def test_two_ray_workers_on_two_nodes_train_like_one_process(project, ray_cluste
     # Ray Train's copies, in the adapter's folder: both ranks' files merged (rank 1 wrote only its RNG state)
     checkpoints = adapter_dir / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
-    assert {"adapter_model.safetensors", "optimizer.pt", "trainer_state.json", "rng_state_0.pth",
-            "rng_state_1.pth"} <= {p.name for p in (checkpoints / "checkpoint-6").iterdir()}
+    assert {
+        "adapter_model.safetensors",
+        "optimizer.pt",
+        "trainer_state.json",
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    } <= {p.name for p in (checkpoints / "checkpoint-6").iterdir()}
     workers = [w for w in ray_cluster.workers() if w.actor_id not in before]
     assert len(workers) == 2 and len({w.node_id for w in workers}) == 2, workers  # one worker on each node
 
-    run_ok(project.materialize_cli("lora_adapter", {"ops": {"lora_adapter": {"config": {"training": {
-        "num_processes": 1, **shape}}}}}))
+    run_ok(
+        project.materialize_cli(
+            "lora_adapter", {"ops": {"lora_adapter": {"config": {"training": {"num_processes": 1, **shape}}}}}
+        )
+    )
     one, two = metrics_of(project, project.latest("lora_adapter")), metrics_of(project, ray_meta)
     assert (one["gradient_accumulation"], two["gradient_accumulation"]) == (2, 1)  # same effective batch
     steps = [[h for h in r["history"] if "loss" in h] for r in (one, two)]
@@ -191,8 +246,12 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(project, ray_clus
     run_ok(project.materialize_cli("raw_preferences,kto_dataset"))
     before = {w.actor_id for w in ray_cluster.workers()}
     save_steps, max_steps = 4, 40  # the kill lands mid-run: 35 steps left when it is sent
-    proc = project.materialize_cli("lora_adapter", ray_run_config({
-        "num_processes": 2, "max_steps": max_steps, "save_steps": save_steps, "gradient_accumulation_steps": 2}))
+    proc = project.materialize_cli(
+        "lora_adapter",
+        ray_run_config(
+            {"num_processes": 2, "max_steps": max_steps, "save_steps": save_steps, "gradient_accumulation_steps": 2}
+        ),
+    )
     seen, victim = [], None
     for line in proc.stdout:  # rank 0's lines, live
         seen.append(line)

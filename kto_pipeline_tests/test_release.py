@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kto_pipeline.release import (HubTarget, LocalRegistry, ReleaseError, folder_manifest, release_model,
-                                  render_model_card, stage_release)
+from kto_pipeline.release import (
+    HubTarget,
+    LocalRegistry,
+    ReleaseError,
+    folder_manifest,
+    release_model,
+    render_model_card,
+    stage_release,
+)
 from kto_pipeline_tests.hub_server import FakeHub
 
 TOKEN = "hf_testTOKEN_7f3a9c1e5b2d4f6a8c0e"
@@ -23,14 +30,28 @@ REPO = "tester/tiny-kto"
 
 CARD = {
     "base_model": "mistralai/Mistral-7B-Instruct-v0.3",
-    "dataset": {"sha256": "d" * 64, "rows": 120, "train_rows": 108, "eval_rows": 12, "n_desirable": 70,
-                "n_undesirable": 50, "quarantined": 3},
+    "dataset": {
+        "sha256": "d" * 64,
+        "rows": 120,
+        "train_rows": 108,
+        "eval_rows": 12,
+        "n_desirable": 70,
+        "n_undesirable": 50,
+        "quarantined": 3,
+    },
     "label_balance": {"desirable_share": 0.5833, "min_share": 0.2, "max_share": 0.8, "passed": True},
     "training": {"beta": 0.1, "learning_rate": 5e-7, "max_steps": 20, "lora": {"r": 16, "alpha": 16}},
     "eval": {"eval_loss": 0.4931, "eval_rewards/margins": 0.12},
     "lineage": {"kto_dataset": "a1b2c3", "lora_adapter": "d4e5f6", "merged_model": "d4e5f6"},
-    "gguf": [{"file": "model-Q4_K_M.gguf", "type": "Q4_K_M", "bits_per_weight": 4.89, "passed": True,
-              "verification": {"rel_error": 0.157, "top1_agreement": 0.73, "mean_kl": 0.02, "positions": 67}}],
+    "gguf": [
+        {
+            "file": "model-Q4_K_M.gguf",
+            "type": "Q4_K_M",
+            "bits_per_weight": 4.89,
+            "passed": True,
+            "verification": {"rel_error": 0.157, "top1_agreement": 0.73, "mean_kl": 0.02, "positions": 67},
+        }
+    ],
 }
 
 
@@ -65,17 +86,26 @@ def download_all(server: FakeHub, repo: str, revision: str, files: list[str], de
 
     out = {}
     for name in files:
-        p = hf_hub_download(repo, name, revision=revision, endpoint=server.endpoint, token=TOKEN,
-                            cache_dir=str(dest / "cache"), local_dir=str(dest / "files"))
+        p = hf_hub_download(
+            repo,
+            name,
+            revision=revision,
+            endpoint=server.endpoint,
+            token=TOKEN,
+            cache_dir=str(dest / "cache"),
+            local_dir=str(dest / "files"),
+        )
         out[name] = Path(p).read_bytes()
     return out
 
 
 # ------------------------------------------------------------------------------------------- hub
 
+
 def test_hub_release_round_trips_byte_for_byte(hub, tiny_model_dir, gguf_file, tmp_path):
-    local = release_model(tiny_model_dir, REPO, target=LocalRegistry(tmp_path / "art"), card_info=CARD,
-                          gguf_files=[gguf_file])
+    local = release_model(
+        tiny_model_dir, REPO, target=LocalRegistry(tmp_path / "art"), card_info=CARD, gguf_files=[gguf_file]
+    )
     result = release_model(tiny_model_dir, REPO, target=hub_target(hub), card_info=CARD, gguf_files=[gguf_file])
     assert result.created and result.version == local.version  # same content id on both targets
     assert result.tag == f"release-{result.version}"
@@ -116,8 +146,9 @@ def test_hub_release_is_idempotent_and_tracks_changes(hub, tiny_model_dir, gguf_
     assert len(hub.history(REPO)) == 2  # initial commit + one release
 
     # New eval figures: only the card changes; the weights are not uploaded again.
-    changed = release_model(tiny_model_dir, REPO, target=target, card_info={**CARD, "eval": {"eval_loss": 0.4}},
-                            gguf_files=[gguf_file])
+    changed = release_model(
+        tiny_model_dir, REPO, target=target, card_info={**CARD, "eval": {"eval_loss": 0.4}}, gguf_files=[gguf_file]
+    )
     assert changed.created and changed.revision != first.revision and changed.version != first.version
     assert hub.count("lfs_upload") == uploads
     assert b"0.4" in hub.file_bytes(REPO, "README.md")
@@ -144,7 +175,9 @@ def test_hub_retries_server_errors_mid_upload(hub, tiny_model_dir, gguf_file, tm
     assert result.created and len(hub.history(REPO)) == 2  # exactly one release commit landed
     files = hub.repos[REPO].commits[result.revision].files
     for name in ("model-Q4_K_M.gguf", "tokenizer.model"):
-        assert hub.file_bytes(REPO, name) == (gguf_file if name.endswith("gguf") else tiny_model_dir / name).read_bytes()
+        assert (
+            hub.file_bytes(REPO, name) == (gguf_file if name.endswith("gguf") else tiny_model_dir / name).read_bytes()
+        )
     assert all(e.key in hub.blobs for e in files.values())  # every file of the commit is stored
 
 
@@ -176,8 +209,15 @@ def test_token_never_appears_in_logs_errors_or_files(hub, tiny_model_dir, caplog
         release_model(tiny_model_dir, REPO, target=hub_target(hub, max_attempts=2), card_info=CARD, tag="v2")
     out, errs = capfd.readouterr()
     assert "hub: commit failed" in caplog.text  # the logs were captured at all
-    for text in (caplog.text, out, errs, str(err.value), json.dumps(result.as_metadata()),
-                 hub.file_bytes(REPO, "README.md").decode(), hub.file_bytes(REPO, "kto_release.json").decode()):
+    for text in (
+        caplog.text,
+        out,
+        errs,
+        str(err.value),
+        json.dumps(result.as_metadata()),
+        hub.file_bytes(REPO, "README.md").decode(),
+        hub.file_bytes(REPO, "kto_release.json").decode(),
+    ):
         assert TOKEN not in text
     # ...while the token was what authorized every write.
     writes = [r for r in hub.requests if r["kind"] in ("create_repo", "preupload", "commit", "tag", "lfs_batch")]
@@ -224,6 +264,7 @@ def test_upload_folder_multipart_through_fake_hub(hub, tiny_model_dir, tmp_path)
 
 # ------------------------------------------------------------------------------------------- local
 
+
 def test_local_registry_versions_tags_and_content_addressing(tiny_model_dir, tmp_path):
     reg = LocalRegistry(tmp_path / "art")
     a = release_model(tiny_model_dir, REPO, target=reg, card_info=CARD, tag="v1")
@@ -266,6 +307,7 @@ def test_local_registry_versions_tags_and_content_addressing(tiny_model_dir, tmp
 
 # ------------------------------------------------------------------------------------------- save methods
 
+
 def test_merged_16bit_casts_float32_and_keeps_16bit_bytes(tiny_model_dir, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -284,8 +326,10 @@ def _adapter(tiny_model_dir: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     model.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(out))
     (out / "metrics.json").write_text("{}")  # training leftovers must not be released
@@ -320,20 +364,58 @@ def test_merged_4bit_needs_cuda_and_bitsandbytes(tiny_model_dir, tmp_path):
 
 # ------------------------------------------------------------------------------------------- model card
 
+
 def test_model_card_has_every_section_and_is_deterministic():
-    card = render_model_card({**CARD, "repo_id": REPO, "save_method": "merged_16bit",
-                              "gguf": [{"file": "model-Q4_K_M.gguf", "quantization": "Q4_K_M", "size_bytes": 4_400_000_000,
-                                        "rel_error": 0.157, "top1_agreement": 0.73, "verified": True}]})
-    assert card == render_model_card({**CARD, "repo_id": REPO, "save_method": "merged_16bit",
-                                      "gguf": [{"file": "model-Q4_K_M.gguf", "quantization": "Q4_K_M",
-                                                "size_bytes": 4_400_000_000, "rel_error": 0.157,
-                                                "top1_agreement": 0.73, "verified": True}]})
+    card = render_model_card(
+        {
+            **CARD,
+            "repo_id": REPO,
+            "save_method": "merged_16bit",
+            "gguf": [
+                {
+                    "file": "model-Q4_K_M.gguf",
+                    "quantization": "Q4_K_M",
+                    "size_bytes": 4_400_000_000,
+                    "rel_error": 0.157,
+                    "top1_agreement": 0.73,
+                    "verified": True,
+                }
+            ],
+        }
+    )
+    assert card == render_model_card(
+        {
+            **CARD,
+            "repo_id": REPO,
+            "save_method": "merged_16bit",
+            "gguf": [
+                {
+                    "file": "model-Q4_K_M.gguf",
+                    "quantization": "Q4_K_M",
+                    "size_bytes": 4_400_000_000,
+                    "rel_error": 0.157,
+                    "top1_agreement": 0.73,
+                    "verified": True,
+                }
+            ],
+        }
+    )
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["base_model"] == CARD["base_model"] and "kto" in meta["tags"] and "gguf" in meta["tags"]
-    for needle in ("d" * 64, "| n_desirable | 70 |", "Desirable share: **0.5833** (allowed band [0.2, 0.8])",
-                   "| beta | 0.1 |", "| lora.r | 16 |", "| eval_loss | 0.4931 |", "| model-Q4_K_M.gguf | Q4_K_M | 4.1 GiB |",
-                   "0.157", "| lora_adapter | d4e5f6 |", f'AutoModelForCausalLM.from_pretrained("{REPO}"',
-                   f"llama-cli --hf-repo {REPO} --hf-file model-Q4_K_M.gguf", f"ollama run hf.co/{REPO}:Q4_K_M"):
+    for needle in (
+        "d" * 64,
+        "| n_desirable | 70 |",
+        "Desirable share: **0.5833** (allowed band [0.2, 0.8])",
+        "| beta | 0.1 |",
+        "| lora.r | 16 |",
+        "| eval_loss | 0.4931 |",
+        "| model-Q4_K_M.gguf | Q4_K_M | 4.1 GiB |",
+        "0.157",
+        "| lora_adapter | d4e5f6 |",
+        f'AutoModelForCausalLM.from_pretrained("{REPO}"',
+        f"llama-cli --hf-repo {REPO} --hf-file model-Q4_K_M.gguf",
+        f"ollama run hf.co/{REPO}:Q4_K_M",
+    ):
         assert needle in card, needle
     local = render_model_card({"base_model": "/tmp/cache/tiny", "save_method": "lora", "repo_id": REPO})
     assert "base_model" not in yaml.safe_load(local.split("---")[1])  # the Hub rejects local paths there
@@ -342,17 +424,20 @@ def test_model_card_has_every_section_and_is_deterministic():
 
 # ------------------------------------------------------------------------------------------- Dagster
 
+
 def _hub_run_config(server: FakeHub, gates: dict | None = None) -> dict:
-    resources = {"release_target": {"config": {"target": "hub", "endpoint": server.endpoint, "repo_id": REPO,
-                                               "backoff_s": 0.01}}}
+    resources = {
+        "release_target": {"config": {"target": "hub", "endpoint": server.endpoint, "repo_id": REPO, "backoff_s": 0.01}}
+    }
     if gates:
         resources["quality_gates"] = {"config": gates}
     return {"resources": resources}
 
 
 def _step_failure(result, step: str) -> str:
-    return "\n".join(e.event_specific_data.error.message for e in result.all_events
-                     if e.is_step_failure and e.step_key == step)
+    return "\n".join(
+        e.event_specific_data.error.message for e in result.all_events if e.is_step_failure and e.step_key == step
+    )
 
 
 @pytest.mark.slow
@@ -376,35 +461,54 @@ def test_dagster_release_to_the_hub_is_gated_idempotent_and_keeps_the_token_out(
 
         # Materializing again with nothing new: no commit, same revision.
         commits = hub.count("commit")
-        again = job.execute_in_process(instance=instance, run_config=_hub_run_config(hub),
-                                       asset_selection=[dg.AssetKey("hub_release")])
+        again = job.execute_in_process(
+            instance=instance, run_config=_hub_run_config(hub), asset_selection=[dg.AssetKey("hub_release")]
+        )
         assert again.success and hub.count("commit") == commits
         assert project.latest("hub_release")["created"] is False
 
         # A failing eval_loss blocks the release in the same run (training and merge are cached)...
         gated = job.execute_in_process(
-            instance=instance, raise_on_error=False, run_config=_hub_run_config(hub, {"max_eval_loss": -1.0}),
-            asset_selection=[dg.AssetKey(k) for k in ("lora_adapter", "merged_model", "hub_release")])
+            instance=instance,
+            raise_on_error=False,
+            run_config=_hub_run_config(hub, {"max_eval_loss": -1.0}),
+            asset_selection=[dg.AssetKey(k) for k in ("lora_adapter", "merged_model", "hub_release")],
+        )
         assert not gated.success and hub.count("commit") == commits
         succeeded = {e.step_key for e in gated.all_events if e.is_step_success}
         assert "lora_adapter" in succeeded and not {"merged_model", "hub_release"} & succeeded
         # ...and in any later run, until the check passes on the current adapter.
-        alone = job.execute_in_process(instance=instance, raise_on_error=False, run_config=_hub_run_config(hub),
-                                       asset_selection=[dg.AssetKey("hub_release")])
-        assert "release blocked by quality gates: eval_loss failed on lora_adapter" in _step_failure(alone, "hub_release")
-        assert job.execute_in_process(instance=instance, run_config=_hub_run_config(hub),
-                                      asset_selection=[dg.AssetKey("lora_adapter")]).success  # check passes again
+        alone = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config=_hub_run_config(hub),
+            asset_selection=[dg.AssetKey("hub_release")],
+        )
+        assert "release blocked by quality gates: eval_loss failed on lora_adapter" in _step_failure(
+            alone, "hub_release"
+        )
+        assert job.execute_in_process(
+            instance=instance, run_config=_hub_run_config(hub), asset_selection=[dg.AssetKey("lora_adapter")]
+        ).success  # check passes again
 
         # A dataset whose label balance fails blocks a later release of the (older) model.
-        bad = job.execute_in_process(instance=instance, raise_on_error=False,
-                                     run_config=_hub_run_config(hub, {"min_desirable_share": 0.95}),
-                                     asset_selection=[dg.AssetKey("kto_dataset")])
+        bad = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config=_hub_run_config(hub, {"min_desirable_share": 0.95}),
+            asset_selection=[dg.AssetKey("kto_dataset")],
+        )
         assert not bad.success
-        blocked = job.execute_in_process(instance=instance, raise_on_error=False, run_config=_hub_run_config(hub),
-                                         asset_selection=[dg.AssetKey("hub_release")])
+        blocked = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config=_hub_run_config(hub),
+            asset_selection=[dg.AssetKey("hub_release")],
+        )
         assert not blocked.success
         assert "release blocked by quality gates: label_balance failed on kto_dataset" in _step_failure(
-            blocked, "hub_release")
+            blocked, "hub_release"
+        )
         assert hub.count("commit") == commits
 
     # The token reached the server, but none of the instance's storage (runs, events, logs, configs).
@@ -417,12 +521,25 @@ def test_dagster_release_to_the_hub_is_gated_idempotent_and_keeps_the_token_out(
 
 # ------------------------------------------------------------------------------------------- kto upload
 
+
 def test_kto_upload_to_the_hub_with_a_token_flag(hub, tiny_model_dir, monkeypatch, capsys):
     from kto_pipeline.cli import main
 
     monkeypatch.delenv("HF_TOKEN")
-    args = ["upload", str(tiny_model_dir), REPO, "--target", "hub", "--endpoint", hub.endpoint, "--public",
-            "--tag", "v1", "--token", TOKEN]
+    args = [
+        "upload",
+        str(tiny_model_dir),
+        REPO,
+        "--target",
+        "hub",
+        "--endpoint",
+        hub.endpoint,
+        "--public",
+        "--tag",
+        "v1",
+        "--token",
+        TOKEN,
+    ]
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert "--token puts the token in your shell history" in err and TOKEN not in out + err
@@ -446,13 +563,31 @@ def test_kto_upload_create_gguf_releases_verified_files(tiny_model_dir, tmp_path
     # tokenizer says so itself, the export's tokenization check would (rightly) reject its files.
     cfg = json.loads((model / "tokenizer_config.json").read_text())
     (model / "tokenizer_config.json").write_text(json.dumps({**cfg, "legacy": True}))
-    assert main(["upload", str(model), "me/tiny-kto", "--root", str(tmp_path / "art"), "--create-gguf",
-                 "--gguf-quantizations", "Q4_K_M", "Q8_0"]) == 0
+    assert (
+        main(
+            [
+                "upload",
+                str(model),
+                "me/tiny-kto",
+                "--root",
+                str(tmp_path / "art"),
+                "--create-gguf",
+                "--gguf-quantizations",
+                "Q4_K_M",
+                "Q8_0",
+            ]
+        )
+        == 0
+    )
     version = LocalRegistry(tmp_path / "art").resolve("me/tiny-kto")
     assert {p.name for p in version.glob("*.gguf")} == {"model-Q4_K_M.gguf", "model-Q8_0.gguf"}  # not the F16 base
     out = capsys.readouterr().out  # each released file with its verification figures, then what to run next
-    assert re.search(r"^  model-Q4_K_M\.gguf: [\d.]+ MB, [\d.]+ bits/weight, rel\. error [\d.e-]+, top-1 [\d.]+% over "
-                     r"\d+ positions, KL [\d.e-]+, tokenization matches$", out, re.M), out
+    assert re.search(
+        r"^  model-Q4_K_M\.gguf: [\d.]+ MB, [\d.]+ bits/weight, rel\. error [\d.e-]+, top-1 [\d.]+% over "
+        r"\d+ positions, KL [\d.e-]+, tokenization matches$",
+        out,
+        re.M,
+    ), out
     assert f"kto chat {version.resolve()}" in out or f"kto chat {version}" in out
     card = (version / "README.md").read_text()
     assert re.search(r"\| model-Q4_K_M\.gguf \| Q4_K_M \| [\d.]+ KiB \| [\d.]+ \| [\d.e-]+ \| [\d.]+ \|", card), card

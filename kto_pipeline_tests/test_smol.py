@@ -20,8 +20,11 @@ def smol_dir(tmp_path_factory):
 def test_built_once_from_the_package_with_its_hashes(smol_dir):
     info = json.loads((smol_dir / "build_info.json").read_text())
     assert info["source_sha256"] == file_sha256(source_gguf())
-    assert info["files"] == {p.name: file_sha256(p) for p in sorted(smol_dir.iterdir())
-                             if p.is_file() and p.name not in ("build_info.json", ".complete")}
+    assert info["files"] == {
+        p.name: file_sha256(p)
+        for p in sorted(smol_dir.iterdir())
+        if p.is_file() and p.name not in ("build_info.json", ".complete")
+    }
     config = json.loads((smol_dir / "config.json").read_text())
     assert "quantization_config" not in config and config["num_hidden_layers"] == 30
     stamp = (smol_dir / "model.safetensors").stat().st_mtime_ns

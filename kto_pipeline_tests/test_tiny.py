@@ -20,8 +20,7 @@ def test_tiny_model_is_a_llama_with_chat_template(tiny_model_dir):
     assert (tiny_model_dir / "tokenizer.model").exists()  # SentencePiece, what llama.cpp's converter reads
     text = "The capital of France is Paris. Ünïcode 123!"
     assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text  # byte fallback: lossless
-    ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
-                                  return_dict=False)
+    ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_dict=False)
     # legacy SentencePiece behaviour (as llama.cpp): a word after a special token gets its "▁" prefix
     assert tok.decode(ids) == "<|im_start|> user\nHi<|im_end|> \n<|im_start|> assistant\n"
     assert tok.eos_token == "<|im_end|>" and tok.pad_token_id != tok.eos_token_id

@@ -5,15 +5,20 @@ import random
 import pytest
 
 from kto_pipeline.config import get_config
-from kto_pipeline.training.trainer import (drop_reference_adapter, fast_reference_pass,
-                                           length_grouped_order, model_fingerprint, wants_precompute)
+from kto_pipeline.training.trainer import (
+    drop_reference_adapter,
+    fast_reference_pass,
+    length_grouped_order,
+    model_fingerprint,
+    wants_precompute,
+)
 
 
 def padded_tokens(lengths, order, b):
     """Tokens computed for main rows (x_i, y_i) and KTO's KL rows (x_i, y_{i-1}), each batch padded to its max."""
     total = 0
     for s in range(0, len(order), b):
-        batch = order[s:s + b]
+        batch = order[s : s + b]
         total += len(batch) * max(lengths[i][0] + lengths[i][1] for i in batch)
         total += len(batch) * max(lengths[batch[j]][0] + lengths[batch[j - 1]][1] for j in range(len(batch)))
     return total
@@ -35,15 +40,26 @@ def test_grouped_order_is_a_permutation_of_full_similar_batches():
 
 
 def test_precompute_only_when_it_saves_work():
-    c = get_config("tiny", {"training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
-                                         "max_steps": -1, "num_train_epochs": 1.0}})
+    c = get_config(
+        "tiny",
+        {
+            "training": {
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 2,
+                "max_steps": -1,
+                "num_train_epochs": 1.0,
+            }
+        },
+    )
     assert not wants_precompute(c, 80)  # one epoch: the same reference passes, just moved (and measured slower)
     assert wants_precompute(get_config("tiny", {"training": {"num_train_epochs": 2.0, "max_steps": -1}}), 80)
     four = {"per_device_train_batch_size": 4}  # 16 rows: 4 steps an epoch
     assert wants_precompute(get_config("tiny", {"training": {**four, "max_steps": 12}}), 16)  # 12 steps > 4 per epoch
     assert not wants_precompute(get_config("tiny", {"training": {**four, "max_steps": 3}}), 16)
-    assert not wants_precompute(get_config("tiny", {"training": {"precompute_ref_log_probs": False,
-                                                                 "num_train_epochs": 2.0, "max_steps": -1}}), 80)
+    assert not wants_precompute(
+        get_config("tiny", {"training": {"precompute_ref_log_probs": False, "num_train_epochs": 2.0, "max_steps": -1}}),
+        80,
+    )
     assert wants_precompute(get_config("tiny", {"training": {"precompute_ref_log_probs": True}}), 16)
 
 
@@ -51,8 +67,9 @@ def test_no_precompute_with_several_processes(monkeypatch):
     """TRL's rank 0 writes the precomputed scores into its own temp folder (our datasets live in memory); the other
     ranks looked for them in theirs and failed: with several processes the reference is scored in each step."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert not wants_precompute(get_config("tiny", {"training": {"per_device_train_batch_size": 4,
-                                                                 "max_steps": 12}}), 16)
+    assert not wants_precompute(
+        get_config("tiny", {"training": {"per_device_train_batch_size": 4, "max_steps": 12}}), 16
+    )
 
 
 @pytest.fixture(scope="module")

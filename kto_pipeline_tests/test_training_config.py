@@ -2,8 +2,16 @@
 
 import dataclasses
 
-from kto_pipeline.config import PRESETS, SECTIONS, Config, get_3b_config, get_7b_config, get_13b_config, \
-    get_20b_config, get_config
+from kto_pipeline.config import (
+    PRESETS,
+    SECTIONS,
+    Config,
+    get_3b_config,
+    get_7b_config,
+    get_13b_config,
+    get_20b_config,
+    get_config,
+)
 
 
 def test_presets_match_the_seed():
@@ -18,8 +26,14 @@ def test_presets_match_the_seed():
     getters = {"3b": get_3b_config, "7b": get_7b_config, "13b": get_13b_config, "20b": get_20b_config}
     for size, (name, seq, micro, accum, r, alpha) in expected.items():
         c = getters[size]()
-        assert (c.model.model_name, c.model.max_seq_length, c.training.per_device_train_batch_size,
-                c.training.gradient_accumulation_steps, c.lora.r, c.lora.alpha) == (name, seq, micro, accum, r, alpha)
+        assert (
+            c.model.model_name,
+            c.model.max_seq_length,
+            c.training.per_device_train_batch_size,
+            c.training.gradient_accumulation_steps,
+            c.lora.r,
+            c.lora.alpha,
+        ) == (name, seq, micro, accum, r, alpha)
         assert c.training.per_device_train_batch_size * c.training.gradient_accumulation_steps == 32
         assert c.model.load_in_4bit and c.lora.gradient_checkpointing and c.model.use_unsloth == "auto"
         assert c.training.optim == "auto"  # adamw_8bit on CUDA
@@ -37,34 +51,58 @@ def test_seed_python_api_edits_stick():
     custom.lora.r = 32
     custom.training.per_device_train_batch_size = 2
     back = Config.from_dict(custom.to_dict())
-    assert (back.model.model_name, back.lora.r, back.training.per_device_train_batch_size) == \
-        ("unsloth/custom-model", 32, 2)
+    assert (back.model.model_name, back.lora.r, back.training.per_device_train_batch_size) == (
+        "unsloth/custom-model",
+        32,
+        2,
+    )
 
 
 def test_every_seed_override_has_a_field():
     # --output-dir, --hf-token and --dry-run act on the CLI (artifact root, HF_TOKEN in the environment)
-    seed_flags = {"--model-name": "model.model_name", "--max-seq-length": "model.max_seq_length",
-                  "--batch-size": "training.per_device_train_batch_size",
-                  "--gradient-accumulation": "training.gradient_accumulation_steps",
-                  "--learning-rate": "training.learning_rate", "--num-epochs": "training.num_train_epochs",
-                  "--max-steps": "training.max_steps", "--wandb": "training.wandb",
-                  "--wandb-project": "training.wandb_project", "--wandb-run-name": "training.wandb_run_name"}
+    seed_flags = {
+        "--model-name": "model.model_name",
+        "--max-seq-length": "model.max_seq_length",
+        "--batch-size": "training.per_device_train_batch_size",
+        "--gradient-accumulation": "training.gradient_accumulation_steps",
+        "--learning-rate": "training.learning_rate",
+        "--num-epochs": "training.num_train_epochs",
+        "--max-steps": "training.max_steps",
+        "--wandb": "training.wandb",
+        "--wandb-project": "training.wandb_project",
+        "--wandb-run-name": "training.wandb_run_name",
+    }
     for flag, target in seed_flags.items():
         section, name = target.split(".")
         assert name in {f.name for f in dataclasses.fields(SECTIONS[section])}, flag
     # the seed's troubleshooting edits: warmup_ratio, dataloader_num_workers, gradient checkpointing
-    c = get_config("7b", {"training": {"warmup_ratio": 0.2, "dataloader_num_workers": 0},
-                          "lora": {"gradient_checkpointing": True}})
+    c = get_config(
+        "7b", {"training": {"warmup_ratio": 0.2, "dataloader_num_workers": 0}, "lora": {"gradient_checkpointing": True}}
+    )
     assert c.training.warmup_ratio == 0.2
 
 
 def test_fingerprint_ignores_what_does_not_change_weights():
     base = get_config("tiny")
-    same = get_config("tiny", {"training": {"wandb": True, "wandb_run_name": "x", "logging_steps": 5,
-                                            "save_steps": 9, "dataloader_num_workers": 2}})
+    same = get_config(
+        "tiny",
+        {
+            "training": {
+                "wandb": True,
+                "wandb_run_name": "x",
+                "logging_steps": 5,
+                "save_steps": 9,
+                "dataloader_num_workers": 2,
+            }
+        },
+    )
     assert same.fingerprint() == base.fingerprint()  # a re-run with W&B on still resumes the crashed one
-    for change in ({"training": {"learning_rate": 1e-3}}, {"lora": {"r": 4}}, {"model": {"max_seq_length": 128}},
-                   {"training": {"group_by_length": False}}):
+    for change in (
+        {"training": {"learning_rate": 1e-3}},
+        {"lora": {"r": 4}},
+        {"model": {"max_seq_length": 128}},
+        {"training": {"group_by_length": False}},
+    ):
         assert get_config("tiny", change).fingerprint() != base.fingerprint(), change
 
 
@@ -75,11 +113,30 @@ def test_train_flags_parse_to_typed_overrides():
 
     p = argparse.ArgumentParser()
     add_parser(p.add_subparsers(dest="cmd"))
-    args = p.parse_args(["train", "--batch-size", "2", "--learning-rate", "1e-4", "--memory-budget-gib", "20",
-                         "--wandb", "--packing", "--fuse-reference"])
-    assert overrides(args) == {"training": {"per_device_train_batch_size": 2, "learning_rate": 1e-4,
-                                            "memory_budget_gib": 20.0, "wandb": True, "packing": True,
-                                            "fuse_reference": True}}
+    args = p.parse_args(
+        [
+            "train",
+            "--batch-size",
+            "2",
+            "--learning-rate",
+            "1e-4",
+            "--memory-budget-gib",
+            "20",
+            "--wandb",
+            "--packing",
+            "--fuse-reference",
+        ]
+    )
+    assert overrides(args) == {
+        "training": {
+            "per_device_train_batch_size": 2,
+            "learning_rate": 1e-4,
+            "memory_budget_gib": 20.0,
+            "wandb": True,
+            "packing": True,
+            "fuse_reference": True,
+        }
+    }
     assert get_config("7b", overrides(args)).training.memory_budget_gib == 20.0
 
 
@@ -90,8 +147,9 @@ def test_train_flags_reach_the_merge_and_data_parallel_config():
 
     p = argparse.ArgumentParser()
     add_parser(p.add_subparsers(dest="cmd"))
-    args = p.parse_args(["train", "--num-processes", "2", "--quantized-base", "dequantize",
-                         "--base-16bit", "acme/model"])
+    args = p.parse_args(
+        ["train", "--num-processes", "2", "--quantized-base", "dequantize", "--base-16bit", "acme/model"]
+    )
     ops = run_config(args)["ops"]
     assert ops["lora_adapter"]["config"]["training"] == {"num_processes": 2}
     assert ops["merged_model"]["config"] == {"quantized_base": "dequantize", "base_16bit": "acme/model"}

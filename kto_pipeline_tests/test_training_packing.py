@@ -22,8 +22,9 @@ def trainer(tmp_path_factory, kto_data, cache):
     from kto_pipeline.training.trainer import build_trainer
 
     config = tiny()
-    trainer, _ = build_trainer(config, load_for_training(config, cache), kto_data,
-                               tmp_path_factory.mktemp("packed"), [])
+    trainer, _ = build_trainer(
+        config, load_for_training(config, cache), kto_data, tmp_path_factory.mktemp("packed"), []
+    )
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for n, p in trainer.model.named_parameters():
@@ -51,8 +52,9 @@ def row_logps(trainer, batch, prefix=""):
 
     ids, am, cm = (batch[f"{prefix}{k}"] for k in ("input_ids", "attention_mask", "completion_mask"))
     with torch.no_grad():
-        out = trainer.model(input_ids=ids, attention_mask=am, labels=ids.masked_fill(cm == 0, -100),
-                            use_cache=False, fused_lm_head=True)
+        out = trainer.model(
+            input_ids=ids, attention_mask=am, labels=ids.masked_fill(cm == 0, -100), use_cache=False, fused_lm_head=True
+        )
     return out.log_probs.sum(-1), out.entropy.sum(-1)
 
 

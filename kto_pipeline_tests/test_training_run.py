@@ -24,7 +24,6 @@ train(Config.from_dict(json.loads(sys.argv[1])), *map(Path, sys.argv[2:5]))
 """
 
 
-
 def tiny(**training) -> Config:
     return get_config("tiny", {"training": training})
 
@@ -127,8 +126,13 @@ def test_wandb_offline(tmp_path, kto_data, cache, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_PROJECT", "restored-after-the-test")  # train() sets it from the config
     out = tmp_path / "out"
-    train(tiny(max_steps=2, wandb=True, wandb_project="kto-test", wandb_run_name="tiny-offline"),
-          kto_data, out, cache, log=lambda s: None)
+    train(
+        tiny(max_steps=2, wandb=True, wandb_project="kto-test", wandb_run_name="tiny-offline"),
+        kto_data,
+        out,
+        cache,
+        log=lambda s: None,
+    )
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), "no offline W&B run was written"
     assert os.environ["WANDB_PROJECT"] == "kto-test"
@@ -145,8 +149,9 @@ def test_precomputed_reference_equals_the_in_step_reference(tmp_path, kto_data, 
 
     def first_batch(precompute: bool):
         loaded = load_for_training(tiny(precompute_ref_log_probs=precompute), cache)
-        trainer, _ = build_trainer(tiny(precompute_ref_log_probs=precompute), loaded, kto_data,
-                                   tmp_path / str(precompute), [])
+        trainer, _ = build_trainer(
+            tiny(precompute_ref_log_probs=precompute), loaded, kto_data, tmp_path / str(precompute), []
+        )
         assert "ref" not in trainer.model.peft_config  # scored through disabled adapters, not a LoRA copy
         batch = next(iter(trainer.get_train_dataloader()))
         with torch.no_grad():

@@ -71,8 +71,22 @@ def webserver(tmp_path_factory, tiny_model_dir):
     env = dict(os.environ, DAGSTER_HOME=str(home), KTO_ARTIFACT_ROOT=str(artifacts))
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dagster_webserver", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "dagster_webserver",
+                "-w",
+                str(REPO / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     server = Webserver(f"http://127.0.0.1:{port}", port, home, artifacts, log)
     try:
         deadline = time.time() + 180
@@ -107,11 +121,17 @@ def materialized(webserver) -> str:
     nodes = webserver.graphql("{ assetNodes { assetKey { path } isPartitioned } }")["assetNodes"]
     unpartitioned = {n["assetKey"]["path"][-1] for n in nodes if not n["isPartitioned"]}  # files: the sensor's job
     assert CORE_ASSETS <= unpartitioned
-    run_id = client.submit_job_execution("__ASSET_JOB", repository_location_name=LOCATION,
-                                         asset_selection=["raw_preferences", "kto_dataset", "lora_adapter"])
+    run_id = client.submit_job_execution(
+        "__ASSET_JOB",
+        repository_location_name=LOCATION,
+        asset_selection=["raw_preferences", "kto_dataset", "lora_adapter"],
+    )
     deadline = time.time() + 600
     while (status := client.get_run_status(run_id)) not in (
-            DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+        DagsterRunStatus.SUCCESS,
+        DagsterRunStatus.FAILURE,
+        DagsterRunStatus.CANCELED,
+    ):
         assert time.time() < deadline, f"run {run_id} still {status}"
         time.sleep(2)
     assert status == DagsterRunStatus.SUCCESS, webserver.log.read_text()[-3000:]
@@ -128,8 +148,9 @@ def test_graphql_lists_assets_groups_kinds_and_checks(webserver):
     for name in CORE_ASSETS:
         assert nodes[name]["groupName"] in {"data", "training", "export", "release"}, name
         assert nodes[name]["kinds"] and nodes[name]["description"], name
-    checks = {(a, c["name"]): c["blocking"] for a, n in nodes.items()
-              for c in n["assetChecksOrError"].get("checks", [])}
+    checks = {
+        (a, c["name"]): c["blocking"] for a, n in nodes.items() for c in n["assetChecksOrError"].get("checks", [])
+    }
     assert checks[("kto_dataset", "label_balance")] is True
     assert checks[("lora_adapter", "eval_loss")] is True
 
@@ -143,8 +164,10 @@ LATEST_METADATA = """query($key: AssetKeyInput!) { assetOrError(assetKey: $key) 
 def _metadata(webserver, asset: str) -> tuple[str, dict]:
     data = webserver.graphql(LATEST_METADATA, {"key": {"path": [asset]}})
     [mat] = data["assetOrError"]["assetMaterializations"]
-    values = {e["label"]: e.get("floatValue", e.get("intValue", e.get("text", e.get("mdStr"))))
-              for e in mat["metadataEntries"]}
+    values = {
+        e["label"]: e.get("floatValue", e.get("intValue", e.get("text", e.get("mdStr"))))
+        for e in mat["metadataEntries"]
+    }
     return mat["runId"], values
 
 
@@ -156,8 +179,9 @@ def test_graphql_launch_and_read_back_metadata(webserver, materialized):
     assert adapter["training_curves"].startswith("![loss and rewards](data:image/png;base64,")
 
 
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                    reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+)
 SCREENSHOTS = Path(os.environ.get("KTO_SCREENSHOT_DIR", "")) if os.environ.get("KTO_SCREENSHOT_DIR") else None
 
 
@@ -166,9 +190,18 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield b
         b.close()
 

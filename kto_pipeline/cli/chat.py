@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from typing import Iterator, TextIO
+from collections.abc import Iterator
+from typing import TextIO
 
 
 def _printable(text: str) -> str:
@@ -87,8 +88,9 @@ def chat_loop(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = 
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("chat", help="chat with a merged model folder or a .gguf file in the terminal",
-                       description=__doc__)
+    p = sub.add_parser(
+        "chat", help="chat with a merged model folder or a .gguf file in the terminal", description=__doc__
+    )
     p.add_argument("path", help="merged model folder (config.json + safetensors) or a .gguf file")
     p.add_argument("--system", default=None, help="system prompt kept at the start of every conversation")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy")

@@ -52,10 +52,13 @@ def died_of_signal(step: str, error) -> str | None:
         name = signal.Signals(-int(m.group(1))).name
     except ValueError:
         name = f"signal {-int(m.group(1))}"
-    why = {"SIGKILL": "most often the kernel's out-of-memory killer (host RAM, not GPU memory): lower "
-                      "--batch-size or --max-seq-length, or free memory",
-           "SIGSEGV": "a crash in native code (torch, CUDA, bitsandbytes or unsloth kernels); the log holds the "
-                      "process's last lines",
-           "SIGABRT": "a native library aborted (torch, CUDA, bitsandbytes); the log holds its message"}
+    why = {
+        "SIGKILL": "most often the kernel's out-of-memory killer (host RAM, not GPU memory): lower "
+        "--batch-size or --max-seq-length, or free memory",
+        "SIGSEGV": "a crash in native code (torch, CUDA, bitsandbytes or unsloth kernels); the log holds the "
+        "process's last lines",
+        "SIGABRT": "a native library aborted (torch, CUDA, bitsandbytes); the log holds its message",
+    }
     return f"the {step} process (python -m kto_pipeline.training.run) was killed by {name}: " + why.get(
-        name, "see the log for its last lines")
+        name, "see the log for its last lines"
+    )

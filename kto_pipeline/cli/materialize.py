@@ -15,9 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 # Every event line of Dagster's console logger: "<time> - dagster - <LEVEL> - <job> - <run id> - ...".
 RUN_ID = re.compile(r" - dagster - [A-Z]+ - \S+ - ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}) - ")
@@ -66,16 +66,18 @@ class _Output(threading.Thread):
             self.tail.append(partial)
 
 
-def materialize(cmd: list[str], env: dict[str, str], log: Path, verbose: bool,
-                on_event: Callable[[object], None]) -> Outcome:
+def materialize(
+    cmd: list[str], env: dict[str, str], log: Path, verbose: bool, on_event: Callable[[object], None]
+) -> Outcome:
     """Run `cmd` (a `dagster asset materialize`), calling on_event with each EventLogEntry of its run in order."""
     import dagster as dg
 
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]  # the instance the child writes to
     with open(log, "wb") as sink:
         sink.write(f"$ {' '.join(cmd)}\n".encode())
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         output = _Output(proc.stdout, sink, verbose)
         output.start()
         instance, cursor, interrupted = None, None, False

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import re
 
-from kto_pipeline.cli.materialize import Outcome
 from kto_pipeline.cli.figures import fmt
+from kto_pipeline.cli.materialize import Outcome
 from kto_pipeline.cli.view import RunView
 
-RESULT_KEYS = ("valid", "quarantined", "eval_loss", "steps", "tokens_per_s", "peak_vram_gib", "train_rows_prompt_cut",
-               "train_rows_dropped", "kl_zero_share", "size_bytes")
+RESULT_KEYS = (
+    "valid",
+    "quarantined",
+    "eval_loss",
+    "steps",
+    "tokens_per_s",
+    "peak_vram_gib",
+    "train_rows_prompt_cut",
+    "train_rows_dropped",
+    "kl_zero_share",
+    "size_bytes",
+)
 EVAL_KEYS = ("eval_loss", "train_loss", "final_loss", "rewards_chosen", "rewards_rejected", "rewards_margins", "kl")
 UI_URL = "http://127.0.0.1:3000"
 # The last line of a Python traceback: "package.module.SomeError: what went wrong".
@@ -66,8 +76,11 @@ def failure_text(view: RunView, outcome: Outcome, command: str = "kto train") ->
     for failure in view.failures:
         lines += [*failure.lines(), ""]
     if outcome.run_id is None:
-        lines += [f"{command}: Dagster stopped before the run started:",
-                  *(f"  {line}" for line in startup_error(outcome.tail)), ""]
+        lines += [
+            f"{command}: Dagster stopped before the run started:",
+            *(f"  {line}" for line in startup_error(outcome.tail)),
+            "",
+        ]
     elif not view.failures:
         lines += [f"FAILED: {view.run_failure or 'the run did not finish'}", ""]
     if view.not_run():
@@ -96,10 +109,9 @@ def startup_error(tail: list[str]) -> list[str]:
     for i in range(len(tail) - 1, -1, -1):
         if EXCEPTION_LINE.match(tail[i]):
             rest = []
-            for line in tail[i + 1:]:
+            for line in tail[i + 1 :]:
                 if line.startswith(("Traceback", "  File ")) or not line.strip():
                     break
                 rest.append(line)
             return [tail[i], *rest[:10]]
     return [line for line in tail if line.strip()][-5:] or ["(no output)"]
-

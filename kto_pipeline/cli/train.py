@@ -1,8 +1,8 @@
 """`kto train`: the seed's train_kto.py flags, executed as `dagster asset materialize` on this project.
 
-    kto train                              # the whole graph on the tiny preset and data/raw
-    kto train --model-size 7b --local-file my_data.jsonl --wandb
-    kto train --select kto_dataset         # just validate the data
+kto train                              # the whole graph on the tiny preset and data/raw
+kto train --model-size 7b --local-file my_data.jsonl --wandb
+kto train --select kto_dataset         # just validate the data
 """
 
 from __future__ import annotations
@@ -63,36 +63,72 @@ def _argument(section: str, name: str) -> dict[str, Any]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="materialize the pipeline (validate data, train, merge, export)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="materialize the pipeline (validate data, train, merge, export)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model-size", default="tiny", choices=sorted(PRESETS), help="preset (default: tiny)")
     for flag, (section, name) in FLAGS.items():
         opt = "--" + flag.replace("_", "-")
         p.add_argument(opt, default=None, help=_field(section, name).metadata["help"], **_argument(section, name))
     p.add_argument("--raw-dir", default=None, help="folder of raw feedback files (default: data/raw)")
-    p.add_argument("--local-file", default=None,
-                   help="train on this one file (.jsonl, .json, .csv, .tsv, .parquet; .gz/.bz2/.zst for text)")
-    p.add_argument("--dataset-name", default=None,
-                   help="Hugging Face dataset: a Hub id (from the cache when HF_HUB_OFFLINE=1) or a local dataset folder")
+    p.add_argument(
+        "--local-file",
+        default=None,
+        help="train on this one file (.jsonl, .json, .csv, .tsv, .parquet; .gz/.bz2/.zst for text)",
+    )
+    p.add_argument(
+        "--dataset-name",
+        default=None,
+        help="Hugging Face dataset: a Hub id (from the cache when HF_HUB_OFFLINE=1) or a local dataset folder",
+    )
     p.add_argument("--dataset-file", default=None, help="one data file inside --dataset-name")
-    p.add_argument("--split-dataset", action="store_true", default=None,
-                   help="hold out an eval split (on by default; needed by the eval_loss check)")
-    p.add_argument("--no-split-dataset", dest="split_dataset", action="store_false",
-                   help="train on every row, no eval split (the eval_loss check then fails)")
-    p.add_argument("--quantized-base", choices=["original", "dequantize"], default=None,
-                   help="merged_model, when the base is a pre-quantized 4-bit checkpoint: merge into its 16-bit "
-                        "original (default) or into the dequantized 4-bit weights (offline)")
-    p.add_argument("--base-16bit", default=None, metavar="MODEL",
-                   help="that 16-bit original (Hub id or folder), where the checkpoint's name does not tell")
+    p.add_argument(
+        "--split-dataset",
+        action="store_true",
+        default=None,
+        help="hold out an eval split (on by default; needed by the eval_loss check)",
+    )
+    p.add_argument(
+        "--no-split-dataset",
+        dest="split_dataset",
+        action="store_false",
+        help="train on every row, no eval split (the eval_loss check then fails)",
+    )
+    p.add_argument(
+        "--quantized-base",
+        choices=["original", "dequantize"],
+        default=None,
+        help="merged_model, when the base is a pre-quantized 4-bit checkpoint: merge into its 16-bit "
+        "original (default) or into the dequantized 4-bit weights (offline)",
+    )
+    p.add_argument(
+        "--base-16bit",
+        default=None,
+        metavar="MODEL",
+        help="that 16-bit original (Hub id or folder), where the checkpoint's name does not tell",
+    )
     p.add_argument("--output-dir", default=None, help="artifact root (default: $KTO_ARTIFACT_ROOT or ./artifacts)")
-    p.add_argument("--hf-token", default=None,
-                   help="Hugging Face token (prefer the HF_TOKEN environment variable: flags end up in shell history)")
+    p.add_argument(
+        "--hf-token",
+        default=None,
+        help="Hugging Face token (prefer the HF_TOKEN environment variable: flags end up in shell history)",
+    )
     p.add_argument("--select", default="*", help="Dagster asset selection (default: the whole graph)")
-    p.add_argument("--verbose", "-v", action="store_true",
-                   help="print Dagster's full log as it is written (stack traces included), as `dagster asset "
-                        "materialize` does; by default it goes to a file under DAGSTER_HOME/logs")
-    p.add_argument("--dry-run", action="store_true",
-                   help="set up without training: validate the data and print the config and memory plan")
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="print Dagster's full log as it is written (stack traces included), as `dagster asset "
+        "materialize` does; by default it goes to a file under DAGSTER_HOME/logs",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="set up without training: validate the data and print the config and memory plan",
+    )
     p.set_defaults(func=run)
 
 
@@ -121,16 +157,26 @@ def selected_assets(select: str) -> set[str]:
 
 def run_config(args) -> dict[str, Any]:
     """Run config for the selected assets only (Dagster rejects config for ops outside the run)."""
-    source = {k: v for k, v in {"raw_dir": args.raw_dir, "local_file": args.local_file,
-                                "dataset_name": args.dataset_name, "dataset_file": args.dataset_file}.items()
-              if v is not None}
+    source = {
+        k: v
+        for k, v in {
+            "raw_dir": args.raw_dir,
+            "local_file": args.local_file,
+            "dataset_name": args.dataset_name,
+            "dataset_file": args.dataset_file,
+        }.items()
+        if v is not None
+    }
     split = {} if args.split_dataset is None else {"split_dataset": args.split_dataset}
     ops = {
         "raw_preferences": source,
         "kto_dataset": split,
         "lora_adapter": {"preset": args.model_size, **overrides(args)},
-        "merged_model": {k: v for k, v in {"quantized_base": args.quantized_base,
-                                           "base_16bit": args.base_16bit}.items() if v is not None},
+        "merged_model": {
+            k: v
+            for k, v in {"quantized_base": args.quantized_base, "base_16bit": args.base_16bit}.items()
+            if v is not None
+        },
     }
     chosen = selected_assets(args.select)
     return {"ops": {name: {"config": cfg} for name, cfg in ops.items() if name in chosen and cfg}}
@@ -165,8 +211,7 @@ def run(args) -> int:
 
 
 def dry_run_text(config, artifact_root: str | None = None) -> str:
-    lines = ["", "Dry run: data validated, no training. Resolved config:",
-             json.dumps(config.to_dict(), indent=2)]
+    lines = ["", "Dry run: data validated, no training. Resolved config:", json.dumps(config.to_dict(), indent=2)]
     if artifact_root:
         lines.append(long_rows_text(config, latest_dataset_dir(), Path(artifact_root) / "cache"))
     try:
@@ -199,8 +244,14 @@ def long_rows_text(config, dataset_dir: Path | None, cache_dir: Path) -> str:
 
         path = resolve_model_path(config.model.model_name, cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
-        _, report, dropped = account(dataset_dir, tokenizer, config.model.max_seq_length, config.model.long_rows,
-                                     bool(tokenizer.chat_template), load_split)
+        _, report, dropped = account(
+            dataset_dir,
+            tokenizer,
+            config.model.max_seq_length,
+            config.model.long_rows,
+            bool(tokenizer.chat_template),
+            load_split,
+        )
     except Exception as e:  # noqa: BLE001 - the dry run still shows the rest (e.g. offline with an uncached model)
         return f"Long-row accounting unavailable: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
     text = report_text(report)

@@ -15,8 +15,8 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from kto_pipeline.cli.figures import gguf_file_line
 
@@ -24,35 +24,68 @@ DEFAULT_QUANTS = ["Q4_K_M", "Q5_K_M", "Q8_0"]
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("upload", help="release a model (local registry by default, or the Hugging Face Hub)",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "upload",
+        help="release a model (local registry by default, or the Hugging Face Hub)",
+        description=__doc__,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
     p.add_argument("path", help="merged model folder, or LoRA adapter folder")
     p.add_argument("repo", help="repo id, e.g. username/model-name")
-    p.add_argument("--save-method", default="merged_16bit", choices=["merged_16bit", "lora", "merged_4bit"],
-                   help="merged_16bit: merged 16-bit safetensors (default); lora: the adapter only; "
-                        "merged_4bit: bitsandbytes NF4 (needs CUDA)")
+    p.add_argument(
+        "--save-method",
+        default="merged_16bit",
+        choices=["merged_16bit", "lora", "merged_4bit"],
+        help="merged_16bit: merged 16-bit safetensors (default); lora: the adapter only; "
+        "merged_4bit: bitsandbytes NF4 (needs CUDA)",
+    )
     p.add_argument("--create-gguf", action="store_true", help="also export, verify and release GGUF files")
-    p.add_argument("--gguf-quantizations", nargs="+", default=DEFAULT_QUANTS, metavar="TYPE",
-                   help="GGUF types to release (default: %(default)s); F16/BF16 adds the unquantized file")
-    p.add_argument("--target", choices=["local", "hub"], default="local",
-                   help="local: content-addressed registry under --root (default); hub: Hugging Face Hub")
-    p.add_argument("--root", default=None,
-                   help="local registry root (default: $KTO_ARTIFACT_ROOT or ./artifacts); files go to ROOT/registry/")
+    p.add_argument(
+        "--gguf-quantizations",
+        nargs="+",
+        default=DEFAULT_QUANTS,
+        metavar="TYPE",
+        help="GGUF types to release (default: %(default)s); F16/BF16 adds the unquantized file",
+    )
+    p.add_argument(
+        "--target",
+        choices=["local", "hub"],
+        default="local",
+        help="local: content-addressed registry under --root (default); hub: Hugging Face Hub",
+    )
+    p.add_argument(
+        "--root",
+        default=None,
+        help="local registry root (default: $KTO_ARTIFACT_ROOT or ./artifacts); files go to ROOT/registry/",
+    )
     vis = p.add_mutually_exclusive_group()
-    vis.add_argument("--private", dest="private", action="store_true", default=True,
-                     help="create the Hub repo private (default)")
+    vis.add_argument(
+        "--private", dest="private", action="store_true", default=True, help="create the Hub repo private (default)"
+    )
     vis.add_argument("--public", dest="private", action="store_false", help="create the Hub repo public")
     p.add_argument("--endpoint", default=None, help="Hub endpoint URL (default: $HF_ENDPOINT or huggingface.co)")
     p.add_argument("--tag", default=None, help="version tag (default: release-<content hash>)")
     p.add_argument("--message", default=None, help="commit message")
     p.add_argument("--base-model", default=None, help="base model id for the card (default: read from PATH)")
-    p.add_argument("--quantized-base", choices=["original", "dequantize"], default="original",
-                   help="PATH is an adapter trained on a 4-bit checkpoint: merge into its 16-bit original "
-                        "(default) or into the dequantized 4-bit weights (offline)")
-    p.add_argument("--base-16bit", default=None, metavar="MODEL",
-                   help="that 16-bit original (Hub id or folder), where the 4-bit checkpoint's name does not tell")
-    p.add_argument("--card-info", default=None, metavar="JSON",
-                   help="JSON file with extra model card facts (dataset, training, eval, lineage)")
+    p.add_argument(
+        "--quantized-base",
+        choices=["original", "dequantize"],
+        default="original",
+        help="PATH is an adapter trained on a 4-bit checkpoint: merge into its 16-bit original "
+        "(default) or into the dequantized 4-bit weights (offline)",
+    )
+    p.add_argument(
+        "--base-16bit",
+        default=None,
+        metavar="MODEL",
+        help="that 16-bit original (Hub id or folder), where the 4-bit checkpoint's name does not tell",
+    )
+    p.add_argument(
+        "--card-info",
+        default=None,
+        metavar="JSON",
+        help="JSON file with extra model card facts (dataset, training, eval, lineage)",
+    )
     p.add_argument("--token", default=None, help="DISCOURAGED: leaks into shell history; set HF_TOKEN instead")
     p.add_argument("--verbose", "-v", action="store_true", help="show the stack trace of an unexpected error")
     p.set_defaults(func=run)
@@ -83,13 +116,20 @@ def _gguf(path: Path, types: list[str], work: Path) -> tuple[list[Path], list[di
     try:
         from kto_pipeline.export.gguf import BASE_TYPES, GGUFExportError, export_gguf
     except ImportError as exc:
-        raise ReleaseError(f"--create-gguf needs kto_pipeline.export.gguf.export_gguf, which is missing ({exc})")
+        raise ReleaseError(
+            f"--create-gguf needs kto_pipeline.export.gguf.export_gguf, which is missing ({exc})"
+        ) from None
     types = [t.upper() for t in types]
     bases = [t for t in types if t in BASE_TYPES]
     base = bases[0] if bases else "F16"
     try:
-        results = export_gguf(path, work / "gguf", [t for t in types if t not in BASE_TYPES], base=base,
-                              log=lambda m: print(f"gguf: {m}", flush=True))
+        results = export_gguf(
+            path,
+            work / "gguf",
+            [t for t in types if t not in BASE_TYPES],
+            base=base,
+            log=lambda m: print(f"gguf: {m}", flush=True),
+        )
     except (GGUFExportError, ValueError) as exc:
         raise ReleaseError(f"GGUF export failed: {exc}") from None
     keep = [r for r in results if r["type"] in types]
@@ -137,8 +177,11 @@ def _run(args) -> int:
     from kto_pipeline.release.save import is_adapter_dir, merge_adapter_dir
 
     if args.token:
-        print("kto upload: warning: --token puts the token in your shell history and the process list; "
-              "export HF_TOKEN instead", file=sys.stderr)
+        print(
+            "kto upload: warning: --token puts the token in your shell history and the process list; "
+            "export HF_TOKEN instead",
+            file=sys.stderr,
+        )
         os.environ["HF_TOKEN"] = args.token
     path = Path(args.path)
     if not path.is_dir():
@@ -156,9 +199,17 @@ def _run(args) -> int:
             if args.create_gguf:
                 files, rows = _gguf(full, args.gguf_quantizations, Path(tmp))
                 info["gguf"] = rows
-            result = release_model(path if args.save_method == "lora" else full, args.repo, target=target, save_method=args.save_method,
-                                   gguf_files=files, card_info=info, tag=args.tag, message=args.message,
-                                   base_model=info.get("base_model"))
+            result = release_model(
+                path if args.save_method == "lora" else full,
+                args.repo,
+                target=target,
+                save_method=args.save_method,
+                gguf_files=files,
+                card_info=info,
+                tag=args.tag,
+                message=args.message,
+                base_model=info.get("base_model"),
+            )
     except ReleaseError as exc:
         print(f"kto upload: {exc}", file=sys.stderr)
         print("Nothing was released.", file=sys.stderr)

@@ -14,8 +14,12 @@ import sys
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("verify", help="check that a Hub release serves the bytes it records (sha256 per file)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "verify",
+        help="check that a Hub release serves the bytes it records (sha256 per file)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("repo", help="repo id, e.g. username/model-name")
     p.add_argument("--revision", default="main", help="branch, tag or commit (default: main)")
     p.add_argument("--endpoint", default=None, help="Hub endpoint URL (default: $HF_ENDPOINT or huggingface.co)")
@@ -25,8 +29,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from huggingface_hub import HfApi
 
-    from kto_pipeline.release.hub import read_token, verify_remote
     from kto_pipeline.release import ReleaseError
+    from kto_pipeline.release.hub import read_token, verify_remote
 
     token = ""
     try:

@@ -28,8 +28,10 @@ RESUME = re.compile(r"resuming from \S*checkpoint-(\d+)")
 # Training-step lines printed on top of the bar: about this many per run (plus the first and the last).
 STEP_LINES = 10
 WIDTH = 20  # asset names, as in the results table
-INTERRUPTED = ("interrupted (Ctrl-C or SIGINT). Run the same kto train again: finished assets are reused and "
-               "training resumes from its last checkpoint (training.save_steps).")
+INTERRUPTED = (
+    "interrupted (Ctrl-C or SIGINT). Run the same kto train again: finished assets are reused and "
+    "training resumes from its last checkpoint (training.save_steps)."
+)
 
 
 @dataclass
@@ -59,10 +61,15 @@ class RunView:
         self.pipes_errors: dict[str, str] = {}
         self.run_failure: str | None = None
 
-    def __enter__(self) -> "RunView":
+    def __enter__(self) -> RunView:
         if self.live:
-            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=30),
-                                     TextColumn("{task.fields[stats]}"), console=self.console)
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=30),
+                TextColumn("{task.fields[stats]}"),
+                console=self.console,
+            )
             self.progress.start()
         return self
 
@@ -96,8 +103,11 @@ class RunView:
         event = entry.dagster_event
         if event is None:
             # The assets' own log lines; not the checks' or Dagster's notes on skipped steps (the summary lists those).
-            if entry.step_key in self.planned and entry.level >= logging.INFO and not entry.user_message.startswith(
-                    "Dependencies for step"):
+            if (
+                entry.step_key in self.planned
+                and entry.level >= logging.INFO
+                and not entry.user_message.startswith("Dependencies for step")
+            ):
                 self.on_message(entry.step_key, entry.user_message, entry.timestamp)
             return
         kind, data = event.event_type_value, event.event_specific_data

@@ -10,5 +10,16 @@ from kto_pipeline.data.normalize import BadRow, coerce_label, normalize
 from kto_pipeline.data.readers import DataFileError, is_supported
 from kto_pipeline.data.validate import ingest_file, validate_file
 
-__all__ = ["DEFAULT_MAX_CHARS", "BadRow", "DataFileError", "build_from_validated", "build_kto_dataset",
-           "coerce_label", "ingest_file", "is_supported", "label_balance", "normalize", "validate_file"]
+__all__ = [
+    "DEFAULT_MAX_CHARS",
+    "BadRow",
+    "DataFileError",
+    "build_from_validated",
+    "build_kto_dataset",
+    "coerce_label",
+    "ingest_file",
+    "is_supported",
+    "label_balance",
+    "normalize",
+    "validate_file",
+]

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,22 +25,45 @@ import xxhash
 
 from kto_pipeline.data.normalize import reason_category
 from kto_pipeline.data.split import assign_eval
-from kto_pipeline.data.validate import (QUARANTINE_SCHEMA, SAMPLES_PER_REASON, BackgroundWriter, ingest_file,
-                                        iter_rows, read_reports, read_rows, row_ids)
+from kto_pipeline.data.validate import (
+    QUARANTINE_SCHEMA,
+    SAMPLES_PER_REASON,
+    BackgroundWriter,
+    ingest_file,
+    iter_rows,
+    read_reports,
+    read_rows,
+    row_ids,
+)
 
 DEFAULT_MAX_CHARS = 50_000
 # train.parquet / eval.parquet: what training reads (prompt, completion, label, messages) plus provenance.
-SPLIT_SCHEMA = pa.schema([
-    ("prompt", pa.string()), ("completion", pa.string()), ("label", pa.bool_()), ("messages", pa.string()),
-    ("source", pa.string()), ("line", pa.int64()), ("row_id", pa.string()), ("prompt_id", pa.int64()),
-    ("split", pa.string()),
-])
+SPLIT_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("label", pa.bool_()),
+        ("messages", pa.string()),
+        ("source", pa.string()),
+        ("line", pa.int64()),
+        ("row_id", pa.string()),
+        ("prompt_id", pa.int64()),
+        ("split", pa.string()),
+    ]
+)
 TRAIN, EVAL, DUPLICATE, TOO_LONG, CONFLICT = range(5)
 _KEY_COLUMNS = ["row_key", "label", "prompt_id", "chars"]
 
 
-def build_kto_dataset(sources: Iterable[Path], out_dir: Path, *, eval_fraction: float = 0.1, seed: int = 42,
-                      max_chars: int = DEFAULT_MAX_CHARS, cache_dir: Path | None = None) -> dict[str, Any]:
+def build_kto_dataset(
+    sources: Iterable[Path],
+    out_dir: Path,
+    *,
+    eval_fraction: float = 0.1,
+    seed: int = 42,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
     """Validate raw files (through the cache in cache_dir, or a throwaway one) and build the dataset."""
     sources = [Path(s) for s in sources]
     if not sources:
@@ -56,15 +80,19 @@ def _keys(folders: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     for folder in folders:
         t = read_rows(folder, _KEY_COLUMNS)
         for chunk in t.column("row_key").chunks:
-            raw = np.frombuffer(chunk.buffers()[1], np.uint64)[chunk.offset * 2:(chunk.offset + len(chunk)) * 2]
+            raw = np.frombuffer(chunk.buffers()[1], np.uint64)[chunk.offset * 2 : (chunk.offset + len(chunk)) * 2]
             keys.append(raw.reshape(-1, 2))
         labels.append(t.column("label").to_numpy())
         pids.append(t.column("prompt_id").to_numpy())
         chars.append(t.column("chars").to_numpy())
     if not labels:
         return np.zeros((0, 2), np.uint64), np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int32)
-    return (np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64), np.concatenate(labels).astype(bool),
-            np.concatenate(pids), np.concatenate(chars))
+    return (
+        np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64),
+        np.concatenate(labels).astype(bool),
+        np.concatenate(pids),
+        np.concatenate(chars),
+    )
 
 
 def _runs(key: np.ndarray, label: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +115,9 @@ def _runs(key: np.ndarray, label: np.ndarray, rows: np.ndarray) -> tuple[np.ndar
     return keep, conflict
 
 
-def _outcomes(folders: list[Path], eval_fraction: float, seed: int,
-              max_chars: int) -> tuple[np.ndarray, np.ndarray, str]:
+def _outcomes(
+    folders: list[Path], eval_fraction: float, seed: int, max_chars: int
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Pass 1: an outcome code per row (TRAIN, EVAL, DUPLICATE, TOO_LONG, CONFLICT), labels, data version."""
     key, label, prompt_id, chars = _keys(folders)
     code = np.full(len(label), TOO_LONG, dtype=np.int8)
@@ -120,13 +149,17 @@ def _outcomes(folders: list[Path], eval_fraction: float, seed: int,
 
 
 def _split_rows(rows: pa.Table, split: str) -> pa.Table:
-    return pa.table({
-        **{k: rows.column(k) for k in ("prompt", "completion", "label", "messages")},
-        "source": rows.column("source").cast(pa.string()), "line": rows.column("line"),
-        "row_id": row_ids(rows.column("row_key").combine_chunks()),
-        "prompt_id": rows.column("prompt_id"),
-        "split": pa.repeat(pa.scalar(split, pa.string()), rows.num_rows),
-    }, schema=SPLIT_SCHEMA)
+    return pa.table(
+        {
+            **{k: rows.column(k) for k in ("prompt", "completion", "label", "messages")},
+            "source": rows.column("source").cast(pa.string()),
+            "line": rows.column("line"),
+            "row_id": row_ids(rows.column("row_key").combine_chunks()),
+            "prompt_id": rows.column("prompt_id"),
+            "split": pa.repeat(pa.scalar(split, pa.string()), rows.num_rows),
+        },
+        schema=SPLIT_SCHEMA,
+    )
 
 
 def _quarantine_rows(rows: pa.Table, codes: np.ndarray, max_chars: int) -> list[dict[str, Any]]:
@@ -137,18 +170,27 @@ def _quarantine_rows(rows: pa.Table, codes: np.ndarray, max_chars: int) -> list[
             field = max(("prompt", "completion"), key=lambda k: len(r[k]))
             reason = f"too long: {field} has {len(r[field])} characters (max_chars={max_chars})"
         else:
-            reason = (f"conflicting duplicate: the same prompt and completion is also labelled "
-                      f"{'undesirable' if r['label'] else 'desirable'} (row_id {r['row_id']})")
+            reason = (
+                f"conflicting duplicate: the same prompt and completion is also labelled "
+                f"{'undesirable' if r['label'] else 'desirable'} (row_id {r['row_id']})"
+            )
         raw = {k: r[k] for k in ("prompt", "completion", "label")}
         if r["messages"] is not None:
             raw["messages"] = json.loads(r["messages"])
-        out.append({"source": r["source"], "line": r["line"], "reason": reason,
-                    "raw": json.dumps(raw, ensure_ascii=False)})
+        out.append(
+            {"source": r["source"], "line": r["line"], "reason": reason, "raw": json.dumps(raw, ensure_ascii=False)}
+        )
     return out
 
 
-def build_from_validated(folders: Iterable[Path], out_dir: Path, *, eval_fraction: float = 0.1, seed: int = 42,
-                         max_chars: int = DEFAULT_MAX_CHARS) -> dict[str, Any]:
+def build_from_validated(
+    folders: Iterable[Path],
+    out_dir: Path,
+    *,
+    eval_fraction: float = 0.1,
+    seed: int = 42,
+    max_chars: int = DEFAULT_MAX_CHARS,
+) -> dict[str, Any]:
     """Union validated folders (from validate.ingest_file) into out_dir/{train,eval,quarantine}.parquet."""
     folders = [Path(f) for f in folders]
     if not 0 <= eval_fraction < 1:
@@ -165,15 +207,17 @@ def build_from_validated(folders: Iterable[Path], out_dir: Path, *, eval_fractio
         samples.extend(rep["samples"])
     offset = 0
     text = dict(use_dictionary=["source", "split"], write_statistics=["label", "line", "prompt_id"])
-    with BackgroundWriter(out_dir / "train.parquet", SPLIT_SCHEMA, **text) as train_out, \
-            BackgroundWriter(out_dir / "eval.parquet", SPLIT_SCHEMA, **text) as eval_out, \
-            pq.ParquetWriter(out_dir / "quarantine.parquet", QUARANTINE_SCHEMA) as bad_out:
+    with (
+        BackgroundWriter(out_dir / "train.parquet", SPLIT_SCHEMA, **text) as train_out,
+        BackgroundWriter(out_dir / "eval.parquet", SPLIT_SCHEMA, **text) as eval_out,
+        pq.ParquetWriter(out_dir / "quarantine.parquet", QUARANTINE_SCHEMA) as bad_out,
+    ):
         for folder in folders:
             for b in pq.ParquetFile(folder / "quarantine.parquet").iter_batches(batch_size=65_536):
                 bad_out.write_batch(b)
             for b in iter_rows(folder):
                 rows = pa.Table.from_batches([b])
-                c = code[offset:offset + rows.num_rows]
+                c = code[offset : offset + rows.num_rows]
                 offset += rows.num_rows
                 for target, side, name in ((train_out, TRAIN, "train"), (eval_out, EVAL, "eval")):
                     sel = c == side
@@ -209,9 +253,10 @@ def build_from_validated(folders: Iterable[Path], out_dir: Path, *, eval_fractio
         "reasons": dict(sorted(reasons.items())),
         "samples": samples,
         "data_version": version,
-        "eval_fraction": eval_fraction, "seed": seed, "max_chars": max_chars,
-        "sources": [{k: r.get(k) for k in ("source", "digest", "records_in", "valid", "quarantined")}
-                    for r in reports],
+        "eval_fraction": eval_fraction,
+        "seed": seed,
+        "max_chars": max_chars,
+        "sources": [{k: r.get(k) for k in ("source", "digest", "records_in", "valid", "quarantined")} for r in reports],
     }
     # What training will use unless the user sets the weights (trainer.kto_weights: same rule, train rows).
     report["recommended_weights"] = label_balance(report["train_desirable"], report["train_undesirable"])

@@ -27,15 +27,18 @@ def snapshot(name: str, folder: Path, *, data_file: str | None = None, split: st
 
     label = source_label(name, data_file, split)
     try:
-        ds = datasets.load_dataset(_cached_snapshot(name, data_file) or name, data_files=data_file or None,
-                                   split=split)
+        ds = datasets.load_dataset(_cached_snapshot(name, data_file) or name, data_files=data_file or None, split=split)
     except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError...)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
-        hint = ("offline mode is on: only cached datasets and local folders work" if offline else
-                "no network? set HF_HUB_OFFLINE=1 to use the local cache, or pass a local folder or --local-file")
-        raise DataFileError(f"Hugging Face dataset {label}: could not be loaded ({type(e).__name__}: {reason}); "
-                            f"{hint}") from None
+        hint = (
+            "offline mode is on: only cached datasets and local folders work"
+            if offline
+            else "no network? set HF_HUB_OFFLINE=1 to use the local cache, or pass a local folder or --local-file"
+        )
+        raise DataFileError(
+            f"Hugging Face dataset {label}: could not be loaded ({type(e).__name__}: {reason}); {hint}"
+        ) from None
     if not isinstance(ds, datasets.Dataset):
         raise DataFileError(f"Hugging Face dataset {label}: expected one split, got {type(ds).__name__}")
     folder.mkdir(parents=True, exist_ok=True)

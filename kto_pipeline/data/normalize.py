@@ -24,15 +24,34 @@ FALSE_LABELS = frozenset({"false", "0", "no", "👎", "👎\ufe0f"})
 CONVERSATION_KEYS = ("conversations", "messages")
 ROLES = ("system", "user", "assistant", "tool")  # what chat templates know; anything else is quarantined
 # Field names people use for ours: named in the "missing field" reason, so the fix is obvious.
-SYNONYMS = {"prompt": ("input", "question", "instruction", "query"),
-            "completion": ("response", "output", "answer", "chosen", "rejected"),
-            "label": ("rating", "feedback", "thumbs_up")}
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system", "tool": "tool"}
+SYNONYMS = {
+    "prompt": ("input", "question", "instruction", "query"),
+    "completion": ("response", "output", "answer", "chosen", "rejected"),
+    "label": ("rating", "feedback", "thumbs_up"),
+}
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+}
 
 # Every category a reason can start with (validate.py and dataset.py add the row-level ones they own).
-REASONS = ("malformed JSON", "not UTF-8", "not an object", "missing field", "wrong type", "empty field",
-           "bad label", "bad conversation", "wrong number of columns", "too long", "conflicting duplicate")
+REASONS = (
+    "malformed JSON",
+    "not UTF-8",
+    "not an object",
+    "missing field",
+    "wrong type",
+    "empty field",
+    "bad label",
+    "bad conversation",
+    "wrong number of columns",
+    "too long",
+    "conflicting duplicate",
+)
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # == json.dumps(turns, ensure_ascii=False), less overhead
@@ -74,15 +93,17 @@ def _check_utf8(value: str, where: str) -> None:
 
 
 def missing(record: dict, key: str) -> BadRow:
-    """"missing field: key", with what the record has instead when it looks like the same thing."""
+    """ "missing field: key", with what the record has instead when it looks like the same thing."""
     names = [k for k in record if isinstance(k, str)]
     wanted = (key, *CONVERSATION_KEYS) if key == "prompt" else (key,)
     same = [k for k in names if k.lower() in wanted and k not in wanted]
     if same:
         return BadRow(f"missing field: {key} (found {same[0]!r}: field names are lower case)")
     if key == "completion" and {"chosen", "rejected"} & {k.lower() for k in names}:
-        return BadRow("missing field: completion (found 'chosen'/'rejected': a paired preference row; KTO takes one "
-                      "completion and a label per row: make each pair a desirable and an undesirable row)")
+        return BadRow(
+            "missing field: completion (found 'chosen'/'rejected': a paired preference row; KTO takes one "
+            "completion and a label per row: make each pair a desirable and an undesirable row)"
+        )
     synonym = next((k for k in names if k.lower() in SYNONYMS.get(key, ())), None)
     if synonym:
         return BadRow(f"missing field: {key} (found {synonym!r}: rename it to {key})")
@@ -146,8 +167,10 @@ def _from_conversation(record: dict, key: str) -> tuple[str, str, list[dict]]:
     if last is None:
         raise BadRow(f"bad conversation: {key} has no assistant turn to use as the completion")
     if last != len(turns) - 1:
-        raise BadRow(f"bad conversation: {key} continues after its last assistant turn "
-                     f"({turns[-1]['role']} turn at the end): the completion must come last")
+        raise BadRow(
+            f"bad conversation: {key} continues after its last assistant turn "
+            f"({turns[-1]['role']} turn at the end): the completion must come last"
+        )
     completion = turns[last]["content"]
     if not completion.strip():
         raise BadRow(f"empty field: {key}[{last}].content (the completion) is empty or whitespace")
@@ -173,8 +196,9 @@ def _from_trl_conversational(record: dict) -> tuple[str, str, list[dict] | None]
     if isinstance(completion, (list, tuple)):
         msgs = _messages(list(completion), "completion")
         if len(msgs) != 1 or msgs[0]["role"] != "assistant":
-            raise BadRow(f"bad conversation: completion must be exactly one assistant message, "
-                         f"got {[m['role'] for m in msgs]}")
+            raise BadRow(
+                f"bad conversation: completion must be exactly one assistant message, got {[m['role'] for m in msgs]}"
+            )
         completion = msgs[0]["content"]
         if not completion.strip():
             raise BadRow("empty field: completion[0].content is empty or whitespace")

@@ -22,9 +22,10 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,8 +37,15 @@ import pyarrow.parquet as pq
 BLOCK_BYTES = 16 << 20  # text formats are read in blocks of this size (cut at a line end)
 PARQUET_BATCH_ROWS = 65_536
 EXACT_CSV_ROWS = 20_000
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
-           ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 CONVERSATION_KEYS = ("conversations", "messages")
 _BOM = b"\xef\xbb\xbf"
@@ -55,7 +63,7 @@ class DataFileError(Exception):
 class Part:
     table: pa.Table
     lines: np.ndarray
-    record_at: Callable[[int], tuple[Any, "str | None", str]]  # row i -> (record, error, raw text)
+    record_at: Callable[[int], tuple[Any, str | None, str]]  # row i -> (record, error, raw text)
 
 
 @dataclass
@@ -108,8 +116,9 @@ def read_batches(path: Path, exact_csv: bool = False) -> Iterator[Batch]:
             yield from _parquet(path)
         elif fmt in ("csv", "tsv"):
             delimiter = "\t" if fmt == "tsv" else ","
-            yield from (_csv_exact(path, compression, delimiter) if exact_csv
-                        else _csv_arrow(path, compression, delimiter))
+            yield from (
+                _csv_exact(path, compression, delimiter) if exact_csv else _csv_arrow(path, compression, delimiter)
+            )
         else:
             stream = _open(path, compression)
             with stream:
@@ -121,8 +130,9 @@ def read_batches(path: Path, exact_csv: bool = False) -> Iterator[Batch]:
     except (DataFileError, NeedExactCsv):
         raise
     except (OSError, EOFError, pa.ArrowException, ValueError) as e:
-        what = {"parquet": "not a readable Parquet file"}.get(fmt, f"cannot read {fmt}"
-                                                               + (f" ({compression})" if compression else ""))
+        what = {"parquet": "not a readable Parquet file"}.get(
+            fmt, f"cannot read {fmt}" + (f" ({compression})" if compression else "")
+        )
         raise DataFileError(f"{path}: {what}: {_short(e)}") from None
 
 
@@ -144,6 +154,7 @@ def _peek(path: Path, compression: str | None) -> bytes:
 
 # ---- JSON Lines -------------------------------------------------------------------------------
 
+
 def _jsonl(stream) -> Iterator[Batch]:
     carry, line0, first = b"", 1, True
     state = {"fast": True}  # switched off for the rest of the file once rows prove non-flat
@@ -151,13 +162,13 @@ def _jsonl(stream) -> Iterator[Batch]:
         data = stream.read(BLOCK_BYTES)
         buf = carry + data if carry else data
         if first:
-            buf, first = (buf[len(_BOM):] if buf.startswith(_BOM) else buf), False
+            buf, first = (buf[len(_BOM) :] if buf.startswith(_BOM) else buf), False
         if data:
             cut = buf.rfind(b"\n")
             if cut < 0:  # a line longer than the block: keep reading
                 carry = buf
                 continue
-            block, carry = buf[:cut + 1], buf[cut + 1:]
+            block, carry = buf[: cut + 1], buf[cut + 1 :]
         else:
             block, carry = buf, b""  # last block; may end in a truncated line
         if block:
@@ -188,8 +199,11 @@ def parse_json_line(raw: bytes) -> tuple[Any, str | None, str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return None, f"not UTF-8: invalid byte 0x{raw[e.start]:02x} at column {e.start + 1}", \
-            raw.decode("utf-8", "replace")
+        return (
+            None,
+            f"not UTF-8: invalid byte 0x{raw[e.start]:02x} at column {e.start + 1}",
+            raw.decode("utf-8", "replace"),
+        )
     if not text.strip():
         return None, "", text
     try:
@@ -229,11 +243,17 @@ def _parse_flat(buf, exact_rows: bool = False) -> pa.Table | str:
     number is relative to the internal block; exact_rows parses in one block so it is absolute.
     """
     seg = pa.py_buffer(buf)
-    options = pajson.ReadOptions(use_threads=False, block_size=max(len(seg) + 1, 1 << 16)) if exact_rows \
-        else pajson.ReadOptions(use_threads=False)  # the other core hashes the previous block meanwhile
+    options = (
+        pajson.ReadOptions(use_threads=False, block_size=max(len(seg) + 1, 1 << 16))
+        if exact_rows
+        else pajson.ReadOptions(use_threads=False)
+    )  # the other core hashes the previous block meanwhile
     try:
-        return pajson.read_json(pa.BufferReader(seg), read_options=options, parse_options=pajson.ParseOptions(
-            explicit_schema=_FAST_SCHEMA, unexpected_field_behavior="infer"))
+        return pajson.read_json(
+            pa.BufferReader(seg),
+            read_options=options,
+            parse_options=pajson.ParseOptions(explicit_schema=_FAST_SCHEMA, unexpected_field_behavior="infer"),
+        )
     except pa.ArrowInvalid as e:
         return str(e)
 
@@ -268,8 +288,12 @@ def _jsonl_block(block: bytes, line0: int, state: dict) -> tuple[Batch, int]:
     nl = np.flatnonzero(arr == 10)
     if state["fast"] and _is_utf8(block):
         gaps = np.diff(nl)
-        empty = (len(nl) and nl[0] == 0) or block.startswith(b"\r\n") or bool((gaps == 1).any()) or \
-            bool(((gaps == 2) & (arr[nl[:-1] + 1] == 13)).any())
+        empty = (
+            (len(nl) and nl[0] == 0)
+            or block.startswith(b"\r\n")
+            or bool((gaps == 1).any())
+            or bool(((gaps == 2) & (arr[nl[:-1] + 1] == 13)).any())
+        )
         if not empty:
             # The common case: one bulk parse, one row per line; line i is the i-th line of the block.
             n = len(nl) + (0 if block.endswith(b"\n") else 1)
@@ -296,7 +320,6 @@ def _label_minority(block: bytes, starts: np.ndarray) -> np.ndarray:
     if 2 * len(strings) > len(starts):
         strings = np.fromiter((m.start() for m in _OTHER_LABEL.finditer(block)), dtype=np.int64)
     return np.unique(np.searchsorted(starts, strings, side="right") - 1)
-
 
 
 def _jsonl_block_general(block: bytes, line0: int, state: dict) -> Batch:
@@ -327,13 +350,13 @@ class _Careful:
         # Blank the set-aside lines in a copy: Arrow skips blank lines, so windows run across them.
         self.blanked = bytearray(block)
         for i in self.slow_rows:
-            self.blanked[starts[i]:ends[i]] = b" " * int(ends[i] - starts[i])
+            self.blanked[starts[i] : ends[i]] = b" " * int(ends[i] - starts[i])
         self.keep = np.flatnonzero(shaped)  # window position p -> line index keep[p]
         self.taken: list[tuple[pa.Table, int, int]] = []
 
     def parse(self, lo: int, hi: int, exact: bool) -> pa.Table | str:
         with memoryview(self.blanked) as view:
-            return _parse_flat(view[self.starts[self.keep[lo]]:self.ends[self.keep[hi - 1]]], exact_rows=exact)
+            return _parse_flat(view[self.starts[self.keep[lo]] : self.ends[self.keep[hi - 1]]], exact_rows=exact)
 
     def to_python(self, lo: int, hi: int) -> None:
         self.slow_rows.extend(self.keep[lo:hi].tolist())
@@ -400,7 +423,7 @@ class _Careful:
                 s, e = starts[rows], ends[rows]
                 batch.parts.append(Part(table, numbers[rows], _LineReader(block, s, e)))
         for i in sorted(self.slow_rows):
-            rec, err, text = parse_json_line(block[starts[i]:ends[i]])
+            rec, err, text = parse_json_line(block[starts[i] : ends[i]])
             if err != "":
                 batch.items.append((int(numbers[i]), rec, err, text))
         return batch
@@ -413,10 +436,11 @@ class _LineReader:
         self.block, self.starts, self.ends = block, starts, ends
 
     def __call__(self, i: int) -> tuple[Any, str | None, str]:
-        return parse_json_line(self.block[self.starts[i]:self.ends[i]].rstrip(b"\r"))
+        return parse_json_line(self.block[self.starts[i] : self.ends[i]].rstrip(b"\r"))
 
 
 # ---- JSON array ---------------------------------------------------------------------------------
+
 
 def _json_array(stream) -> Iterator[Batch]:
     """Elements of a top-level JSON array, decoded incrementally (raw_decode over a sliding buffer)."""
@@ -465,8 +489,14 @@ def _json_array(stream) -> Iterator[Batch]:
     while ch and ch != "]":
         start_line, result = line, decode()
         if isinstance(result, str):
-            items.append((start_line, None, f"malformed JSON: {result}; the rest of the array could not be read",
-                          buf[pos:pos + 1000]))
+            items.append(
+                (
+                    start_line,
+                    None,
+                    f"malformed JSON: {result}; the rest of the array could not be read",
+                    buf[pos : pos + 1000],
+                )
+            )
             break
         value, end = result
         raw = buf[pos:end]
@@ -474,8 +504,14 @@ def _json_array(stream) -> Iterator[Batch]:
             raw.encode("utf-8")
             items.append((start_line, value, None, raw))
         except UnicodeEncodeError:
-            items.append((start_line, None, "not UTF-8: the element holds bytes that are not UTF-8",
-                          raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")))
+            items.append(
+                (
+                    start_line,
+                    None,
+                    "not UTF-8: the element holds bytes that are not UTF-8",
+                    raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                )
+            )
         line += raw.count("\n")
         pos = end
         ch = next_char()
@@ -483,8 +519,15 @@ def _json_array(stream) -> Iterator[Batch]:
             pos += 1
             ch = next_char()  # a trailing comma before ']' is tolerated
         elif ch and ch != "]":
-            items.append((line, None, f"malformed JSON: expected ',' or ']' after an element, found {ch!r}; "
-                          "the rest of the array could not be read", buf[pos:pos + 1000]))
+            items.append(
+                (
+                    line,
+                    None,
+                    f"malformed JSON: expected ',' or ']' after an element, found {ch!r}; "
+                    "the rest of the array could not be read",
+                    buf[pos : pos + 1000],
+                )
+            )
             break
         if len(items) >= 10_000:
             yield Batch(items=items)
@@ -494,14 +537,13 @@ def _json_array(stream) -> Iterator[Batch]:
     elif ch == "]":
         pos += 1
         if next_char():
-            items.append((line, None, "malformed JSON: data after the closing ']'", buf[pos:pos + 1000]))
+            items.append((line, None, "malformed JSON: data after the closing ']'", buf[pos : pos + 1000]))
     if items:
         yield Batch(items=items)
 
 
-
-
 # ---- CSV / TSV ----------------------------------------------------------------------------------
+
 
 def _header(path: Path, compression: str | None, delimiter: str) -> list[str]:
     with io.TextIOWrapper(_open(path, compression), encoding="utf-8-sig", errors="replace", newline="") as f:
@@ -524,11 +566,14 @@ def _csv_arrow(path: Path, compression: str | None, delimiter: str) -> Iterator[
     reader = pacsv.open_csv(
         _open(path, compression),
         read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, ignore_empty_lines=False,
-                                          invalid_row_handler=invalid),
+        parse_options=pacsv.ParseOptions(
+            delimiter=delimiter, newlines_in_values=True, ignore_empty_lines=False, invalid_row_handler=invalid
+        ),
         # Binary, not string: one bad byte must quarantine its row, not fail the whole file.
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.binary() for n in names},
-                                             strings_can_be_null=False, quoted_strings_can_be_null=False))
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.binary() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False
+        ),
+    )
     line = 2  # the header is line 1
     with reader:
         for rb in reader:
@@ -540,8 +585,7 @@ def _csv_arrow(path: Path, compression: str | None, delimiter: str) -> Iterator[
             # A row starts one line after the previous row ended: 1 + the newlines inside its values.
             extra = np.zeros(rb.num_rows, dtype=np.int64)
             for col in table.columns:
-                extra += np.asarray(pc.count_substring(col, "\n").to_numpy(zero_copy_only=False),
-                                    dtype=np.int64)
+                extra += np.asarray(pc.count_substring(col, "\n").to_numpy(zero_copy_only=False), dtype=np.int64)
             span = 1 + extra
             lines = line + np.concatenate(([0], np.cumsum(span)[:-1]))
             line = int(lines[-1] + span[-1])
@@ -555,6 +599,7 @@ def _csv_record_at(table: pa.Table, cols: list[str]):
     def record_at(i: int) -> tuple[Any, str | None, str]:
         values = [table.column(c)[i].as_py() for c in cols]
         return _csv_record(cols, [v.decode("utf-8", "surrogateescape") for v in values])
+
     return record_at
 
 
@@ -572,8 +617,7 @@ def _csv_record(cols: list[str], values: list[str]) -> tuple[Any, str | None, st
 def _csv_exact(path: Path, compression: str | None, delimiter: str) -> Iterator[Batch]:
     """The csv module, row by row: exact line numbers around ragged rows and blank lines."""
     csv.field_size_limit(sys.maxsize)
-    with io.TextIOWrapper(_open(path, compression), encoding="utf-8-sig", errors="surrogateescape",
-                          newline="") as f:
+    with io.TextIOWrapper(_open(path, compression), encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, None)
         if not header:
@@ -600,6 +644,7 @@ def _csv_exact(path: Path, compression: str | None, delimiter: str) -> Iterator[
 
 # ---- Parquet ------------------------------------------------------------------------------------
 
+
 def _parquet(path: Path) -> Iterator[Batch]:
     pf = pq.ParquetFile(path)
     row = 1
@@ -615,4 +660,5 @@ def _table_record_at(table: pa.Table):
     def record_at(i: int) -> tuple[Any, str | None, str]:
         record = table.slice(i, 1).to_pylist()[0]
         return record, None, json.dumps(record, ensure_ascii=False, default=str)
+
     return record_at

@@ -15,9 +15,10 @@ import queue
 import shutil
 import threading
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +27,15 @@ import pyarrow.parquet as pq
 import xxhash
 
 from kto_pipeline.artifacts import build_once, hash_file
-from kto_pipeline.data.normalize import (CONVERSATION_KEYS, FALSE_LABELS, ROLES, TRUE_LABELS, BadRow, normalize,
-                                         reason_category)
+from kto_pipeline.data.normalize import (
+    CONVERSATION_KEYS,
+    FALSE_LABELS,
+    ROLES,
+    TRUE_LABELS,
+    BadRow,
+    normalize,
+    reason_category,
+)
 from kto_pipeline.data.readers import Batch, DataFileError, NeedExactCsv, Part, chat_column, read_batches
 
 VERSION = 3  # bump when a rule or the cache format changes: older cached validations are then redone
@@ -36,17 +44,22 @@ SAMPLES_PER_REASON = 3
 # rows.arrow of one validated file (internal: the dataset build turns row_key into a hex row_id).
 # An Arrow IPC file, not Parquet: it is read back once, memory-mapped, with no decoding at all.
 ROWS_FILE = "rows.arrow"
-ROW_SCHEMA = pa.schema([
-    ("prompt", pa.string()), ("completion", pa.string()), ("label", pa.bool_()),
-    ("messages", pa.string()),  # the prompt's chat turns as JSON, or null for a plain prompt
-    ("source", pa.dictionary(pa.int32(), pa.string())),  # one value per file: not repeated per row
-    ("line", pa.int64()),
-    ("row_key", pa.binary(16)),  # xxh3-128 of (prompt or its turns, completion): the row's content hash
-    ("prompt_id", pa.int64()),   # xxh3-64 of the prompt (or its turns): the unit of the train/eval split
-    ("chars", pa.int32()),       # length of the longer of prompt and completion, for the length limit
-])
-QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("line", pa.int64()), ("reason", pa.string()),
-                               ("raw", pa.string())])
+ROW_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("label", pa.bool_()),
+        ("messages", pa.string()),  # the prompt's chat turns as JSON, or null for a plain prompt
+        ("source", pa.dictionary(pa.int32(), pa.string())),  # one value per file: not repeated per row
+        ("line", pa.int64()),
+        ("row_key", pa.binary(16)),  # xxh3-128 of (prompt or its turns, completion): the row's content hash
+        ("prompt_id", pa.int64()),  # xxh3-64 of the prompt (or its turns): the unit of the train/eval split
+        ("chars", pa.int32()),  # length of the longer of prompt and completion, for the length limit
+    ]
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [("source", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
+)
 
 
 def file_digest(path: Path) -> str:
@@ -55,6 +68,7 @@ def file_digest(path: Path) -> str:
 
 
 # ---- vectorized checks on a flat Arrow part ------------------------------------------------------
+
 
 def _as_string(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array | None:
     if pa.types.is_string(col.type):
@@ -93,8 +107,15 @@ def _labels(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.ChunkedArray]:
     return _mask(pc.or_(is_true, is_false)), pc.fill_null(is_true, False)
 
 
-_JSON_ESCAPES = [("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"),
-                 ("\b", "\\b"), ("\f", "\\f")]
+_JSON_ESCAPES = [
+    ("\\", "\\\\"),
+    ('"', '\\"'),
+    ("\n", "\\n"),
+    ("\r", "\\r"),
+    ("\t", "\\t"),
+    ("\b", "\\b"),
+    ("\f", "\\f"),
+]
 _OTHER_CONTROL = "[\\x00-\\x07\\x0b\\x0e-\\x1f]"  # json.dumps writes these as \\u00XX: left to Python
 
 
@@ -117,7 +138,8 @@ def _fast_chat(t: pa.Table, key: str, ok: np.ndarray) -> tuple[dict[str, pa.Arra
     roles, contents = pc.struct_field(turns, "role"), pc.struct_field(turns, "content")  # null turn -> null
     bad_turn = ~(_mask(pc.is_valid(roles)) & _mask(pc.is_valid(contents)) & _mask(pc.is_in(roles, pa.array(ROLES))))
     bad_turn |= _mask(pc.match_substring_regex(roles, _OTHER_CONTROL)) | _mask(
-        pc.match_substring_regex(contents, _OTHER_CONTROL))
+        pc.match_substring_regex(contents, _OTHER_CONTROL)
+    )
     ok &= np.bincount(parent[bad_turn], minlength=n) == 0
     ends = np.cumsum(sizes)  # index (in turns) one past each row's last turn
     last = np.where(sizes > 0, ends - 1, 0)
@@ -134,8 +156,9 @@ def _fast_chat(t: pa.Table, key: str, ok: np.ndarray) -> tuple[dict[str, pa.Arra
     counts = np.where(ok, sizes - 1, 0)[ok]
     offsets = pa.array(np.concatenate(([0], np.cumsum(counts))).astype(np.int32))
     as_json = pc.binary_join_element_wise('{"role": ', _json_string(r), ', "content": ', _json_string(c), "}", "")
-    messages = pc.binary_join_element_wise("[", pc.binary_join(pa.ListArray.from_arrays(offsets, as_json), ", "),
-                                           "]", "")
+    messages = pc.binary_join_element_wise(
+        "[", pc.binary_join(pa.ListArray.from_arrays(offsets, as_json), ", "), "]", ""
+    )
     rendered = pc.binary_join(pa.ListArray.from_arrays(offsets, pc.binary_join_element_wise(r, c, ": ")), "\n")
     completion = contents.take(pa.array(last[ok]))
     return {"prompt": rendered, "completion": completion, "messages": messages}, ok
@@ -152,7 +175,9 @@ def _fast(part: Part) -> tuple[pa.Table | None, np.ndarray]:
     label_ok, label = _labels(t.column("label"))
     chat = chat_column(t)
     if chat is not None:
-        if {"prompt", "completion"} & names and any(t.column(k).null_count < n for k in {"prompt", "completion"} & names):
+        if {"prompt", "completion"} & names and any(
+            t.column(k).null_count < n for k in {"prompt", "completion"} & names
+        ):
             return None, np.arange(n)  # chat and flat rows mixed: rare, left to normalize
         cols, ok = _fast_chat(t, chat, label_ok.copy())
     elif CONVERSATION_KEYS[0] in names or CONVERSATION_KEYS[1] in names or not {"prompt", "completion"} <= names:
@@ -163,13 +188,17 @@ def _fast(part: Part) -> tuple[pa.Table | None, np.ndarray]:
             return None, np.arange(n)
         ok = label_ok & _nonblank(prompt) & _nonblank(completion)
         keep = pa.array(ok)
-        cols = {"prompt": prompt.filter(keep), "completion": completion.filter(keep),
-                "messages": pa.nulls(int(ok.sum()), pa.string())}
+        cols = {
+            "prompt": prompt.filter(keep),
+            "completion": completion.filter(keep),
+            "messages": pa.nulls(int(ok.sum()), pa.string()),
+        }
     table = pa.table({**cols, "label": label.filter(pa.array(ok)), "line": part.lines[ok]})
     return table, np.flatnonzero(~ok)
 
 
 # ---- row ids and assembly ------------------------------------------------------------------------
+
 
 def _finish(prompt, completion, label, messages, lines, source: str) -> pa.Table:
     """Add source, row_key, prompt_id and chars: the canonical rows table."""
@@ -181,12 +210,20 @@ def _finish(prompt, completion, label, messages, lines, source: str) -> pa.Table
     pid = list(map(xxhash.xxh3_64_intdigest, key.cast(pa.binary()).to_pylist()))
     digests = b"".join(map(xxhash.xxh3_128_digest, completion.cast(pa.binary()).to_pylist(), pid))
     chars = pc.max_element_wise(pc.utf8_length(prompt), pc.utf8_length(completion)).cast(pa.int32())
-    return pa.table({
-        "prompt": prompt, "completion": completion, "label": label, "messages": messages,
-        "source": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([source])), "line": pa.array(lines, pa.int64()),
-        "row_key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(digests)]),
-        "prompt_id": pa.array(np.array(pid, dtype=np.uint64).view(np.int64)), "chars": chars,
-    }, schema=ROW_SCHEMA)
+    return pa.table(
+        {
+            "prompt": prompt,
+            "completion": completion,
+            "label": label,
+            "messages": messages,
+            "source": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([source])),
+            "line": pa.array(lines, pa.int64()),
+            "row_key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(digests)]),
+            "prompt_id": pa.array(np.array(pid, dtype=np.uint64).view(np.int64)),
+            "chars": chars,
+        },
+        schema=ROW_SCHEMA,
+    )
 
 
 # byte -> its two lowercase hex digits, as one little-endian uint16 ("a5" -> ord("a") | ord("5") << 8)
@@ -196,7 +233,7 @@ _HEX_PAIRS = np.array([ord(f"{b:02x}"[0]) | ord(f"{b:02x}"[1]) << 8 for b in ran
 def row_ids(row_key: pa.Array) -> pa.Array:
     """row_key (16 bytes) -> 32-char lowercase hex strings, vectorized (one table lookup per byte)."""
     n = len(row_key)
-    raw = np.frombuffer(row_key.buffers()[1], np.uint8)[row_key.offset * 16:(row_key.offset + n) * 16]
+    raw = np.frombuffer(row_key.buffers()[1], np.uint8)[row_key.offset * 16 : (row_key.offset + n) * 16]
     text = _HEX_PAIRS[raw]  # 2 bytes of ASCII per input byte
     offsets = np.arange(0, 32 * n + 1, 32, dtype=np.int32)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
@@ -258,8 +295,9 @@ class BackgroundWriter:
     compression and the copy to the page cache (GIL-free in Arrow) overlap with the caller's work.
     At most `depth` tables wait, so memory stays bounded."""
 
-    def __init__(self, path: Path, schema: pa.Schema, depth: int = 2, writer: type | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, path: Path, schema: pa.Schema, depth: int = 2, writer: type | None = None, **options: Any
+    ) -> None:
         self._writer = writer(path, schema) if writer else pq.ParquetWriter(path, schema, **options)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kto-writer")
         self._pending: list[Future] = []
@@ -273,7 +311,7 @@ class BackgroundWriter:
     def write_batch(self, batch: pa.RecordBatch) -> None:
         self.write_table(pa.Table.from_batches([batch]))
 
-    def __enter__(self) -> "BackgroundWriter":
+    def __enter__(self) -> BackgroundWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -334,8 +372,11 @@ def _process(batch: Batch, source: str, tally: _Tally) -> tuple[list[pa.Table], 
         tally.records_in += part.table.num_rows
         good, doubtful = _fast(part)
         if good is not None and good.num_rows:
-            tables.append(_finish(good["prompt"], good["completion"], good["label"], good["messages"],
-                                  good["line"].to_numpy(), source))
+            tables.append(
+                _finish(
+                    good["prompt"], good["completion"], good["label"], good["messages"], good["line"].to_numpy(), source
+                )
+            )
         for i in doubtful.tolist():
             exact(int(part.lines[i]), *part.record_at(i))
     for line, record, error, raw in batch.items:
@@ -343,9 +384,16 @@ def _process(batch: Batch, source: str, tally: _Tally) -> tuple[list[pa.Table], 
         exact(line, record, error, raw)
     if py_rows:
         cols = {k: [r[k] for _, r in py_rows] for k in ("prompt", "completion", "label", "messages")}
-        tables.append(_finish(pa.array(cols["prompt"], pa.string()), pa.array(cols["completion"], pa.string()),
-                              pa.array(cols["label"], pa.bool_()), pa.array(cols["messages"], pa.string()),
-                              [line for line, _ in py_rows], source))
+        tables.append(
+            _finish(
+                pa.array(cols["prompt"], pa.string()),
+                pa.array(cols["completion"], pa.string()),
+                pa.array(cols["label"], pa.bool_()),
+                pa.array(cols["messages"], pa.string()),
+                [line for line, _ in py_rows],
+                source,
+            )
+        )
     tally.bad(bad)
     for t in tables:
         tally.valid += t.num_rows
@@ -370,8 +418,10 @@ def validate_file(path: Path, out_dir: Path, *, source: str | None = None) -> di
 def _validate(path: Path, out_dir: Path, source: str, exact_csv: bool) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     tally = _Tally()
-    with BackgroundWriter(out_dir / ROWS_FILE, ROW_SCHEMA, writer=IpcWriter) as rows_out, \
-            pq.ParquetWriter(out_dir / "quarantine.parquet", QUARANTINE_SCHEMA) as bad_out:
+    with (
+        BackgroundWriter(out_dir / ROWS_FILE, ROW_SCHEMA, writer=IpcWriter) as rows_out,
+        pq.ParquetWriter(out_dir / "quarantine.parquet", QUARANTINE_SCHEMA) as bad_out,
+    ):
         for batch in prefetch(read_batches(path, exact_csv=exact_csv)):
             tables, bad = _process(batch, source, tally)
             for t in tables:
@@ -379,9 +429,14 @@ def _validate(path: Path, out_dir: Path, source: str, exact_csv: bool) -> dict[s
             if bad:
                 bad_out.write_table(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA))
     report = {
-        "source": source, "validator": VERSION, "records_in": tally.records_in, "valid": tally.valid,
-        "quarantined": tally.quarantined, "n_desirable": tally.n_desirable,
-        "n_undesirable": tally.valid - tally.n_desirable, "reasons": dict(tally.reasons),
+        "source": source,
+        "validator": VERSION,
+        "records_in": tally.records_in,
+        "valid": tally.valid,
+        "quarantined": tally.quarantined,
+        "n_desirable": tally.n_desirable,
+        "n_undesirable": tally.valid - tally.n_desirable,
+        "reasons": dict(tally.reasons),
         "samples": tally.samples,
     }
     assert report["records_in"] == report["valid"] + report["quarantined"], report
@@ -391,12 +446,14 @@ def _validate(path: Path, out_dir: Path, source: str, exact_csv: bool) -> dict[s
 
 # ---- the content-addressed cache -----------------------------------------------------------------
 
+
 def validated_dir_name(digest: str, source: str) -> str:
     return f"{digest[:16]}-{xxhash.xxh3_64_hexdigest(source.encode())[:8]}-v{VERSION}"
 
 
-def ingest_file(path: Path, cache_root: Path, *, source: str | None = None,
-                keep_original: bool = True) -> tuple[Path, dict[str, Any]]:
+def ingest_file(
+    path: Path, cache_root: Path, *, source: str | None = None, keep_original: bool = True
+) -> tuple[Path, dict[str, Any]]:
     """Validate `path` into cache_root/<digest>-<source>-v<VERSION>/ unless already there.
 
     Returns (folder, report). The folder holds rows.arrow, quarantine.parquet, report.json and,

@@ -1,6 +1,5 @@
 """Blocking quality gates: a failed check stops everything downstream of its asset."""
 
-
 import json
 import math
 from pathlib import Path
@@ -12,9 +11,12 @@ from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import QualityGates
 
 
-@dg.asset_check(asset="kto_dataset", blocking=True,
-                description="Desirable share inside [min, max]; one-class (or empty) data always fails. Reports the "
-                            "desirable/undesirable weights training will use (KTO paper: w_d*n_d/(w_u*n_u) in [1, 4/3]).")
+@dg.asset_check(
+    asset="kto_dataset",
+    blocking=True,
+    description="Desirable share inside [min, max]; one-class (or empty) data always fails. Reports the "
+    "desirable/undesirable weights training will use (KTO paper: w_d*n_d/(w_u*n_u) in [1, 4/3]).",
+)
 def label_balance(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
     path = upstream(context, "kto_dataset").path
     report = json.loads((path / "report.json").read_text())
@@ -27,61 +29,97 @@ def label_balance(context: dg.AssetCheckExecutionContext, quality_gates: Quality
     share = b["desirable_share"]
     # The description is what `kto train` prints on failure: the numbers, the gate, and what to do about it.
     if n_d + n_u == 0:
-        problem = (f"no valid rows ({report.get('quarantined', 0)} quarantined): nothing to train on. Fix the rows "
-                   "the quarantine lists (kto_dataset's quarantine_sample) or add feedback files.")
+        problem = (
+            f"no valid rows ({report.get('quarantined', 0)} quarantined): nothing to train on. Fix the rows "
+            "the quarantine lists (kto_dataset's quarantine_sample) or add feedback files."
+        )
     elif n_d == 0 or n_u == 0:
         missing = "undesirable (label false)" if n_u == 0 else "desirable (label true)"
-        problem = (f"one-class data: {n_d} desirable, {n_u} undesirable rows; desirable share {share:.2f} is "
-                   f"outside [{lo}, {hi}]. KTO learns from both labels: add {missing} rows.")
+        problem = (
+            f"one-class data: {n_d} desirable, {n_u} undesirable rows; desirable share {share:.2f} is "
+            f"outside [{lo}, {hi}]. KTO learns from both labels: add {missing} rows."
+        )
     elif share > hi:
-        problem = (f"desirable share {share:.2f} ({n_d} desirable, {n_u} undesirable) is above "
-                   f"quality_gates.max_desirable_share={hi}: add undesirable rows, or raise "
-                   "quality_gates.max_desirable_share (training reweights the labels either way).")
+        problem = (
+            f"desirable share {share:.2f} ({n_d} desirable, {n_u} undesirable) is above "
+            f"quality_gates.max_desirable_share={hi}: add undesirable rows, or raise "
+            "quality_gates.max_desirable_share (training reweights the labels either way)."
+        )
     else:
-        problem = (f"desirable share {share:.2f} ({n_d} desirable, {n_u} undesirable) is below "
-                   f"quality_gates.min_desirable_share={lo}: add desirable rows, or lower "
-                   "quality_gates.min_desirable_share (training reweights the labels either way).")
+        problem = (
+            f"desirable share {share:.2f} ({n_d} desirable, {n_u} undesirable) is below "
+            f"quality_gates.min_desirable_share={lo}: add desirable rows, or lower "
+            "quality_gates.min_desirable_share (training reweights the labels either way)."
+        )
     return dg.AssetCheckResult(
-        passed=passed, severity=dg.AssetCheckSeverity.ERROR,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
         description=None if passed else problem,
-        metadata={"n_desirable": n_d, "n_undesirable": n_u, "desirable_share": b["desirable_share"],
-                  "desirable_weight": weights["desirable_weight"], "undesirable_weight": weights["undesirable_weight"],
-                  "min_share": lo, "max_share": hi})
+        metadata={
+            "n_desirable": n_d,
+            "n_undesirable": n_u,
+            "desirable_share": b["desirable_share"],
+            "desirable_weight": weights["desirable_weight"],
+            "undesirable_weight": weights["undesirable_weight"],
+            "min_share": lo,
+            "max_share": hi,
+        },
+    )
 
 
-@dg.asset_check(asset="lora_adapter", blocking=True,
-                description="Eval KTO loss is finite, at most quality_gates.max_eval_loss, and not worse (by more "
-                            "than max_regression) than the released adapter's on the same eval rows.")
+@dg.asset_check(
+    asset="lora_adapter",
+    blocking=True,
+    description="Eval KTO loss is finite, at most quality_gates.max_eval_loss, and not worse (by more "
+    "than max_regression) than the released adapter's on the same eval rows.",
+)
 def eval_loss(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
     path = upstream(context, "lora_adapter").path
     metrics = json.loads((path / "metrics.json").read_text())
     loss = metrics.get("eval_loss")
     limit = quality_gates.max_eval_loss
     if loss is None:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                                   description="no eval split to measure the adapter on: train with an eval "
-                                               "split (kto train --split-dataset, the default)")
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="no eval split to measure the adapter on: train with an eval "
+            "split (kto train --split-dataset, the default)",
+        )
     meta = {"eval_loss": float(loss), "max_eval_loss": limit}
-    problems = [] if math.isfinite(loss) and loss <= limit else [
-        f"eval loss {loss:.4f} is not finite or above quality_gates.max_eval_loss={limit}: train longer "
-        "(--max-steps, --num-epochs), lower --learning-rate if the loss diverged, or raise the gate for this model"]
+    problems = (
+        []
+        if math.isfinite(loss) and loss <= limit
+        else [
+            f"eval loss {loss:.4f} is not finite or above quality_gates.max_eval_loss={limit}: train longer "
+            "(--max-steps, --num-epochs), lower --learning-rate if the loss diverged, or raise the gate for this model"
+        ]
+    )
     champion = metrics.get("champion") or {}
     if "eval_loss" in champion:
         bar = champion["eval_loss"] + quality_gates.max_regression
         meta.update(released_eval_loss=float(champion["eval_loss"]), released_adapter=Path(champion["adapter"]).name)
         if not loss <= bar:
-            problems.append(f"eval loss {loss:.4f} is worse than the released adapter's {champion['eval_loss']:.4f} "
-                            f"on the same eval rows (allowed: +{quality_gates.max_regression}); the released "
-                            "adapter stays the release: add feedback or change the training settings")
+            problems.append(
+                f"eval loss {loss:.4f} is worse than the released adapter's {champion['eval_loss']:.4f} "
+                f"on the same eval rows (allowed: +{quality_gates.max_regression}); the released "
+                "adapter stays the release: add feedback or change the training settings"
+            )
     elif champion.get("skipped"):
         meta["released_adapter"] = f"not compared: {champion['skipped']}"
-    return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
-                               description="; ".join(problems) or None, metadata=meta)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(problems) or None,
+        metadata=meta,
+    )
 
 
-@dg.asset_check(asset="gguf_quantizations", blocking=True,
-                description="The GGUF files the last materialization recorded are on disk, unchanged (sha256) "
-                            "and verified; a file that failed verification already failed the asset.")
+@dg.asset_check(
+    asset="gguf_quantizations",
+    blocking=True,
+    description="The GGUF files the last materialization recorded are on disk, unchanged (sha256) "
+    "and verified; a file that failed verification already failed the asset.",
+)
 def gguf_files_intact(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     from kto_pipeline.export.gguf import recheck_files
 
@@ -90,10 +128,13 @@ def gguf_files_intact(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckRe
     expected = {rec.data["file"]: rec.data["sha256"] for rec in table.records}
     problems = recheck_files(folder, expected)
     return dg.AssetCheckResult(
-        passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR,
         description=("; ".join(problems) + ". Build them again: kto train --select gguf_quantizations")
-        if problems else None,
-        metadata={"files": len(expected), "path": str(folder)})
+        if problems
+        else None,
+        metadata={"files": len(expected), "path": str(folder)},
+    )
 
 
 def _long_row_share(s: dict) -> float:
@@ -109,37 +150,53 @@ def suggested_max_seq_length(report: dict, limit: float) -> tuple[int, float]:
     return -(-need // 64) * 64, q
 
 
-@dg.asset_check(asset="lora_adapter", blocking=True,
-                description="Rows longer than model.max_seq_length (counted with the model's tokenizer and chat "
-                            "template before training): at most quality_gates.max_long_row_share of each split may "
-                            "be dropped or have their prompt cut.")
+@dg.asset_check(
+    asset="lora_adapter",
+    blocking=True,
+    description="Rows longer than model.max_seq_length (counted with the model's tokenizer and chat "
+    "template before training): at most quality_gates.max_long_row_share of each split may "
+    "be dropped or have their prompt cut.",
+)
 def long_rows(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
     path = upstream(context, "lora_adapter").path
     report = json.loads((path / "metrics.json").read_text()).get("long_rows")
     if report is None:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                                   description="metrics.json has no long-row accounting: train the adapter again")
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="metrics.json has no long-row accounting: train the adapter again",
+        )
     limit = quality_gates.max_long_row_share
     meta = {"max_long_row_share": limit, "max_seq_length": report["max_seq_length"], "long_rows": report["policy"]}
     problems = []
     for split, s in report["splits"].items():
         share = _long_row_share(s)
-        meta.update({f"{split}_long_row_share": share, f"{split}_rows_dropped": s["dropped"],
-                     f"{split}_rows_prompt_cut": s["prompt_cut"]})
+        meta.update(
+            {
+                f"{split}_long_row_share": share,
+                f"{split}_rows_dropped": s["dropped"],
+                f"{split}_rows_prompt_cut": s["prompt_cut"],
+            }
+        )
         if share > limit:
-            problems.append(f"{split}: {s['dropped']} of {s['rows']} rows dropped and {s['prompt_cut']} with their "
-                            f"prompt cut ({share:.1%})")
+            problems.append(
+                f"{split}: {s['dropped']} of {s['rows']} rows dropped and {s['prompt_cut']} with their "
+                f"prompt cut ({share:.1%})"
+            )
     description = None
     if problems:
         length, q = suggested_max_seq_length(report, limit)
-        description = (f"{'; '.join(problems)}: more than quality_gates.max_long_row_share={limit:.1%} of the rows "
-                       f"are longer than max_seq_length={report['max_seq_length']} tokens. Raise model.max_seq_length "
-                       f"(--max-seq-length {length} keeps {q:.0%} of the rows whole; `kto plan` shows whether it "
-                       f"fits in memory) or shorten the rows.")
+        description = (
+            f"{'; '.join(problems)}: more than quality_gates.max_long_row_share={limit:.1%} of the rows "
+            f"are longer than max_seq_length={report['max_seq_length']} tokens. Raise model.max_seq_length "
+            f"(--max-seq-length {length} keeps {q:.0%} of the rows whole; `kto plan` shows whether it "
+            f"fits in memory) or shorten the rows."
+        )
         if report.get("dropped_rows_file"):
             description += f" Dropped rows: {report['dropped_rows_file']}"
-    return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
-                               description=description, metadata=meta)
+    return dg.AssetCheckResult(
+        passed=not problems, severity=dg.AssetCheckSeverity.ERROR, description=description, metadata=meta
+    )
 
 
 # KTO's KL estimate is the mean over one micro-batch (gathered over the data-parallel processes) of mismatched
@@ -155,39 +212,61 @@ def kl_advice(metrics: dict) -> str:
     same = metrics.get("kl_pairs_same_completion") or 0.0
     advice = []
     if pairs < MIN_KL_PAIRS:
-        advice.append(f"per-device batch too small: each KL estimate averages only {pairs} mismatched pairs (micro-"
-                      f"batch {metrics['micro_batch']} x {metrics.get('processes', 1)} process(es)) and a negative "
-                      f"mean is clamped to 0; raise training.per_device_train_batch_size (--batch-size) to at least "
-                      f"{MIN_KL_PAIRS} and lower --gradient-accumulation to keep the effective batch (`kto plan` "
-                      "shows what fits)")
+        advice.append(
+            f"per-device batch too small: each KL estimate averages only {pairs} mismatched pairs (micro-"
+            f"batch {metrics['micro_batch']} x {metrics.get('processes', 1)} process(es)) and a negative "
+            f"mean is clamped to 0; raise training.per_device_train_batch_size (--batch-size) to at least "
+            f"{MIN_KL_PAIRS} and lower --gradient-accumulation to keep the effective batch (`kto plan` "
+            "shows what fits)"
+        )
     if same > MAX_SAME_COMPLETION:
-        advice.append(f"data too uniform: {same:.0%} of the KL pairs give a prompt its own completion again "
-                      "(identical completions next to each other), so the mismatched pairs are not mismatched; "
-                      "add varied completions or remove the repeated ones")
+        advice.append(
+            f"data too uniform: {same:.0%} of the KL pairs give a prompt its own completion again "
+            "(identical completions next to each other), so the mismatched pairs are not mismatched; "
+            "add varied completions or remove the repeated ones"
+        )
     if not advice:
-        advice.append("the policy barely moves away from the reference on mismatched pairs: train longer or with "
-                      "a higher learning rate")
+        advice.append(
+            "the policy barely moves away from the reference on mismatched pairs: train longer or with "
+            "a higher learning rate"
+        )
     return "; ".join(advice)
 
 
-@dg.asset_check(asset="lora_adapter", blocking=True,
-                description="Share of logged training steps (after step 1) whose KL estimate was 0 is at most "
-                            "quality_gates.max_kl_zero_share; severity quality_gates.kl_health_severity (WARN).")
+@dg.asset_check(
+    asset="lora_adapter",
+    blocking=True,
+    description="Share of logged training steps (after step 1) whose KL estimate was 0 is at most "
+    "quality_gates.max_kl_zero_share; severity quality_gates.kl_health_severity (WARN).",
+)
 def kl_health(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
     path = upstream(context, "lora_adapter").path
     metrics = json.loads((path / "metrics.json").read_text())
     share, limit = metrics.get("kl_zero_share"), quality_gates.max_kl_zero_share
     severity = dg.AssetCheckSeverity(quality_gates.kl_health_severity)
-    meta = {"max_kl_zero_share": limit, "kl_logged_steps": metrics.get("kl_logged_steps", 0),
-            "micro_batch": metrics["micro_batch"], "processes": metrics.get("processes", 1),
-            "kl_pairs_same_completion": metrics.get("kl_pairs_same_completion") or 0.0}
+    meta = {
+        "max_kl_zero_share": limit,
+        "kl_logged_steps": metrics.get("kl_logged_steps", 0),
+        "micro_batch": metrics["micro_batch"],
+        "processes": metrics.get("processes", 1),
+        "kl_pairs_same_completion": metrics.get("kl_pairs_same_completion") or 0.0,
+    }
     if share is None:
-        return dg.AssetCheckResult(passed=True, severity=severity, metadata=meta,
-                                   description="no KL estimate was logged after step 1: nothing to judge")
+        return dg.AssetCheckResult(
+            passed=True,
+            severity=severity,
+            metadata=meta,
+            description="no KL estimate was logged after step 1: nothing to judge",
+        )
     meta["kl_zero_share"] = share
     passed = share <= limit
-    description = None if passed else (
-        f"the KL estimate was 0 on {metrics['kl_zero_steps']} of {metrics['kl_logged_steps']} logged steps "
-        f"({share:.0%} > {limit:.0%}), so KTO's reference point was 0 rather than an estimate. Likely cause: "
-        f"{kl_advice(metrics)}.")
+    description = (
+        None
+        if passed
+        else (
+            f"the KL estimate was 0 on {metrics['kl_zero_steps']} of {metrics['kl_logged_steps']} logged steps "
+            f"({share:.0%} > {limit:.0%}), so KTO's reference point was 0 rather than an estimate. Likely cause: "
+            f"{kl_advice(metrics)}."
+        )
+    )
     return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=meta)

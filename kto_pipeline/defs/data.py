@@ -12,12 +12,12 @@ itself, through the same content-addressed cache. So a fresh instance without a 
 each file is validated once however it arrives.
 """
 
-
 import json
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
 from kto_pipeline.artifacts import is_complete, version_of
 from kto_pipeline.data import DataFileError, build_from_validated, ingest_file, is_supported, label_balance
 from kto_pipeline.data import validate as validation
@@ -30,9 +30,13 @@ GROUP = "data"
 raw_files = dg.DynamicPartitionsDefinition(name="raw_files")
 
 raw_file = dg.AssetSpec(
-    "raw_file", partitions_def=raw_files, group_name=GROUP, kinds={"json", "csv", "parquet"},
+    "raw_file",
+    partitions_def=raw_files,
+    group_name=GROUP,
+    kinds={"json", "csv", "parquet"},
     description="One raw feedback file (partition key: its path under the watched folder), validated by the "
-                "ingest_raw_file job: rows and quarantine in {artifact_root}/raw_file/<digest>/.")
+    "ingest_raw_file job: rows and quarantine in {artifact_root}/raw_file/<digest>/.",
+)
 
 
 def _fail(e: Exception) -> dg.Failure:
@@ -41,9 +45,14 @@ def _fail(e: Exception) -> dg.Failure:
 
 def file_metadata(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
     return {
-        "path": str(folder), "source": report["source"], "digest": report.get("digest", ""),
-        "records_in": report["records_in"], "valid": report["valid"], "quarantined": report["quarantined"],
-        "n_desirable": report["n_desirable"], "n_undesirable": report["n_undesirable"],
+        "path": str(folder),
+        "source": report["source"],
+        "digest": report.get("digest", ""),
+        "records_in": report["records_in"],
+        "valid": report["valid"],
+        "quarantined": report["quarantined"],
+        "n_desirable": report["n_desirable"],
+        "n_undesirable": report["n_undesirable"],
         "quarantine_reasons": dg.MetadataValue.json(report["reasons"]),
     }
 
@@ -60,8 +69,9 @@ def validate_raw_file(context: dg.OpExecutionContext, config: IngestConfig, arti
     except DataFileError as e:
         raise _fail(e) from None
     context.log.info(f"{path}: {report['valid']} valid, {report['quarantined']} quarantined -> {folder}")
-    context.log_event(dg.AssetMaterialization("raw_file", partition=context.partition_key,
-                                              metadata=file_metadata(folder, report)))
+    context.log_event(
+        dg.AssetMaterialization("raw_file", partition=context.partition_key, metadata=file_metadata(folder, report))
+    )
 
 
 @dg.job(partitions_def=raw_files, description="Ingest one new raw file: the sensor launches it per file.")
@@ -80,7 +90,8 @@ def _ingested_partitions(instance: dg.DagsterInstance, raw: Path) -> dict[str, P
     out: dict[str, Path] = {}
     for key in instance.get_dynamic_partitions(raw_files.name):
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_file"), asset_partitions=[key]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_file"), asset_partitions=[key]), limit=1
+        ).records
         if not records:
             continue
         meta = records[0].asset_materialization.metadata
@@ -90,8 +101,9 @@ def _ingested_partitions(instance: dg.DagsterInstance, raw: Path) -> dict[str, P
     return out
 
 
-def collect_sources(context: dg.AssetExecutionContext, config: SourceConfig,
-                    artifacts: ArtifactStore) -> list[tuple[Path, dict[str, Any]]]:
+def collect_sources(
+    context: dg.AssetExecutionContext, config: SourceConfig, artifacts: ArtifactStore
+) -> list[tuple[Path, dict[str, Any]]]:
     """Validated folders (and reports) of every source the config names."""
     cache = artifacts.path / "raw_file"
     found: list[tuple[Path, dict[str, Any]]] = []
@@ -107,8 +119,9 @@ def collect_sources(context: dg.AssetExecutionContext, config: SourceConfig,
                 if local.is_file():  # a plain file given as a dataset name: read it as a file
                     found.append(ingest_file(local, cache))
                 else:
-                    parquet, label = snapshot(config.dataset_name, cache / "_hf", data_file=config.dataset_file,
-                                              split=config.dataset_split)
+                    parquet, label = snapshot(
+                        config.dataset_name, cache / "_hf", data_file=config.dataset_file, split=config.dataset_split
+                    )
                     found.append(ingest_file(parquet, cache, source=label))
             return found
         raw = Path(config.raw_dir or raw_dir()).resolve()
@@ -124,8 +137,10 @@ def collect_sources(context: dg.AssetExecutionContext, config: SourceConfig,
             context.log.info(f"{source}: no longer on disk, using its ingested copy {folder}")
             found.append((folder, json.loads((folder / "report.json").read_text())))
     if not found:
-        raise dg.Failure(description=f"no input files in {raw}: add .jsonl/.json/.csv/.tsv/.parquet files, "
-                                     "or pass --local-file / --dataset-name")
+        raise dg.Failure(
+            description=f"no input files in {raw}: add .jsonl/.json/.csv/.tsv/.parquet files, "
+            "or pass --local-file / --dataset-name"
+        )
     return found
 
 
@@ -133,52 +148,82 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     if not rows:
         return "none"
     esc = [[str(r.get(c, "")).replace("|", "\\|").replace("\n", "⏎")[:200] for c in columns] for r in rows]
-    return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-                     + ["| " + " | ".join(r) + " |" for r in esc])
+    return "\n".join(
+        ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in esc]
+    )
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"}, deps=[raw_file],
-          description="The union of all raw feedback files, each validated once (content-addressed cache): "
-                      "raw_dir (recursively) plus every file ingested by the sensor, or --local-file / "
-                      "--dataset-name.")
-def raw_preferences(context: dg.AssetExecutionContext, config: SourceConfig,
-                    artifacts: ArtifactStore) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    kinds={"parquet"},
+    deps=[raw_file],
+    description="The union of all raw feedback files, each validated once (content-addressed cache): "
+    "raw_dir (recursively) plus every file ingested by the sensor, or --local-file / "
+    "--dataset-name.",
+)
+def raw_preferences(
+    context: dg.AssetExecutionContext, config: SourceConfig, artifacts: ArtifactStore
+) -> dg.MaterializeResult:
     found = collect_sources(context, config, artifacts)
     unique: dict[str, tuple[Path, dict[str, Any]]] = {}
     for folder, report in found:
         unique.setdefault(folder.name, (folder, report))
-    entries = [{"folder": str(f), **{k: r.get(k) for k in ("source", "digest", "records_in", "valid", "quarantined")}}
-               for f, r in unique.values()]
+    entries = [
+        {"folder": str(f), **{k: r.get(k) for k in ("source", "digest", "records_in", "valid", "quarantined")}}
+        for f, r in unique.values()
+    ]
     version = version_of(validated_files=sorted(unique))
-    out = artifacts.get_or_build("raw_preferences", version, lambda tmp: (tmp / "manifest.json").write_text(
-        json.dumps({"files": entries}, indent=2))).path
+    out = artifacts.get_or_build(
+        "raw_preferences",
+        version,
+        lambda tmp: (tmp / "manifest.json").write_text(json.dumps({"files": entries}, indent=2)),
+    ).path
     reasons: dict[str, int] = {}
     for _, r in unique.values():
         for k, v in r["reasons"].items():
             reasons[k] = reasons.get(k, 0) + v
     return dg.MaterializeResult(
         metadata={
-            "path": str(out), "data_version": version, "files": len(entries),
-            "records_in": sum(e["records_in"] for e in entries), "valid": sum(e["valid"] for e in entries),
+            "path": str(out),
+            "data_version": version,
+            "files": len(entries),
+            "records_in": sum(e["records_in"] for e in entries),
+            "valid": sum(e["valid"] for e in entries),
             "quarantined": sum(e["quarantined"] for e in entries),
             "quarantine_reasons": dg.MetadataValue.json(reasons),
             "sources": dg.MetadataValue.md(_table(entries, ["source", "records_in", "valid", "quarantined"])),
         },
-        data_version=dg.DataVersion(version))
+        data_version=dg.DataVersion(version),
+    )
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"}, deps=[raw_preferences],
-          description="Validated KTO rows: train/eval parquet (split grouped by prompt, stratified by label), "
-                      "duplicates dropped, bad rows quarantined with their reasons.")
-def kto_dataset(context: dg.AssetExecutionContext, config: SplitConfig,
-                artifacts: ArtifactStore) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    kinds={"parquet"},
+    deps=[raw_preferences],
+    description="Validated KTO rows: train/eval parquet (split grouped by prompt, stratified by label), "
+    "duplicates dropped, bad rows quarantined with their reasons.",
+)
+def kto_dataset(
+    context: dg.AssetExecutionContext, config: SplitConfig, artifacts: ArtifactStore
+) -> dg.MaterializeResult:
     raw = upstream(context, "raw_preferences")
     folders = [Path(e["folder"]) for e in json.loads((raw.path / "manifest.json").read_text())["files"]]
     fraction = config.eval_fraction if config.split_dataset else 0.0
-    version = version_of(raw_preferences=raw.version, eval_fraction=fraction, seed=config.seed,
-                         max_chars=config.max_chars, validator=validation.VERSION)
-    built = artifacts.get_or_build("kto_dataset", version, lambda tmp: build_from_validated(
-        folders, tmp, eval_fraction=fraction, seed=config.seed, max_chars=config.max_chars))
+    version = version_of(
+        raw_preferences=raw.version,
+        eval_fraction=fraction,
+        seed=config.seed,
+        max_chars=config.max_chars,
+        validator=validation.VERSION,
+    )
+    built = artifacts.get_or_build(
+        "kto_dataset",
+        version,
+        lambda tmp: build_from_validated(
+            folders, tmp, eval_fraction=fraction, seed=config.seed, max_chars=config.max_chars
+        ),
+    )
     out = built.path
     if not built.built:
         context.log.info(f"already built: {out}")
@@ -189,13 +234,26 @@ def kto_dataset(context: dg.AssetExecutionContext, config: SplitConfig,
         metadata={
             "path": str(out),
             "data_version": report["data_version"],
-            **{k: report[k] for k in ("records_in", "valid", "quarantined", "duplicates_dropped", "train_rows",
-                                      "eval_rows", "n_desirable", "n_undesirable")},
+            **{
+                k: report[k]
+                for k in (
+                    "records_in",
+                    "valid",
+                    "quarantined",
+                    "duplicates_dropped",
+                    "train_rows",
+                    "eval_rows",
+                    "n_desirable",
+                    "n_undesirable",
+                )
+            },
             "desirable_share": overall["desirable_share"],
             # what training uses unless the user sets the weights (the paper's rule on the train rows)
-            "desirable_weight": weights["desirable_weight"], "undesirable_weight": weights["undesirable_weight"],
+            "desirable_weight": weights["desirable_weight"],
+            "undesirable_weight": weights["undesirable_weight"],
             "quarantine_reasons": dg.MetadataValue.json(report["reasons"]),
             "quarantine_sample": dg.MetadataValue.md(_table(report["samples"], ["reason", "source", "line", "raw"])),
             "sources": dg.MetadataValue.md(_table(report["sources"], ["source", "records_in", "valid", "quarantined"])),
         },
-        data_version=dg.DataVersion(report["data_version"]))
+        data_version=dg.DataVersion(report["data_version"]),
+    )

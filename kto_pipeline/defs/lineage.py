@@ -5,7 +5,6 @@ recorded, and only when the upstream was not part of it, the latest one in the i
 merged_model would merge whichever adapter finished last, not the one its own run trained.
 """
 
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ def _run_chain(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
 def _in_run(instance: dg.DagsterInstance, run: dg.DagsterRun, key: str) -> dg.EventLogRecord | None:
     for run_id in _run_chain(instance, run):
         records = instance.get_records_for_run(
-            run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, ascending=False).records
+            run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, ascending=False
+        ).records
         for record in records:
             mat = record.asset_materialization
             if mat is not None and mat.asset_key == dg.AssetKey(key):

@@ -5,7 +5,6 @@ kto_pipeline.release.release_model. The token is read from HF_TOKEN inside the r
 no resource, config or metadata field can hold it, so it never reaches run config or event storage.
 """
 
-
 from typing import Literal, Optional
 
 import dagster as dg
@@ -22,9 +21,19 @@ GGUF_ASSET = "gguf_quantizations"
 CARD_TRAINING_KEYS = {
     "model": ("model_name", "max_seq_length"),
     "lora": ("r", "alpha", "dropout", "target_modules"),
-    "training": ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-                 "gradient_accumulation_steps", "beta", "desirable_weight", "undesirable_weight",
-                 "lr_scheduler_type", "warmup_ratio", "seed"),
+    "training": (
+        "learning_rate",
+        "num_train_epochs",
+        "max_steps",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "beta",
+        "desirable_weight",
+        "undesirable_weight",
+        "lr_scheduler_type",
+        "warmup_ratio",
+        "seed",
+    ),
 }
 
 
@@ -32,16 +41,21 @@ class ReleaseTarget(dg.ConfigurableResource):
     """Where releases go. There is deliberately no token field: the hub target reads HF_TOKEN at run time."""
 
     target: Literal["local", "hub"] = pydantic.Field(
-        default="local", description="local: content-addressed registry under the artifact root; hub: the Hub.")
+        default="local", description="local: content-addressed registry under the artifact root; hub: the Hub."
+    )
     repo_id: str = pydantic.Field(default="kto-pipeline/kto-model", description="Repo id (namespace/name).")
     endpoint: str = pydantic.Field(default="", description="Hub endpoint URL; empty: huggingface_hub's default.")
     private: bool = pydantic.Field(default=True, description="Create the Hub repo private.")
     registry_root: str = pydantic.Field(default="", description="Local registry root; empty: the artifact root.")
     max_attempts: int = pydantic.Field(default=5, description="Tries per Hub call on 5xx/timeouts (backoff).")
     backoff_s: float = pydantic.Field(default=1.0, description="First retry wait; doubles each retry (max 16 s).")
-    verify: bool = pydantic.Field(default=True, description=(
-        "hub: download every file back after the commit and compare its sha256 before tagging (costs one download "
-        "of the release; a file the Hub stored wrong fails the release, naming it)."))
+    verify: bool = pydantic.Field(
+        default=True,
+        description=(
+            "hub: download every file back after the commit and compare its sha256 before tagging (costs one download "
+            "of the release; a file the Hub stored wrong fails the release, naming it)."
+        ),
+    )
 
     @pydantic.field_validator("repo_id")
     @classmethod
@@ -54,20 +68,27 @@ class ReleaseTarget(dg.ConfigurableResource):
     def build(self, artifacts: ArtifactStore) -> LocalRegistry | HubTarget:
         if self.target == "local":
             return LocalRegistry(self.registry_root or artifacts.path)
-        return HubTarget(endpoint=self.endpoint or None, private=self.private, max_attempts=self.max_attempts,
-                         backoff_s=self.backoff_s, verify=self.verify)
+        return HubTarget(
+            endpoint=self.endpoint or None,
+            private=self.private,
+            max_attempts=self.max_attempts,
+            backoff_s=self.backoff_s,
+            verify=self.verify,
+        )
 
 
 class ReleaseConfig(dg.Config):
     save_method: Literal["merged_16bit", "lora", "merged_4bit"] = pydantic.Field(
-        default="merged_16bit", description="merged_16bit (merged, 16-bit), lora (adapter only) or merged_4bit "
-                                            "(bitsandbytes NF4, CUDA only).")
+        default="merged_16bit",
+        description="merged_16bit (merged, 16-bit), lora (adapter only) or merged_4bit (bitsandbytes NF4, CUDA only).",
+    )
     tag: Optional[str] = pydantic.Field(default=None, description="Version tag; default release-<content hash>.")
     include_gguf: bool = pydantic.Field(default=True, description="Add the verified GGUF files when built.")
     gguf_types: list[str] = pydantic.Field(
         default=["Q4_K_M", "Q5_K_M", "Q8_0"],
         description="GGUF types to release when gguf_quantizations built them; add F16/BF16 for the unquantized "
-                    "file (as large as the merged weights).")
+        "file (as large as the merged weights).",
+    )
     message: Optional[str] = pydantic.Field(default=None, description="Commit message.")
 
 
@@ -82,9 +103,12 @@ def gate_problems(instance, consumed: dict[str, Upstream]) -> list[str]:
         if evaluation is None:
             problems.append(f"{check} has not been evaluated on {asset}")
         elif evaluation.target_materialization_data is None or (
-                evaluation.target_materialization_data.run_id != consumed[asset].run_id):
-            problems.append(f"{check} was last evaluated on another {asset} than {consumed[asset].version}, the one "
-                            "this release consumes; run the check again")
+            evaluation.target_materialization_data.run_id != consumed[asset].run_id
+        ):
+            problems.append(
+                f"{check} was last evaluated on another {asset} than {consumed[asset].version}, the one "
+                "this release consumes; run the check again"
+            )
         elif not evaluation.passed:
             problems.append(f"{check} failed on {asset}: {evaluation.description or 'see the check'}")
     return problems
@@ -99,11 +123,14 @@ def lineage_problems(dataset: Upstream, adapter: Upstream, merged: Upstream) -> 
         problems.append(
             f"merged_model {merged.version} holds lora_adapter {holds or '(not recorded)'}, but the lora_adapter "
             f"whose metrics would be released is {adapter.version}: materialize merged_model (and "
-            "gguf_quantizations) from it, e.g. select 'lora_adapter*'")
+            "gguf_quantizations) from it, e.g. select 'lora_adapter*'"
+        )
     trained_on = adapter.metadata.get("kto_dataset")
     if trained_on is not None and trained_on != dataset.version:
-        problems.append(f"lora_adapter {adapter.version} was trained on kto_dataset {trained_on}, not on "
-                        f"{dataset.version}: materialize lora_adapter and what follows from this dataset")
+        problems.append(
+            f"lora_adapter {adapter.version} was trained on kto_dataset {trained_on}, not on "
+            f"{dataset.version}: materialize lora_adapter and what follows from this dataset"
+        )
     return problems
 
 
@@ -115,8 +142,7 @@ def _check_metadata(instance, check: str, asset: str) -> dict:
 
 
 def _plain_metadata(up: Upstream) -> dict:
-    return {k: v for k, v in up.metadata.items()
-            if isinstance(v, (str, int, float, bool)) and k != "training_curves"}
+    return {k: v for k, v in up.metadata.items() if isinstance(v, (str, int, float, bool)) and k != "training_curves"}
 
 
 def _training_config(instance, adapter: Upstream) -> dict:
@@ -164,11 +190,16 @@ def _gguf_inputs(context, merged: Upstream, types: list[str]) -> tuple[Upstream 
     return gguf, files, figures
 
 
-@dg.asset(group_name="release", kinds={"huggingface"}, deps=["merged_model", GGUF_ASSET],
-          description="One repo: merged weights (or adapter), verified GGUF files, model card; local registry by "
-                      "default, the Hub when configured. Blocked unless label_balance, eval_loss and long_rows passed.")
-def hub_release(context: dg.AssetExecutionContext, config: ReleaseConfig, artifacts: ArtifactStore,
-                release_target: ReleaseTarget) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="release",
+    kinds={"huggingface"},
+    deps=["merged_model", GGUF_ASSET],
+    description="One repo: merged weights (or adapter), verified GGUF files, model card; local registry by "
+    "default, the Hub when configured. Blocked unless label_balance, eval_loss and long_rows passed.",
+)
+def hub_release(
+    context: dg.AssetExecutionContext, config: ReleaseConfig, artifacts: ArtifactStore, release_target: ReleaseTarget
+) -> dg.MaterializeResult:
     instance = context.instance
     merged = upstream(context, "merged_model")
     adapter_up = upstream(context, "lora_adapter")
@@ -183,34 +214,77 @@ def hub_release(context: dg.AssetExecutionContext, config: ReleaseConfig, artifa
     adapter_dir, adapter_version = adapter_up.path, adapter_up.version
     dataset, adapter = _plain_metadata(dataset_up), _plain_metadata(adapter_up)
     balance = _check_metadata(instance, "label_balance", "kto_dataset")
-    gguf, gguf_files, gguf_figures = (_gguf_inputs(context, merged, config.gguf_types) if config.include_gguf
-                                      else (None, [], []))
+    gguf, gguf_files, gguf_figures = (
+        _gguf_inputs(context, merged, config.gguf_types) if config.include_gguf else (None, [], [])
+    )
     card = {
         "base_model": adapter.get("base_model"),
-        "dataset": {k: dataset[k] for k in ("data_version", "valid", "train_rows", "eval_rows", "n_desirable",
-                                            "n_undesirable", "quarantined", "duplicates_dropped") if k in dataset},
-        "label_balance": {"desirable_share": balance.get("desirable_share"), "min_share": balance.get("min_share"),
-                          "max_share": balance.get("max_share"), "passed": True},
+        "dataset": {
+            k: dataset[k]
+            for k in (
+                "data_version",
+                "valid",
+                "train_rows",
+                "eval_rows",
+                "n_desirable",
+                "n_undesirable",
+                "quarantined",
+                "duplicates_dropped",
+            )
+            if k in dataset
+        },
+        "label_balance": {
+            "desirable_share": balance.get("desirable_share"),
+            "min_share": balance.get("min_share"),
+            "max_share": balance.get("max_share"),
+            "passed": True,
+        },
         "training": _training_config(instance, adapter_up),
-        "eval": {k: adapter[k] for k in ("eval_loss", "train_loss", "final_loss", "rewards_chosen",
-                                         "rewards_rejected", "rewards_margins", "kl") if k in adapter},
+        "eval": {
+            k: adapter[k]
+            for k in (
+                "eval_loss",
+                "train_loss",
+                "final_loss",
+                "rewards_chosen",
+                "rewards_rejected",
+                "rewards_margins",
+                "kl",
+            )
+            if k in adapter
+        },
         "gguf": gguf_figures,
-        "lineage": {"kto_dataset": dataset.get("data_version"), "lora_adapter": adapter_version,
-                    "merged_model": merged_version, **({GGUF_ASSET: gguf.version} if gguf_files else {})},
+        "lineage": {
+            "kto_dataset": dataset.get("data_version"),
+            "lora_adapter": adapter_version,
+            "merged_model": merged_version,
+            **({GGUF_ASSET: gguf.version} if gguf_files else {}),
+        },
     }
     source = adapter_dir if config.save_method == "lora" else merged_dir
     try:
-        result = release_model(source, release_target.repo_id, target=release_target.build(artifacts),
-                               save_method=config.save_method, gguf_files=gguf_files, card_info=card,
-                               tag=config.tag, message=config.message, base_model=card["base_model"])
+        result = release_model(
+            source,
+            release_target.repo_id,
+            target=release_target.build(artifacts),
+            save_method=config.save_method,
+            gguf_files=gguf_files,
+            card_info=card,
+            tag=config.tag,
+            message=config.message,
+            base_model=card["base_model"],
+        )
     except ReleaseError as exc:
         raise dg.Failure(str(exc)) from None
-    context.log.info(f"{result.target} release {result.tag} of {result.repo_id}: "
-                     f"{'new ' + ('commit' if result.target == 'hub' else 'version') if result.created else 'unchanged'}"
-                     f" ({result.location})")
+    context.log.info(
+        f"{result.target} release {result.tag} of {result.repo_id}: "
+        f"{'new ' + ('commit' if result.target == 'hub' else 'version') if result.created else 'unchanged'}"
+        f" ({result.location})"
+    )
     meta = result.as_metadata()
-    meta["location"] = (dg.MetadataValue.url(result.location) if result.target == "hub"
-                        else dg.MetadataValue.path(result.location))
+    meta["location"] = (
+        dg.MetadataValue.url(result.location) if result.target == "hub" else dg.MetadataValue.path(result.location)
+    )
     meta["gguf_files"] = len(gguf_files)
     meta["lora_adapter"] = adapter_version  # the champion the next training is compared with (checks.eval_loss)
     if "eval_loss" in adapter:

@@ -1,9 +1,9 @@
 """Environment choices (where artifacts live, quality gates) as Dagster resources."""
 
-
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import dagster as dg
 import pydantic
@@ -49,16 +49,32 @@ class QualityGates(dg.ConfigurableResource):
     min_desirable_share: float = pydantic.Field(default=0.2, description="label_balance: lowest desirable share.")
     max_desirable_share: float = pydantic.Field(default=0.8, description="label_balance: highest desirable share.")
     max_eval_loss: float = pydantic.Field(default=0.6, description="eval_loss: highest eval KTO loss.")
-    max_regression: float = pydantic.Field(default=0.01, description=(
-        "eval_loss: how far the eval loss may exceed the released adapter's, both measured on the same eval rows "
-        "(a retrain on new feedback must not release a worse model)."))
-    max_long_row_share: float = pydantic.Field(default=0.05, ge=0.0, le=1.0, description=(
-        "long_rows: highest share of a split's rows that may be dropped or have their prompt cut for being longer "
-        "than model.max_seq_length."))
-    max_kl_zero_share: float = pydantic.Field(default=0.5, ge=0.0, le=1.0, description=(
-        "kl_health: highest share of logged training steps whose KL estimate was 0."))
-    kl_health_severity: Literal["WARN", "ERROR"] = pydantic.Field(default="WARN", description=(
-        "kl_health: WARN reports a failure; ERROR also blocks everything downstream of lora_adapter."))
+    max_regression: float = pydantic.Field(
+        default=0.01,
+        description=(
+            "eval_loss: how far the eval loss may exceed the released adapter's, both measured on the same eval rows "
+            "(a retrain on new feedback must not release a worse model)."
+        ),
+    )
+    max_long_row_share: float = pydantic.Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "long_rows: highest share of a split's rows that may be dropped or have their prompt cut for being longer "
+            "than model.max_seq_length."
+        ),
+    )
+    max_kl_zero_share: float = pydantic.Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description=("kl_health: highest share of logged training steps whose KL estimate was 0."),
+    )
+    kl_health_severity: Literal["WARN", "ERROR"] = pydantic.Field(
+        default="WARN",
+        description=("kl_health: WARN reports a failure; ERROR also blocks everything downstream of lora_adapter."),
+    )
 
 
 RAY_EXTRA = "training.launcher='ray' needs the ray extra: pip install 'kto_pipeline[ray]' (ray and dagster-ray)"
@@ -71,43 +87,79 @@ class RayCluster(dg.ConfigurableResource):
     Every node must reach the artifact root at the same path (rank 0 writes the adapter there; the job's driver reads
     it back), e.g. a shared volume mounted on the Dagster machine and on every Ray node."""
 
-    address: str = pydantic.Field(default="", description=(
-        "The Ray dashboard's job-submission address, e.g. http://head:8265 (dg.EnvVar('RAY_ADDRESS')); for KubeRay, "
-        "the RayCluster's head service. Empty: $RAY_ADDRESS when the training starts."))
-    gpus_per_worker: float = pydantic.Field(default=0, ge=0, description=(
-        "GPUs per Ray Train worker: 1 trains each worker on its own GPU (NCCL); 0 trains on CPUs (gloo)."))
+    address: str = pydantic.Field(
+        default="",
+        description=(
+            "The Ray dashboard's job-submission address, e.g. http://head:8265 "
+            "(dg.EnvVar('RAY_ADDRESS')); for KubeRay, "
+            "the RayCluster's head service. Empty: $RAY_ADDRESS when the training starts."
+        ),
+    )
+    gpus_per_worker: float = pydantic.Field(
+        default=0,
+        ge=0,
+        description=("GPUs per Ray Train worker: 1 trains each worker on its own GPU (NCCL); 0 trains on CPUs (gloo)."),
+    )
     cpus_per_worker: float = pydantic.Field(default=1, gt=0, description="CPUs Ray reserves for each worker.")
-    worker_resources: dict[str, float] = pydantic.Field(default_factory=dict, description=(
-        "Custom Ray resources each worker needs, e.g. {'a100': 1} to place workers on the nodes that offer it."))
-    storage_path: str = pydantic.Field(default="", description=(
-        "Where Ray Train keeps the checkpoints, reachable by every node (a shared path, or s3://, gs://); Ray "
-        "restarts the workers from the latest one. Empty: the adapter's own folder under the artifact root "
-        "(<adapter>/checkpoints, as the local launcher)."))
-    max_failures: int = pydantic.Field(default=3, ge=-1, description=(
-        "Worker failures Ray Train recovers from (restarting every worker from the latest checkpoint) before the "
-        "training fails; -1: no limit."))
-    python: str = pydantic.Field(default="python", description=(
-        "The interpreter that runs the job on the cluster (it needs kto_pipeline with the ray extra installed)."))
+    worker_resources: dict[str, float] = pydantic.Field(
+        default_factory=dict,
+        description=(
+            "Custom Ray resources each worker needs, e.g. {'a100': 1} to place workers on the nodes that offer it."
+        ),
+    )
+    storage_path: str = pydantic.Field(
+        default="",
+        description=(
+            "Where Ray Train keeps the checkpoints, reachable by every node (a shared path, or s3://, gs://); Ray "
+            "restarts the workers from the latest one. Empty: the adapter's own folder under the artifact root "
+            "(<adapter>/checkpoints, as the local launcher)."
+        ),
+    )
+    max_failures: int = pydantic.Field(
+        default=3,
+        ge=-1,
+        description=(
+            "Worker failures Ray Train recovers from (restarting every worker from the latest checkpoint) before the "
+            "training fails; -1: no limit."
+        ),
+    )
+    python: str = pydantic.Field(
+        default="python",
+        description=(
+            "The interpreter that runs the job on the cluster (it needs kto_pipeline with the ray extra installed)."
+        ),
+    )
     poll_interval_s: float = pydantic.Field(default=1.0, gt=0, description="How often the job's status is polled.")
-    rayjob_manifest: str = pydantic.Field(default="", description=(
-        "A KubeRay RayJob manifest (YAML file, e.g. deploy/kuberay/rayjob.yaml). Set: each training creates a RayJob "
-        "(a Ray cluster of its own on Kubernetes, deleted when the job ends) through dagster-ray's "
-        "PipesKubeRayJobClient instead of submitting to `address`; needs the kuberay extra and a kubeconfig."))
+    rayjob_manifest: str = pydantic.Field(
+        default="",
+        description=(
+            "A KubeRay RayJob manifest (YAML file, e.g. deploy/kuberay/rayjob.yaml). "
+            "Set: each training creates a RayJob "
+            "(a Ray cluster of its own on Kubernetes, deleted when the job ends) through dagster-ray's "
+            "PipesKubeRayJobClient instead of submitting to `address`; needs the kuberay extra and a kubeconfig."
+        ),
+    )
 
     def run(self, context: dg.AssetExecutionContext, extras: dict[str, Any], entrypoint: list[str]) -> Any:
         """Submit `entrypoint` as a Ray job with these extras; the Pipes session's completed invocation."""
         import shlex
 
-        cluster = {"gpus_per_worker": self.gpus_per_worker, "cpus_per_worker": self.cpus_per_worker,
-                   "worker_resources": dict(self.worker_resources), "storage_path": self.storage_path,
-                   "max_failures": self.max_failures}
+        cluster = {
+            "gpus_per_worker": self.gpus_per_worker,
+            "cpus_per_worker": self.cpus_per_worker,
+            "worker_resources": dict(self.worker_resources),
+            "storage_path": self.storage_path,
+            "max_failures": self.max_failures,
+        }
         extras, submit = {**extras, "ray": cluster}, {"entrypoint": shlex.join(entrypoint)}
         if self.rayjob_manifest:
             return self._run_rayjob(context, extras, submit)
         address = self.address or os.environ.get("RAY_ADDRESS")
         if not address:
-            raise ValueError("ray_cluster.address is empty and RAY_ADDRESS is not set: training.launcher='ray' needs "
-                             "the Ray cluster's job-submission address (e.g. http://head:8265)")
+            raise ValueError(
+                "ray_cluster.address is empty and RAY_ADDRESS is not set: training.launcher='ray' needs "
+                "the Ray cluster's job-submission address (e.g. http://head:8265)"
+            )
         try:
             from dagster_ray import PipesRayJobClient
         except ImportError:
@@ -122,11 +174,13 @@ class RayCluster(dg.ConfigurableResource):
         try:
             from dagster_ray.kuberay import PipesKubeRayJobClient
         except ImportError:
-            raise RuntimeError("ray_cluster.rayjob_manifest needs the kuberay extra: pip install "
-                               "'kto_pipeline[kuberay]'") from None
+            raise RuntimeError(
+                "ray_cluster.rayjob_manifest needs the kuberay extra: pip install 'kto_pipeline[kuberay]'"
+            ) from None
         manifest = Path(self.rayjob_manifest)
         if not manifest.is_file():
             raise ValueError(f"ray_cluster.rayjob_manifest: no such file {manifest}")
         client = PipesKubeRayJobClient(poll_interval=self.poll_interval_s)
-        return client.run(context=context, submit_job_params=submit, ray_job=yaml.safe_load(manifest.read_text()),
-                          extras=extras)
+        return client.run(
+            context=context, submit_job_params=submit, ray_job=yaml.safe_load(manifest.read_text()), extras=extras
+        )

@@ -20,22 +20,38 @@ import ctypes
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from kto_pipeline.artifacts import file_sha256
 from kto_pipeline.export import llama
 from kto_pipeline.export.llama import isolated
 
 # Quantization types llama.cpp can produce from an F16/BF16 file (name -> LLAMA_FTYPE_MOSTLY_<name>).
-QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1",
-               "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "IQ4_NL", "IQ4_XS")
+QUANT_TYPES = (
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q5_0",
+    "Q5_1",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_0",
+    "Q4_1",
+    "Q3_K_L",
+    "Q3_K_M",
+    "Q3_K_S",
+    "Q2_K",
+    "IQ4_NL",
+    "IQ4_XS",
+)
 BASE_TYPES = ("F16", "BF16")  # what the converter writes; every quantization starts from it
 
 # Pass/fail limits per file type; measured and justified in benchmarks/GGUF.md.
@@ -75,18 +91,27 @@ VERIFY_TEXTS = (
     "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.",
 )
 VERIFY_CHATS = (
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "The capital of France is Paris."}],
-    [{"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "Hello! How can I help you today? Please explain KTO briefly."},
-     {"role": "assistant", "content": "KTO aligns a language model with unpaired feedback: each answer "
-                                      "is marked desirable or undesirable."}],
-    [{"role": "user", "content": "Is the quick brown fox faster than the lazy dog?"},
-     {"role": "assistant", "content": "I don't know. I am not sure. That is a good question."}],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hello! How can I help you today? Please explain KTO briefly."},
+        {
+            "role": "assistant",
+            "content": "KTO aligns a language model with unpaired feedback: each answer "
+            "is marked desirable or undesirable.",
+        },
+    ],
+    [
+        {"role": "user", "content": "Is the quick brown fox faster than the lazy dog?"},
+        {"role": "assistant", "content": "I don't know. I am not sure. That is a good question."},
+    ],
 )
 
-SIDECAR = ".verified.json"   # next to each accepted file: its metadata and the inputs it was verified for
-REJECTED = ".rejected"       # a file that failed verification is renamed to *.gguf.rejected
+SIDECAR = ".verified.json"  # next to each accepted file: its metadata and the inputs it was verified for
+REJECTED = ".rejected"  # a file that failed verification is renamed to *.gguf.rejected
 
 
 class GGUFExportError(RuntimeError):
@@ -102,6 +127,7 @@ class GGUFVerificationError(GGUFExportError):
 
 
 # ---------------------------------------------------------------------------------------- tools
+
 
 def llama_cpp_version() -> str:
     """The llama-cpp-python release and the llama.cpp/ggml build inside it."""
@@ -160,6 +186,7 @@ def _tail(path: Path, n: int = 2000) -> str:
 
 # ----------------------------------------------------------------------------------- conversion
 
+
 def _check_model_dir(model_dir: Path) -> None:
     if not (model_dir / "config.json").is_file():
         raise GGUFExportError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
@@ -185,9 +212,16 @@ def _tokenizer_config_for_converter(model_dir: Path) -> dict[str, Any]:
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     if "added_tokens_decoder" not in cfg:
         cfg["added_tokens_decoder"] = {
-            str(i): {"content": t.content, "special": bool(t.special), "lstrip": t.lstrip,
-                     "rstrip": t.rstrip, "normalized": t.normalized, "single_word": t.single_word}
-            for i, t in tok.added_tokens_decoder.items()}
+            str(i): {
+                "content": t.content,
+                "special": bool(t.special),
+                "lstrip": t.lstrip,
+                "rstrip": t.rstrip,
+                "normalized": t.normalized,
+                "single_word": t.single_word,
+            }
+            for i, t in tok.added_tokens_decoder.items()
+        }
     probe = tok("a").input_ids
     if not isinstance(cfg.get("add_bos_token"), bool) and tok.bos_token_id is not None:
         cfg["add_bos_token"] = bool(probe) and probe[0] == tok.bos_token_id
@@ -196,8 +230,9 @@ def _tokenizer_config_for_converter(model_dir: Path) -> dict[str, Any]:
     return cfg
 
 
-def convert_to_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike, outtype: str = "f16",
-                    name: str = "model") -> Path:
+def convert_to_gguf(
+    model_dir: str | os.PathLike, out_dir: str | os.PathLike, outtype: str = "f16", name: str = "model"
+) -> Path:
     """Convert a Hugging Face model folder to `{out_dir}/{name}-F16.gguf` (or BF16/F32); return the path.
 
     Runs llama.cpp's converter offline (HF_HUB_OFFLINE=1) on a staging folder that links the model's
@@ -216,14 +251,25 @@ def convert_to_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike, ou
             if f.is_file() and f.name != "tokenizer_config.json":
                 (stage / f.name).symlink_to(f)
         (stage / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config_for_converter(model_dir)))
-        cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(stage), "--outfile", str(tmp_out),
-               "--outtype", outtype.lower(), "--model-name", name]
+        cmd = [
+            sys.executable,
+            "-m",
+            "convert_hf_to_gguf",
+            str(stage),
+            "--outfile",
+            str(tmp_out),
+            "--outtype",
+            outtype.lower(),
+            "--model-name",
+            name,
+        ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not tmp_out.is_file():
         tmp_out.unlink(missing_ok=True)
-        raise GGUFExportError(f"converting {model_dir} to {out.name} failed (exit {proc.returncode}):\n"
-                              f"{proc.stderr[-3000:]}")
+        raise GGUFExportError(
+            f"converting {model_dir} to {out.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
     tmp_out.replace(out)
     return out
 
@@ -231,8 +277,14 @@ def convert_to_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike, ou
 def quantize(src_gguf: str | os.PathLike, dst: str | os.PathLike, qtype: str, nthread: int = 0) -> Path:
     """Quantize an F16/BF16 GGUF with llama.cpp (`llama_model_quantize`) in a child process; return dst."""
     _ftype(qtype)  # an unknown type fails here, before a process starts
-    return isolated("kto_pipeline.export.gguf:_quantize_here", src_gguf, dst, qtype, nthread,
-                    what=f"quantizing {Path(src_gguf).name} to {qtype} ({Path(dst).name})")
+    return isolated(
+        "kto_pipeline.export.gguf:_quantize_here",
+        src_gguf,
+        dst,
+        qtype,
+        nthread,
+        what=f"quantizing {Path(src_gguf).name} to {qtype} ({Path(dst).name})",
+    )
 
 
 def _quantize_here(src_gguf: str | os.PathLike, dst: str | os.PathLike, qtype: str, nthread: int = 0) -> Path:
@@ -267,11 +319,16 @@ def tensor_stats(gguf_path: str | os.PathLike) -> dict[str, Any]:
     types: dict[str, int] = {}
     for t in reader.tensors:
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
-    return {"parameters": n_params, "tensor_bytes": n_bytes,
-            "bits_per_weight": round(8 * n_bytes / max(n_params, 1), 3), "tensor_types": types}
+    return {
+        "parameters": n_params,
+        "tensor_bytes": n_bytes,
+        "bits_per_weight": round(8 * n_bytes / max(n_params, 1), 3),
+        "tensor_types": types,
+    }
 
 
 # --------------------------------------------------------------------------------- verification
+
 
 @dataclass
 class Reference:
@@ -286,15 +343,18 @@ class Reference:
         return sum(len(i) for i in self.ids)
 
 
-def verification_texts(model_dir: str | os.PathLike, texts: Sequence[str] | None = None,
-                       chats: Sequence[list[dict[str, str]]] | None = None) -> list[str]:
+def verification_texts(
+    model_dir: str | os.PathLike,
+    texts: Sequence[str] | None = None,
+    chats: Sequence[list[dict[str, str]]] | None = None,
+) -> list[str]:
     """Plain texts plus chats rendered by the model's chat template (skipped if it has none)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     out = list(VERIFY_TEXTS if texts is None else texts)
     if tok.chat_template:
-        for chat in (VERIFY_CHATS if chats is None else chats):
+        for chat in VERIFY_CHATS if chats is None else chats:
             out.append(tok.apply_chat_template(chat, tokenize=False))
     return out
 
@@ -349,9 +409,14 @@ def compare_logits(got: Sequence[Any], ref: Sequence[Any], tie_margin: float = T
     }
 
 
-def verify_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike,
-                prompts: Sequence[str] | None = None, reference: Reference | None = None,
-                n_threads: int | None = None, what: str | None = None) -> dict[str, Any]:
+def verify_gguf(
+    gguf_path: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    prompts: Sequence[str] | None = None,
+    reference: Reference | None = None,
+    n_threads: int | None = None,
+    what: str | None = None,
+) -> dict[str, Any]:
     """Load `gguf_path` in llama.cpp (in a child process) and compare it with the HF model in `model_dir`.
 
     Logits are compared on the HF token ids (so one tokenizer difference does not hide the weights'
@@ -361,8 +426,13 @@ def verify_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike,
     """
     if reference is None:
         reference = reference_logits(model_dir, prompts or verification_texts(model_dir))
-    return isolated("kto_pipeline.export.gguf:_verify_here", str(gguf_path), reference, n_threads,
-                    what=what or f"verifying {Path(gguf_path).name}")
+    return isolated(
+        "kto_pipeline.export.gguf:_verify_here",
+        str(gguf_path),
+        reference,
+        n_threads,
+        what=what or f"verifying {Path(gguf_path).name}",
+    )
 
 
 def _verify_here(gguf_path: str, reference: Reference, n_threads: int | None) -> dict[str, Any]:
@@ -375,8 +445,15 @@ def _verify_here(gguf_path: str, reference: Reference, n_threads: int | None) ->
     # verbose while loading, into a file: if llama.cpp refuses the file, its log says why
     try:
         with _capture_native_output() as log:
-            llm = llama.load(gguf_path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
-                             n_threads=n_threads or os.cpu_count(), n_gpu_layers=0, verbose=True)
+            llm = llama.load(
+                gguf_path,
+                n_ctx=n_ctx,
+                n_batch=min(n_ctx, 512),
+                logits_all=True,
+                n_threads=n_threads or os.cpu_count(),
+                n_gpu_layers=0,
+                verbose=True,
+            )
     except Exception as e:  # the exception only says "Failed to load model from file"
         raise GGUFExportError(f"llama.cpp cannot load {gguf_path.name}: {e}\n{_tail(log)}") from None
     finally:
@@ -385,8 +462,10 @@ def _verify_here(gguf_path: str, reference: Reference, n_threads: int | None) ->
     log.unlink(missing_ok=True)
     try:
         if llm.n_vocab() != reference.logits[0].shape[-1]:
-            raise GGUFExportError(f"{gguf_path.name}: vocabulary size {llm.n_vocab()} differs from the "
-                                  f"HF model's {reference.logits[0].shape[-1]}")
+            raise GGUFExportError(
+                f"{gguf_path.name}: vocabulary size {llm.n_vocab()} differs from the "
+                f"HF model's {reference.logits[0].shape[-1]}"
+            )
         got, mismatched = [], []
         for k, (text, ids) in enumerate(zip(reference.texts, reference.ids)):
             # add_bos=True means "add what the file's metadata says" (llama.cpp's add_special)
@@ -398,8 +477,11 @@ def _verify_here(gguf_path: str, reference: Reference, n_threads: int | None) ->
     finally:
         llm.close()
     figures = compare_logits(got, reference.logits)
-    figures.update(tokenization_match=not mismatched, tokenization_mismatches=mismatched,
-                   verify_seconds=round(time.perf_counter() - t0, 3))
+    figures.update(
+        tokenization_match=not mismatched,
+        tokenization_mismatches=mismatched,
+        verify_seconds=round(time.perf_counter() - t0, 3),
+    )
     return figures
 
 
@@ -407,18 +489,24 @@ def check_thresholds(figures: dict[str, Any], limits: dict[str, float], who: str
     """Every way `figures` misses `limits`, as readable sentences (empty list: passed)."""
     failures = []
     if not figures.get("tokenization_match", True):
-        failures.append(f"{who} tokenizes verification prompts {figures['tokenization_mismatches']} "
-                        "differently from the HF tokenizer")
+        failures.append(
+            f"{who} tokenizes verification prompts {figures['tokenization_mismatches']} "
+            "differently from the HF tokenizer"
+        )
     if "max_rel_error" in limits and not figures["rel_error"] <= limits["max_rel_error"]:
         failures.append(f"logits relative error {figures['rel_error']:.4g} > {limits['max_rel_error']}")
     if "min_top1" in limits:
         top1 = figures["top1_agreement"]
         if top1 is None:
-            failures.append(f"top-1 agreement cannot be judged: the HF model has no position with a "
-                            f"top-1 margin of {figures['tie_margin']} (flat logits: untrained weights?)")
+            failures.append(
+                f"top-1 agreement cannot be judged: the HF model has no position with a "
+                f"top-1 margin of {figures['tie_margin']} (flat logits: untrained weights?)"
+            )
         elif not top1 >= limits["min_top1"]:
-            failures.append(f"top-1 agreement {top1:.2%} < {limits['min_top1']:.2%} over "
-                            f"{figures['decisive_positions']} decisive positions")
+            failures.append(
+                f"top-1 agreement {top1:.2%} < {limits['min_top1']:.2%} over "
+                f"{figures['decisive_positions']} decisive positions"
+            )
     if "max_mean_kl" in limits and not figures["mean_kl"] <= limits["max_mean_kl"]:
         failures.append(f"mean KL divergence {figures['mean_kl']:.4g} > {limits['max_mean_kl']}")
     return failures
@@ -466,6 +554,7 @@ def verify_transformers_loadback(gguf_path: str | os.PathLike, reference: Refere
 
 # ------------------------------------------------------------------------------------- export
 
+
 def tokenizer_hints(model_dir: str | os.PathLike) -> list[str]:
     """Known causes of llama.cpp tokenizing differently from a SentencePiece-style HF tokenizer."""
     from transformers import AutoTokenizer
@@ -476,12 +565,16 @@ def tokenizer_hints(model_dir: str | os.PathLike) -> list[str]:
     pre = str(getattr(backend, "pre_tokenizer", "") or "")
     hints = []
     if "Metaspace" in pre and not (model_dir / "tokenizer.model").is_file():
-        hints.append(f"{model_dir} has no tokenizer.model, so the converter rebuilt the SentencePiece scores "
-                     "from tokenizer.json; copy the base model's tokenizer.model into the folder")
+        hints.append(
+            f"{model_dir} has no tokenizer.model, so the converter rebuilt the SentencePiece scores "
+            "from tokenizer.json; copy the base model's tokenizer.model into the folder"
+        )
     if "prepend_scheme=first" in pre:
-        hints.append("the HF tokenizer puts no space before text that follows a special token (legacy=False); "
-                     "llama.cpp's SentencePiece tokenizer always does: give the tokenizer legacy=True "
-                     "(\"legacy\": true in tokenizer_config.json) before training")
+        hints.append(
+            "the HF tokenizer puts no space before text that follows a special token (legacy=False); "
+            "llama.cpp's SentencePiece tokenizer always does: give the tokenizer legacy=True "
+            '("legacy": true in tokenizer_config.json) before training'
+        )
     return hints
 
 
@@ -496,8 +589,9 @@ def _model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _resolve_thresholds(types: Sequence[str], thresholds: dict[str, dict[str, float]] | None
-                        ) -> dict[str, dict[str, float]]:
+def _resolve_thresholds(
+    types: Sequence[str], thresholds: dict[str, dict[str, float]] | None
+) -> dict[str, dict[str, float]]:
     merged = {k: dict(v) for k, v in DEFAULT_THRESHOLDS.items()}
     for qtype, limits in (thresholds or {}).items():
         unknown = set(limits) - set(THRESHOLD_KEYS)
@@ -506,8 +600,10 @@ def _resolve_thresholds(types: Sequence[str], thresholds: dict[str, dict[str, fl
         merged[qtype] = {**merged.get(qtype, {}), **limits}
     missing = [t for t in types if not merged.get(t)]
     if missing:
-        raise ValueError(f"no verification thresholds for {missing}: pass thresholds={{type: "
-                         f"{{'min_top1': ..., 'max_rel_error': ...}}}} (a file is never exported unchecked)")
+        raise ValueError(
+            f"no verification thresholds for {missing}: pass thresholds={{type: "
+            f"{{'min_top1': ..., 'max_rel_error': ...}}}} (a file is never exported unchecked)"
+        )
     return {t: merged[t] for t in types}
 
 
@@ -533,8 +629,11 @@ def recheck_files(out_dir: str | os.PathLike, expected: dict[str, str] | None = 
     no .gguf file lacks a passing sidecar."""
     out_dir = Path(out_dir)
     sidecars = {p.name[: -len(SIDECAR)]: p for p in out_dir.glob(f"*.gguf{SIDECAR}")}
-    expected = expected if expected is not None else {
-        name: json.loads(p.read_text()).get("sha256", "") for name, p in sidecars.items()}
+    expected = (
+        expected
+        if expected is not None
+        else {name: json.loads(p.read_text()).get("sha256", "") for name, p in sidecars.items()}
+    )
     problems = []
     if not expected:
         problems.append(f"{out_dir}: no verified GGUF files")
@@ -548,18 +647,28 @@ def recheck_files(out_dir: str | os.PathLike, expected: dict[str, str] | None = 
             problems.append(f"{name}: no passing verification record ({name}{SIDECAR})")
         actual = file_sha256(path)
         if actual != sha or actual != meta.get("sha256"):
-            problems.append(f"{name}: content changed since verification (sha256 {actual[:12]}…, "
-                            f"verified {str(meta.get('sha256', sha))[:12]}…)")
+            problems.append(
+                f"{name}: content changed since verification (sha256 {actual[:12]}…, "
+                f"verified {str(meta.get('sha256', sha))[:12]}…)"
+            )
     problems += [f"{p.name}: not verified" for p in sorted(out_dir.glob("*.gguf")) if p.name not in sidecars]
     return problems
 
 
-def export_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                quantizations: Sequence[str] = ("Q4_K_M", "Q5_K_M", "Q8_0"),
-                thresholds: dict[str, dict[str, float]] | None = None, *,
-                base: str = "F16", name: str = "model", prompts: Sequence[str] | None = None,
-                transformers_check: bool = True, modelfile_from: str | None = "Q4_K_M",
-                system_prompt: str | None = None, log=print) -> list[dict[str, Any]]:
+def export_gguf(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    quantizations: Sequence[str] = ("Q4_K_M", "Q5_K_M", "Q8_0"),
+    thresholds: dict[str, dict[str, float]] | None = None,
+    *,
+    base: str = "F16",
+    name: str = "model",
+    prompts: Sequence[str] | None = None,
+    transformers_check: bool = True,
+    modelfile_from: str | None = "Q4_K_M",
+    system_prompt: str | None = None,
+    log=print,
+) -> list[dict[str, Any]]:
     """Convert `model_dir` to a `base` GGUF, quantize it, verify every file; return one dict per file.
 
     Files land in out_dir as `{name}-{TYPE}.gguf`, each with a `.verified.json` sidecar. A file whose
@@ -584,16 +693,23 @@ def export_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     version = llama_cpp_version()
     texts = list(prompts) if prompts is not None else verification_texts(model_dir)
-    common = {"source": _model_fingerprint(model_dir), "llama_cpp": version,
-              "prompts": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]}
+    common = {
+        "source": _model_fingerprint(model_dir),
+        "llama_cpp": version,
+        "prompts": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16],
+    }
     reference: Reference | None = None
     results: list[dict[str, Any]] = []
     base_path = out_dir / f"{name}-{base}.gguf"
 
     for qtype in [base, *quants]:
         path = out_dir / f"{name}-{qtype}.gguf"
-        inputs = {**common, "type": qtype, "thresholds": limits[qtype],
-                  "transformers_check": transformers_check and qtype == base}
+        inputs = {
+            **common,
+            "type": qtype,
+            "thresholds": limits[qtype],
+            "transformers_check": transformers_check and qtype == base,
+        }
         if qtype != base:
             inputs["base_sha256"] = results[0]["sha256"]
         done = _load_sidecar(path, inputs)
@@ -612,15 +728,24 @@ def export_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
         figures = verify_gguf(path, model_dir, reference=reference, what=f"verifying {path.name} ({qtype})")
         failures = check_thresholds(figures, limits[qtype])
         meta: dict[str, Any] = {
-            "file": path.name, "path": str(path), "type": qtype, "size_bytes": path.stat().st_size,
-            "sha256": file_sha256(path), **tensor_stats(path), "llama_cpp_version": version,
-            "build_seconds": round(build_s, 3), "verification": figures, "thresholds": limits[qtype],
+            "file": path.name,
+            "path": str(path),
+            "type": qtype,
+            "size_bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+            **tensor_stats(path),
+            "llama_cpp_version": version,
+            "build_seconds": round(build_s, 3),
+            "verification": figures,
+            "thresholds": limits[qtype],
         }
         if inputs["transformers_check"]:
             tf = verify_transformers_loadback(path, reference)
             meta["transformers_loadback"] = tf
-            failures += [f"transformers load-back: {f}"
-                         for f in check_thresholds(tf, limits[qtype], who="transformers (gguf_file=)")]
+            failures += [
+                f"transformers load-back: {f}"
+                for f in check_thresholds(tf, limits[qtype], who="transformers (gguf_file=)")
+            ]
         if not figures["tokenization_match"]:
             failures += [f"hint: {h}" for h in tokenizer_hints(model_dir)]
         meta.update(passed=not failures, failures=failures, inputs=inputs)
@@ -633,8 +758,10 @@ def export_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
             log(f"{path.name}: FAILED verification: {'; '.join(failures)}")
         else:
             path.with_name(path.name + SIDECAR).write_text(json.dumps(meta, indent=2))
-            log(f"{path.name}: verified (rel. error {figures['rel_error']:.3g}, top-1 "
-                f"{figures['top1_agreement']:.2%} over {figures['decisive_positions']} decisive positions)")
+            log(
+                f"{path.name}: verified (rel. error {figures['rel_error']:.3g}, top-1 "
+                f"{figures['top1_agreement']:.2%} over {figures['decisive_positions']} decisive positions)"
+            )
         results.append(meta)
         if failures and qtype == base:
             break  # quantizing a broken base file would only repeat its failure
@@ -645,11 +772,14 @@ def export_gguf(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
         lines = [f"  {r['file']}: {'; '.join(r['failures'])}" for r in failed]
         raise GGUFVerificationError(
             f"{len(failed)} GGUF file(s) in {out_dir} failed verification against {model_dir} "
-            f"and were renamed *{REJECTED}:\n" + "\n".join(lines), results)
+            f"and were renamed *{REJECTED}:\n" + "\n".join(lines),
+            results,
+        )
 
     from kto_pipeline.export.modelfile import write_modelfile
 
-    target = next((r for r in results if r["type"] == (modelfile_from or "").upper()),
-                  min(results, key=lambda r: r["size_bytes"]))
+    target = next(
+        (r for r in results if r["type"] == (modelfile_from or "").upper()), min(results, key=lambda r: r["size_bytes"])
+    )
     target["modelfile"] = write_modelfile(out_dir, target["file"], model_dir, system=system_prompt)
     return results

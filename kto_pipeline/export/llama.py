@@ -33,10 +33,12 @@ EXTRA_BUFTS_ENV = "KTO_LLAMA_EXTRA_BUFTS"
 # Test hook: an isolated child whose `what` contains this variable's text crashes natively (a real SIGSEGV,
 # reading address 0) before it runs its target, e.g. KTO_LLAMA_CHILD_FAULT="verifying model-Q8_0.gguf".
 FAULT_ENV = "KTO_LLAMA_CHILD_FAULT"
-ADVICE = (f"llama.cpp crashed natively. On CPUs with AVX-512/AMX its extra buffer types are the usual cause: "
-          f"make sure {EXTRA_BUFTS_ENV} is not set to 1; otherwise reinstall llama-cpp-python so it is compiled "
-          "for this CPU (pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36), or choose other "
-          "quantizations (GGUFConfig.quantizations).")
+ADVICE = (
+    f"llama.cpp crashed natively. On CPUs with AVX-512/AMX its extra buffer types are the usual cause: "
+    f"make sure {EXTRA_BUFTS_ENV} is not set to 1; otherwise reinstall llama-cpp-python so it is compiled "
+    "for this CPU (pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36), or choose other "
+    "quantizations (GGUFConfig.quantizations)."
+)
 
 
 class NativeCrash(RuntimeError):
@@ -83,21 +85,29 @@ def isolated(target: str, *args: Any, what: str, timeout: float | None = None, *
         job.write_bytes(pickle.dumps((target, what, args, kwargs)))
         with open(log, "wb") as sink:
             try:
-                proc = subprocess.run([sys.executable, "-m", __name__, str(job), str(result)],
-                                      stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                      timeout=timeout)
+                proc = subprocess.run(
+                    [sys.executable, "-m", __name__, str(job), str(result)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                )
             except subprocess.TimeoutExpired:
-                raise NativeCrash(f"{what}: llama.cpp did not finish within {timeout:.0f} s\n"
-                                  f"last log lines:\n{_tail(log)}") from None
+                raise NativeCrash(
+                    f"{what}: llama.cpp did not finish within {timeout:.0f} s\nlast log lines:\n{_tail(log)}"
+                ) from None
         if proc.returncode < 0:
             raise NativeCrash(
                 f"{what}: the llama.cpp process was killed by {_signal_name(proc.returncode)}.\n"
                 f"llama.cpp system info: {system_info()}\n"
                 f"{EXTRA_BUFTS_ENV}={'1' if extra_bufts_enabled() else 'unset (extra buffer types off)'}\n"
-                f"last log lines:\n{_tail(log)}\n{ADVICE}")
+                f"last log lines:\n{_tail(log)}\n{ADVICE}"
+            )
         if not result.is_file():
-            raise NativeCrash(f"{what}: the llama.cpp process exited with code {proc.returncode} without a "
-                              f"result\nlast log lines:\n{_tail(log)}")
+            raise NativeCrash(
+                f"{what}: the llama.cpp process exited with code {proc.returncode} without a "
+                f"result\nlast log lines:\n{_tail(log)}"
+            )
         ok, value = pickle.loads(result.read_bytes())
         if not ok:
             raise value

@@ -22,8 +22,13 @@ from typing import Any
 from kto_pipeline.artifacts import dir_digest
 from kto_pipeline.patches import drop_bnb_weight_conversions
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 QUANTIZED_BASES = ("original", "dequantize")
 # The presets' checkpoints and their 16-bit originals (from Unsloth's mapper, for machines without unsloth).
 SIXTEEN_BIT = {
@@ -116,16 +121,19 @@ class MergePlan:
         return f"{self.source} (16-bit original of {self.base})" if self.quantized else self.base
 
 
-def plan_merge(base: str, quantized_base: str = "original", base_16bit: str | None = None,
-               trust_remote_code: bool = False) -> MergePlan:
+def plan_merge(
+    base: str, quantized_base: str = "original", base_16bit: str | None = None, trust_remote_code: bool = False
+) -> MergePlan:
     if quantized_base not in QUANTIZED_BASES:
         raise MergeError(f"quantized_base must be one of {', '.join(QUANTIZED_BASES)}, not {quantized_base!r}")
     quant = quantization(read_config(base, trust_remote_code))
     if quant is None:  # plain weights: merged into as they are (base_16bit is for quantized bases only)
         return MergePlan(base, base, None, False)
     if quant != "bnb-4bit":
-        raise MergeError(f"base model {base} is quantized with {quant}; merging supports plain and bitsandbytes "
-                         "4-bit checkpoints only: set base_16bit to its 16-bit weights")
+        raise MergeError(
+            f"base model {base} is quantized with {quant}; merging supports plain and bitsandbytes "
+            "4-bit checkpoints only: set base_16bit to its 16-bit weights"
+        )
     if quantized_base == "dequantize":
         return MergePlan(base, base, quant, True)
     source = base_16bit or original_of(base)
@@ -133,7 +141,8 @@ def plan_merge(base: str, quantized_base: str = "original", base_16bit: str | No
         raise MergeError(
             f"base model {base} is a pre-quantized 4-bit checkpoint and its 16-bit original is unknown: set "
             "base_16bit to it (Hub id or folder), or quantized_base='dequantize' to merge into the "
-            "dequantized 4-bit weights (offline; exactly the model that was trained)")
+            "dequantized 4-bit weights (offline; exactly the model that was trained)"
+        )
     if quantization(read_config(source, trust_remote_code)) is not None:
         raise MergeError(f"base_16bit {source} is itself quantized: name the 16-bit checkpoint")
     return MergePlan(base, source, quant, False)
@@ -148,13 +157,16 @@ def _load_base(plan: MergePlan, trust_remote_code: bool):
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise MergeError(f"quantized_base='dequantize' reads the 4-bit weights of {plan.base} with bitsandbytes, "
-                         "which is not installed: pip install '.[gpu]' (or bitsandbytes alone)")
+        raise MergeError(
+            f"quantized_base='dequantize' reads the 4-bit weights of {plan.base} with bitsandbytes, "
+            "which is not installed: pip install '.[gpu]' (or bitsandbytes alone)"
+        )
     config = read_config(plan.base, trust_remote_code)
     compute = config["quantization_config"].get("bnb_4bit_compute_dtype") or "bfloat16"
     device = "cuda:0" if _fits_on_gpu(plan.base, factor=4) else "cpu"  # dequantizing is far faster on a GPU
-    model = AutoModelForCausalLM.from_pretrained(plan.base, dtype=compute, device_map={"": device},
-                                                 trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        plan.base, dtype=compute, device_map={"": device}, trust_remote_code=trust_remote_code
+    )
     model.dequantize()  # every Linear4bit -> nn.Linear in the compute dtype; drops quantization_config
     # transformers 5 keeps the loading's bnb deserialization step to reverse on save, which it cannot do
     # (NotImplementedError); the weights are plain now, so there is nothing to reverse.
@@ -172,8 +184,9 @@ def _fits_on_gpu(model: str, factor: float) -> bool:
     return factor * size * 1.1 < torch.cuda.mem_get_info()[0]
 
 
-def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, trust_remote_code: bool = False,
-                  plan: MergePlan | None = None) -> dict[str, Any]:
+def merge_adapter(
+    base_path: str, adapter_dir: Path, out_dir: Path, trust_remote_code: bool = False, plan: MergePlan | None = None
+) -> dict[str, Any]:
     """Merge adapter_dir into the base `plan` names (default: plan_merge(base_path)); save into out_dir."""
     from peft import PeftModel
     from transformers import AutoTokenizer
@@ -193,7 +206,11 @@ def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, trust_remote
             shutil.copyfile(path, out_dir / path.name)
     else:  # a Hub id: the tokenizer as training saved it
         AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out_dir))
-    info = {"base_model": base_path, "merged_into": plan.describe(), "dtype": str(merged.dtype).removeprefix("torch."),
-            "parameters": sum(p.numel() for p in merged.parameters())}
+    info = {
+        "base_model": base_path,
+        "merged_into": plan.describe(),
+        "dtype": str(merged.dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in merged.parameters()),
+    }
     (out_dir / "merge_info.json").write_text(json.dumps(info, indent=2))
     return {**info, **dir_digest(out_dir, "*.safetensors")}

@@ -18,8 +18,7 @@ from typing import Any
 CHAT_FORMATS: dict[str, tuple[str, str, list[str]]] = {
     "chatml": (
         "<|im_start|>",
-        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-        "<|im_start|>assistant\n",
+        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n",
         ["<|im_start|>", "<|im_end|>"],
     ),
     "llama3": (
@@ -30,14 +29,14 @@ CHAT_FORMATS: dict[str, tuple[str, str, list[str]]] = {
     ),
     "gemma": (
         "<start_of_turn>",
-        "{{- range .Messages }}<start_of_turn>{{ if eq .Role \"assistant\" }}model{{ else }}{{ .Role }}{{ end }}\n"
+        '{{- range .Messages }}<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'
         "{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n",
         ["<start_of_turn>", "<end_of_turn>"],
     ),
     "mistral": (  # system turns are not part of this format; Ollama's SYSTEM is ignored by it
         "[INST]",
-        "{{- range .Messages }}{{ if eq .Role \"user\" }}[INST] {{ .Content }} [/INST]"
-        "{{ else if eq .Role \"assistant\" }} {{ .Content }}</s>{{ end }}{{ end }}",
+        '{{- range .Messages }}{{ if eq .Role "user" }}[INST] {{ .Content }} [/INST]'
+        '{{ else if eq .Role "assistant" }} {{ .Content }}</s>{{ end }}{{ end }}',
         ["[INST]", "[/INST]"],
     ),
 }
@@ -70,8 +69,9 @@ def _token_text(value: Any) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
-def modelfile_text(gguf_file: str, model_dir: str | os.PathLike, system: str | None = None,
-                   parameters: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+def modelfile_text(
+    gguf_file: str, model_dir: str | os.PathLike, system: str | None = None, parameters: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
     """The Modelfile for `gguf_file` (a path relative to the Modelfile) and a summary of its choices."""
     model_dir = Path(model_dir)
     tok_cfg = _read_json(model_dir / "tokenizer_config.json")
@@ -86,19 +86,29 @@ def modelfile_text(gguf_file: str, model_dir: str | os.PathLike, system: str | N
 
     params: dict[str, Any] = dict(DEFAULT_PARAMETERS)
     # the model's own sampling defaults win over ours; Ollama calls repetition_penalty repeat_penalty
-    for hf, ollama in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
-                       ("repetition_penalty", "repeat_penalty")):
+    for hf, ollama in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("repetition_penalty", "repeat_penalty"),
+    ):
         if gen_cfg.get(hf) is not None:
             params[ollama] = gen_cfg[hf]
     if config.get("max_position_embeddings"):
         params["num_ctx"] = min(int(config["max_position_embeddings"]), 4096)
     params.update(parameters or {})
 
-    lines = ["# Ollama Modelfile written by kto_pipeline. Use: ollama create <name> -f Modelfile",
-             f"FROM ./{gguf_file}", ""]
+    lines = [
+        "# Ollama Modelfile written by kto_pipeline. Use: ollama create <name> -f Modelfile",
+        f"FROM ./{gguf_file}",
+        "",
+    ]
     if family:
-        lines += [f"# chat format: {family} (translated from the model's Jinja chat template)",
-                  f'TEMPLATE """{CHAT_FORMATS[family][1]}"""', ""]
+        lines += [
+            f"# chat format: {family} (translated from the model's Jinja chat template)",
+            f'TEMPLATE """{CHAT_FORMATS[family][1]}"""',
+            "",
+        ]
     else:
         lines += ["# chat template not recognised: Ollama uses the tokenizer.chat_template stored in the GGUF", ""]
     if system:
@@ -108,8 +118,13 @@ def modelfile_text(gguf_file: str, model_dir: str | os.PathLike, system: str | N
     return "\n".join(lines) + "\n", {"chat_format": family, "stop": stops, "parameters": params}
 
 
-def write_modelfile(out_dir: str | os.PathLike, gguf_file: str, model_dir: str | os.PathLike,
-                    system: str | None = None, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_modelfile(
+    out_dir: str | os.PathLike,
+    gguf_file: str,
+    model_dir: str | os.PathLike,
+    system: str | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write `{out_dir}/Modelfile` pointing at `gguf_file` (a name inside out_dir); return its summary."""
     text, summary = modelfile_text(gguf_file, model_dir, system, parameters)
     path = Path(out_dir) / "Modelfile"

@@ -13,6 +13,18 @@ from kto_pipeline.release.local import LocalRegistry
 from kto_pipeline.release.publish import TARGETS, make_target, release_model, write_card
 from kto_pipeline.release.save import SAVE_METHODS, stage_release
 
-__all__ = ["HubTarget", "LocalRegistry", "ReleaseError", "ReleaseResult", "SAVE_METHODS", "TARGETS",
-           "folder_manifest", "make_target", "release_model", "render_model_card", "stage_release",
-           "version_id", "write_card"]
+__all__ = [
+    "HubTarget",
+    "LocalRegistry",
+    "ReleaseError",
+    "ReleaseResult",
+    "SAVE_METHODS",
+    "TARGETS",
+    "folder_manifest",
+    "make_target",
+    "release_model",
+    "render_model_card",
+    "stage_release",
+    "version_id",
+    "write_card",
+]

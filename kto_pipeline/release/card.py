@@ -83,8 +83,11 @@ def gguf_rows(items: list[dict]) -> list[dict]:
     rows = []
     for it in items:
         flat = {**it, **(it.get("verification") or {})}
-        row = {"file": Path(str(flat.get("file") or flat.get("path", ""))).name,
-               "quantization": flat.get("quantization") or flat.get("type"), "size_bytes": flat.get("size_bytes")}
+        row = {
+            "file": Path(str(flat.get("file") or flat.get("path", ""))).name,
+            "quantization": flat.get("quantization") or flat.get("type"),
+            "size_bytes": flat.get("size_bytes"),
+        }
         row.update({k: flat[k] for k in GGUF_FIGURES if k in flat})
         if "passed" in flat:
             row["verified"] = flat["passed"]
@@ -101,9 +104,13 @@ def _front_matter(info: dict, library: str, has_gguf: bool) -> str:
     from huggingface_hub import ModelCardData
 
     base = info.get("base_model")
-    data = ModelCardData(library_name=library, pipeline_tag="text-generation",
-                         tags=["kto", "trl", "kto_pipeline"] + (["gguf"] if has_gguf else []),
-                         base_model=base if _hub_id(base) else None, license=info.get("license") or None)
+    data = ModelCardData(
+        library_name=library,
+        pipeline_tag="text-generation",
+        tags=["kto", "trl", "kto_pipeline"] + (["gguf"] if has_gguf else []),
+        base_model=base if _hub_id(base) else None,
+        license=info.get("license") or None,
+    )
     return "---\n" + data.to_yaml() + "\n---\n"
 
 
@@ -112,33 +119,56 @@ def _usage(info: dict, gguf: list[dict]) -> str:
     lora = info.get("save_method") == "lora"
     parts = ["## Usage", "", "### transformers", "", "```python"]
     if lora:
-        parts += ["from peft import AutoPeftModelForCausalLM",
-                  "from transformers import AutoTokenizer", "",
-                  f'model = AutoPeftModelForCausalLM.from_pretrained("{repo}")  # loads the base, adds the adapter',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{repo}")']
+        parts += [
+            "from peft import AutoPeftModelForCausalLM",
+            "from transformers import AutoTokenizer",
+            "",
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo}")  # loads the base, adds the adapter',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+        ]
     else:
-        parts += ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                  f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
-                  f'model = AutoModelForCausalLM.from_pretrained("{repo}", dtype="auto")']
-    parts += ['messages = [{"role": "user", "content": "What is machine learning?"}]',
-              "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\",",
-              "                                       return_dict=True)",
-              "output = model.generate(**inputs, max_new_tokens=256, do_sample=True, temperature=0.7)",
-              'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
-              "```", "",
-              "With `kto_pipeline` installed, on a downloaded copy (`hf download REPO --local-dir ./model`); "
-              "`kto chat ./model` opens an interactive chat:", "", "```python",
-              "from kto_pipeline.inference import KTOInference", "",
-              'bot = KTOInference("./model")  # or a .gguf file',
-              'print(bot.generate("What is machine learning?", temperature=0.7, max_new_tokens=256))',
-              "```"]
+        parts += [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+            f'model = AutoModelForCausalLM.from_pretrained("{repo}", dtype="auto")',
+        ]
+    parts += [
+        'messages = [{"role": "user", "content": "What is machine learning?"}]',
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",',
+        "                                       return_dict=True)",
+        "output = model.generate(**inputs, max_new_tokens=256, do_sample=True, temperature=0.7)",
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```",
+        "",
+        "With `kto_pipeline` installed, on a downloaded copy (`hf download REPO --local-dir ./model`); "
+        "`kto chat ./model` opens an interactive chat:",
+        "",
+        "```python",
+        "from kto_pipeline.inference import KTOInference",
+        "",
+        'bot = KTOInference("./model")  # or a .gguf file',
+        'print(bot.generate("What is machine learning?", temperature=0.7, max_new_tokens=256))',
+        "```",
+    ]
     if gguf:
         pick = next((g for g in gguf if "Q4_K_M" in str(g.get("quantization", g.get("file", "")))), gguf[0])
         quant = pick.get("quantization") or pick["file"].rsplit("-", 1)[-1].removesuffix(".gguf")
-        parts += ["", "### llama.cpp", "", "```bash",
-                  f"llama-cli --hf-repo {repo} --hf-file {pick['file']} -cnv",
-                  f"# or, after downloading: llama-cli -m {pick['file']} -cnv", "```", "",
-                  "### Ollama", "", "```bash", f"ollama run hf.co/{repo}:{quant}", "```"]
+        parts += [
+            "",
+            "### llama.cpp",
+            "",
+            "```bash",
+            f"llama-cli --hf-repo {repo} --hf-file {pick['file']} -cnv",
+            f"# or, after downloading: llama-cli -m {pick['file']} -cnv",
+            "```",
+            "",
+            "### Ollama",
+            "",
+            "```bash",
+            f"ollama run hf.co/{repo}:{quant}",
+            "```",
+        ]
     return "\n".join(parts)
 
 
@@ -148,14 +178,21 @@ def render_model_card(info: dict) -> str:
     gguf = list(info.get("gguf") or [])
     lora = info.get("save_method") == "lora"
     repo = info.get("repo_id", "model")
-    out = [_front_matter(info, "peft" if lora else "transformers", bool(gguf)),
-           f"# {info.get('title') or repo.split('/')[-1]}", "",
-           "A language model aligned with **KTO** (Kahneman-Tversky Optimization) on unpaired preference "
-           "feedback — each answer marked desirable or undesirable — using TRL's `KTOTrainer` and a LoRA "
-           "adapter, built by the `kto_pipeline` Dagster pipeline.", ""]
+    out = [
+        _front_matter(info, "peft" if lora else "transformers", bool(gguf)),
+        f"# {info.get('title') or repo.split('/')[-1]}",
+        "",
+        "A language model aligned with **KTO** (Kahneman-Tversky Optimization) on unpaired preference "
+        "feedback — each answer marked desirable or undesirable — using TRL's `KTOTrainer` and a LoRA "
+        "adapter, built by the `kto_pipeline` Dagster pipeline.",
+        "",
+    ]
 
-    facts = {"base model": info.get("base_model"), "save method": info.get("save_method"),
-             **{k: v for k, v in (info.get("weights") or {}).items()}}
+    facts = {
+        "base model": info.get("base_model"),
+        "save method": info.get("save_method"),
+        **{k: v for k, v in (info.get("weights") or {}).items()},
+    }
     facts = {k: v for k, v in facts.items() if v is not None}
     if facts:
         out += ["## Model", "", _kv_table(facts, ("", "")), ""]
@@ -184,13 +221,17 @@ def render_model_card(info: dict) -> str:
     if info.get("eval"):
         out += ["## Evaluation", "", _kv_table(info["eval"], ("metric", "value")), ""]
     if gguf:
-        out += ["## GGUF files", "",
-                "Quantized with llama.cpp; each file was loaded back and its logits compared with the 16-bit "
-                "model (relative error, top-1 agreement) where the figures are given.", "",
-                _gguf_table(gguf), ""]
+        out += [
+            "## GGUF files",
+            "",
+            "Quantized with llama.cpp; each file was loaded back and its logits compared with the 16-bit "
+            "model (relative error, top-1 agreement) where the figures are given.",
+            "",
+            _gguf_table(gguf),
+            "",
+        ]
     if info.get("lineage"):
         lin = info["lineage"]
-        out += ["## Lineage", "", _kv_table(lin if isinstance(lin, dict) else {"steps": lin}, ("asset", "version")),
-                ""]
+        out += ["## Lineage", "", _kv_table(lin if isinstance(lin, dict) else {"steps": lin}, ("asset", "version")), ""]
     out += [_usage(info, gguf), ""]
     return "\n".join(out)

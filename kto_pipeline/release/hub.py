@@ -19,11 +19,20 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
-from kto_pipeline.release.content import (FileDigest, ReleaseError, ReleaseResult, check_names, default_tag,
-                                          digest_file, folder_manifest, version_id)
+from kto_pipeline.release.content import (
+    FileDigest,
+    ReleaseError,
+    ReleaseResult,
+    check_names,
+    default_tag,
+    digest_file,
+    folder_manifest,
+    version_id,
+)
 
 log = logging.getLogger("kto_pipeline.release")
 T = TypeVar("T")
@@ -34,8 +43,10 @@ HUB_MANAGED = {".gitattributes"}  # created by the Hub with the repo; not part o
 def read_token(env_var: str = "HF_TOKEN") -> str:
     token = os.environ.get(env_var, "").strip()
     if not token:
-        raise ReleaseError(f"the hub target needs a token in the {env_var} environment variable "
-                           f"(export {env_var}=hf_...); it is read from there only, never from config or flags")
+        raise ReleaseError(
+            f"the hub target needs a token in the {env_var} environment variable "
+            f"(export {env_var}=hf_...); it is read from there only, never from config or flags"
+        )
     return token
 
 
@@ -63,8 +74,16 @@ def _transient(exc: BaseException) -> bool:
 
 
 class HubTarget:
-    def __init__(self, endpoint: str | None = None, private: bool = True, token_env: str = "HF_TOKEN",
-                 max_attempts: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 16.0, verify: bool = True):
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        private: bool = True,
+        token_env: str = "HF_TOKEN",
+        max_attempts: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 16.0,
+        verify: bool = True,
+    ):
         self.endpoint, self.private, self.token_env = endpoint or None, private, token_env
         self.verify = verify  # download every file back after the commit and compare hashes
         self.max_attempts, self.backoff_s, self.max_backoff_s = max_attempts, backoff_s, max_backoff_s
@@ -85,11 +104,18 @@ class HubTarget:
                 text = _scrub(f"{type(exc).__name__}: {exc}", token)
                 retry = _transient(exc) or _status(exc) in retry_also
                 if not retry or attempt == self.max_attempts:
-                    raise ReleaseError(f"hub: {what} failed" + (f" after {attempt} attempts" if retry else "")
-                                       + f": {text}") from None
+                    raise ReleaseError(
+                        f"hub: {what} failed" + (f" after {attempt} attempts" if retry else "") + f": {text}"
+                    ) from None
                 wait = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                log.warning("hub: %s failed (attempt %d/%d): %s; retrying in %.2fs",
-                            what, attempt, self.max_attempts, text.splitlines()[0], wait)
+                log.warning(
+                    "hub: %s failed (attempt %d/%d): %s; retrying in %.2fs",
+                    what,
+                    attempt,
+                    self.max_attempts,
+                    text.splitlines()[0],
+                    wait,
+                )
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -98,8 +124,9 @@ class HubTarget:
         from huggingface_hub.hf_api import RepoFile
 
         sha = api.model_info(repo_id, revision=revision).sha
-        files = {f.path: f for f in api.list_repo_tree(repo_id, recursive=True, revision=sha)
-                 if isinstance(f, RepoFile)}
+        files = {
+            f.path: f for f in api.list_repo_tree(repo_id, recursive=True, revision=sha) if isinstance(f, RepoFile)
+        }
         return sha, files
 
     @staticmethod
@@ -107,16 +134,18 @@ class HubTarget:
         changed = []
         for path, d in manifest.items():
             r = remote.get(path)
-            same = r is not None and r.size == d.size and (
-                r.lfs.sha256 == d.sha256 if r.lfs else r.blob_id == d.git_sha1)
+            same = (
+                r is not None and r.size == d.size and (r.lfs.sha256 == d.sha256 if r.lfs else r.blob_id == d.git_sha1)
+            )
             if not same:
                 changed.append(path)
         deleted = [p for p in remote if p not in manifest and p not in HUB_MANAGED]
         return changed, deleted
 
     # -- the release ------------------------------------------------------------------------------------
-    def publish(self, folder: str | os.PathLike, repo_id: str, tag: str | None = None,
-                message: str | None = None) -> ReleaseResult:
+    def publish(
+        self, folder: str | os.PathLike, repo_id: str, tag: str | None = None, message: str | None = None
+    ) -> ReleaseResult:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         check_names(repo_id, tag)
@@ -143,8 +172,13 @@ class HubTarget:
             ops = [CommitOperationDelete(path_in_repo=p) for p in deleted]
             ops += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in changed]
             log.info("hub: committing %d changed and %d deleted files to %s", len(changed), len(deleted), repo_id)
-            info = api.create_commit(repo_id, ops, commit_message=message or f"Release {tag}",
-                                     commit_description=f"kto_pipeline release {vid}", parent_commit=head)
+            info = api.create_commit(
+                repo_id,
+                ops,
+                commit_message=message or f"Release {tag}",
+                commit_description=f"kto_pipeline release {vid}",
+                parent_commit=head,
+            )
             created = info.oid != head  # the client may still find nothing changed and skip the commit
             return info.oid
 
@@ -153,12 +187,15 @@ class HubTarget:
         if self.verify:  # before the tag: a release is tagged only once the Hub serves exactly its bytes
             bad = self._retry("verify", lambda: verify_remote(api, repo_id, commit, manifest), token)
             if bad:
-                raise ReleaseError(f"hub: {repo_id} commit {commit[:12]} does not serve the released bytes, so it was "
-                                   "not tagged: " + "; ".join(bad) + ". Nobody should download this commit; the Hub "
-                                   "keeps one copy per content hash, so report it to the Hub before releasing again")
+                raise ReleaseError(
+                    f"hub: {repo_id} commit {commit[:12]} does not serve the released bytes, so it was "
+                    "not tagged: " + "; ".join(bad) + ". Nobody should download this commit; the Hub "
+                    "keeps one copy per content hash, so report it to the Hub before releasing again"
+                )
         self._retry("tag", lambda: self._tag(api, repo_id, tag, commit, manifest), token)
-        return ReleaseResult("hub", repo_id, vid, tag, commit, created, str(url), len(manifest),
-                             sum(f.size for f in manifest.values()))
+        return ReleaseResult(
+            "hub", repo_id, vid, tag, commit, created, str(url), len(manifest), sum(f.size for f in manifest.values())
+        )
 
     def _tag(self, api, repo_id: str, tag: str, commit: str, manifest: dict) -> None:
         from huggingface_hub.errors import HfHubHTTPError
@@ -177,8 +214,10 @@ class HubTarget:
             return
         _, tagged = self._remote(api, repo_id, tag)
         if self._diff(tagged, manifest) != ([], []):
-            raise ReleaseError(f"tag {tag!r} of {repo_id} already names commit {tags[tag][:12]} with other "
-                               "content; tags are immutable, choose another")
+            raise ReleaseError(
+                f"tag {tag!r} of {repo_id} already names commit {tags[tag][:12]} with other "
+                "content; tags are immutable, choose another"
+            )
         log.info("hub: tag %s already names this content (commit %s)", tag, tags[tag][:12])
 
 
@@ -194,26 +233,36 @@ def verify_remote(api, repo_id: str, revision: str, expected: dict[str, FileDige
     from huggingface_hub import hf_hub_download
     from huggingface_hub.hf_api import RepoFile
 
-    listed = [f.path for f in api.list_repo_tree(repo_id, recursive=True, revision=revision)
-              if isinstance(f, RepoFile) and f.path not in HUB_MANAGED]
+    listed = [
+        f.path
+        for f in api.list_repo_tree(repo_id, recursive=True, revision=revision)
+        if isinstance(f, RepoFile) and f.path not in HUB_MANAGED
+    ]
     records = {f.path: f for f in api.get_paths_info(repo_id, listed, revision=revision)}
     problems = [f"{p}: missing on the Hub" for p in sorted(set(expected or {}) - set(listed))]
     with tempfile.TemporaryDirectory(prefix="kto-verify-") as cache:
         for path in sorted(listed):
-            local = Path(hf_hub_download(repo_id, path, revision=revision, cache_dir=cache, endpoint=api.endpoint,
-                                         token=api.token))
+            local = Path(
+                hf_hub_download(
+                    repo_id, path, revision=revision, cache_dir=cache, endpoint=api.endpoint, token=api.token
+                )
+            )
             got = digest_file(local)
             local.unlink()  # one file on disk at a time, however large the release
             record, want = records.get(path), (expected or {}).get(path)
             if record is not None and record.lfs is not None and record.lfs.sha256 != got.sha256:
-                problems.append(f"{path}: the Hub serves sha256 {got.sha256[:16]}…, its LFS record says "
-                                f"{record.lfs.sha256[:16]}…")
+                problems.append(
+                    f"{path}: the Hub serves sha256 {got.sha256[:16]}…, its LFS record says {record.lfs.sha256[:16]}…"
+                )
             elif record is not None and record.lfs is None and record.blob_id != got.git_sha1:
-                problems.append(f"{path}: the Hub serves git blob {got.git_sha1[:12]}, its record says "
-                                f"{record.blob_id[:12]}")
+                problems.append(
+                    f"{path}: the Hub serves git blob {got.git_sha1[:12]}, its record says {record.blob_id[:12]}"
+                )
             elif want is not None and (want.sha256, want.size) != (got.sha256, got.size):
-                problems.append(f"{path}: the Hub serves sha256 {got.sha256[:16]}… ({got.size} bytes), the release "
-                                f"has {want.sha256[:16]}… ({want.size} bytes)")
+                problems.append(
+                    f"{path}: the Hub serves sha256 {got.sha256[:16]}… ({got.size} bytes), the release "
+                    f"has {want.sha256[:16]}… ({want.size} bytes)"
+                )
     return problems
 
 

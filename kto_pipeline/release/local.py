@@ -21,8 +21,15 @@ import time
 from pathlib import Path
 
 from kto_pipeline.artifacts import exclusive
-from kto_pipeline.release.content import (ReleaseError, ReleaseResult, check_names, default_tag, digest_file,
-                                          folder_manifest, version_id)
+from kto_pipeline.release.content import (
+    ReleaseError,
+    ReleaseResult,
+    check_names,
+    default_tag,
+    digest_file,
+    folder_manifest,
+    version_id,
+)
 
 log = logging.getLogger("kto_pipeline.release")
 
@@ -55,10 +62,15 @@ class LocalRegistry:
         entry = next(v for v in self.index(repo_id)["versions"] if v["id"] == folder.name)
         have = {p: d.sha256 for p, d in folder_manifest(folder).items()}
         want = {p: f["sha256"] for p, f in entry["files"].items()}
-        return ([f"{p}: missing" for p in sorted(want.keys() - have.keys())]
-                + [f"{p}: not part of the release" for p in sorted(have.keys() - want.keys())]
-                + [f"{p}: content changed (sha256 {have[p][:12]}, released {want[p][:12]})"
-                   for p in sorted(want.keys() & have.keys()) if have[p] != want[p]])
+        return (
+            [f"{p}: missing" for p in sorted(want.keys() - have.keys())]
+            + [f"{p}: not part of the release" for p in sorted(have.keys() - want.keys())]
+            + [
+                f"{p}: content changed (sha256 {have[p][:12]}, released {want[p][:12]})"
+                for p in sorted(want.keys() & have.keys())
+                if have[p] != want[p]
+            ]
+        )
 
     def verify(self, repo_id: str, ref: str = "latest") -> bool:
         return not self.problems(repo_id, ref)
@@ -77,8 +89,9 @@ class LocalRegistry:
         with exclusive(d / ".lock", f"a release of {repo_id}"):  # two runs releasing the same repo take turns
             yield d
 
-    def publish(self, folder: str | os.PathLike, repo_id: str, tag: str | None = None,
-                message: str | None = None) -> ReleaseResult:
+    def publish(
+        self, folder: str | os.PathLike, repo_id: str, tag: str | None = None, message: str | None = None
+    ) -> ReleaseResult:
         check_names(repo_id, tag)
         manifest = folder_manifest(Path(folder))
         vid = version_id(manifest)
@@ -86,16 +99,23 @@ class LocalRegistry:
         with self._locked(repo_id) as d:
             idx = self.index(repo_id)
             if idx["tags"].get(tag, vid) != vid:
-                raise ReleaseError(f"tag {tag!r} of {repo_id} already names version {idx['tags'][tag]}, "
-                                   f"not this content ({vid}); tags are immutable, choose another")
+                raise ReleaseError(
+                    f"tag {tag!r} of {repo_id} already names version {idx['tags'][tag]}, "
+                    f"not this content ({vid}); tags are immutable, choose another"
+                )
             known = {v["id"] for v in idx["versions"]}
             created = vid not in known
             if created:
                 self._write_version(d, Path(folder), manifest, vid)
-                idx["versions"].append({
-                    "id": vid, "parent": idx["head"], "message": message or f"release {tag}",
-                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "files": {p: {"sha256": f.sha256, "size": f.size} for p, f in manifest.items()}})
+                idx["versions"].append(
+                    {
+                        "id": vid,
+                        "parent": idx["head"],
+                        "message": message or f"release {tag}",
+                        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "files": {p: {"sha256": f.sha256, "size": f.size} for p, f in manifest.items()},
+                    }
+                )
                 log.info("local registry: new version %s of %s (%d files)", vid, repo_id, len(manifest))
             else:
                 log.info("local registry: %s already holds this content as version %s; nothing new", repo_id, vid)
@@ -103,8 +123,17 @@ class LocalRegistry:
             idx["tags"][tag] = vid
             _write_json(d / "index.json", idx)
             _point(d / "latest", Path("versions") / vid)
-        return ReleaseResult("local", repo_id, vid, tag, vid, created, str(d / "versions" / vid), len(manifest),
-                             sum(f.size for f in manifest.values()))
+        return ReleaseResult(
+            "local",
+            repo_id,
+            vid,
+            tag,
+            vid,
+            created,
+            str(d / "versions" / vid),
+            len(manifest),
+            sum(f.size for f in manifest.values()),
+        )
 
     def _write_version(self, d: Path, folder: Path, manifest: dict, vid: str) -> None:
         blobs = d / "blobs"

@@ -17,8 +17,9 @@ log = logging.getLogger("kto_pipeline.release")
 TARGETS = ("local", "hub")
 
 
-def make_target(kind: str = "local", root: str | Path = "artifacts", endpoint: str | None = None,
-                private: bool = True) -> LocalRegistry | HubTarget:
+def make_target(
+    kind: str = "local", root: str | Path = "artifacts", endpoint: str | None = None, private: bool = True
+) -> LocalRegistry | HubTarget:
     if kind == "local":
         return LocalRegistry(root)
     if kind == "hub":
@@ -38,10 +39,19 @@ def write_card(folder: Path, info: dict) -> None:
     (folder / "kto_release.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def release_model(source: str | Path, repo_id: str, *, target: LocalRegistry | HubTarget,
-                  save_method: str = "merged_16bit", gguf_files: list[str | Path] = (), card_info: dict | None = None,
-                  tag: str | None = None, message: str | None = None, base_model: str | None = None,
-                  work_dir: str | Path | None = None) -> ReleaseResult:
+def release_model(
+    source: str | Path,
+    repo_id: str,
+    *,
+    target: LocalRegistry | HubTarget,
+    save_method: str = "merged_16bit",
+    gguf_files: list[str | Path] = (),
+    card_info: dict | None = None,
+    tag: str | None = None,
+    message: str | None = None,
+    base_model: str | None = None,
+    work_dir: str | Path | None = None,
+) -> ReleaseResult:
     """Stage `source` with `save_method`, add GGUF files and the model card, publish to `target`."""
     with tempfile.TemporaryDirectory(prefix="kto-release-") as tmp:
         stage = Path(work_dir) if work_dir else Path(tmp) / "stage"
@@ -56,6 +66,7 @@ def release_model(source: str | Path, repo_id: str, *, target: LocalRegistry | H
             info["base_model"] = base_model
         write_card(stage, info)
         result = target.publish(stage, repo_id, tag=tag, message=message)
-    log.info("release %s of %s: %s (%s)", result.tag, repo_id, "new" if result.created else "unchanged",
-             result.location)
+    log.info(
+        "release %s of %s: %s (%s)", result.tag, repo_id, "new" if result.created else "unchanged", result.location
+    )
     return result

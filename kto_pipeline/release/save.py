@@ -21,9 +21,18 @@ from pathlib import Path
 from kto_pipeline.release.content import ReleaseError
 
 SAVE_METHODS = ("merged_16bit", "lora", "merged_4bit")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt",
-                   "*.tiktoken")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "*.tiktoken",
+)
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -58,8 +67,10 @@ def _copy_16bit(src: Path, dst: Path, dtype: str) -> dict:
     if target is None:
         raise ReleaseError(f"merged_16bit dtype must be bfloat16 or float16, not {dtype!r}")
     if (src / "config.json").is_file() and json.loads((src / "config.json").read_text()).get("quantization_config"):
-        raise ReleaseError(f"{src} holds quantized weights (config.json has a quantization_config), not a 16-bit "
-                           "model: release the merged_model folder, or use --save-method merged_4bit")
+        raise ReleaseError(
+            f"{src} holds quantized weights (config.json has a quantization_config), not a 16-bit "
+            "model: release the merged_model folder, or use --save-method merged_4bit"
+        )
     cast_any = False
     for f in _pick(src, MODEL_FILES + TOKENIZER_FILES):
         if f.suffix != ".safetensors":
@@ -85,15 +96,21 @@ def _copy_16bit(src: Path, dst: Path, dtype: str) -> dict:
         elif f.name == "model.safetensors.index.json" and cast_any:
             index = json.loads(f.read_text())
             index.setdefault("metadata", {})["total_size"] = sum(
-                (dst / name).stat().st_size for name in set(index["weight_map"].values()))
+                (dst / name).stat().st_size for name in set(index["weight_map"].values())
+            )
             (dst / f.name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         else:
             _copy(f, dst / f.name)
     return {"dtype": dtype if cast_any else "as-is", "cast_from_float32": cast_any}
 
 
-def merge_adapter_dir(adapter_dir: Path, base_model: str | None, out: Path, quantized_base: str = "original",
-                      base_16bit: str | None = None) -> Path:
+def merge_adapter_dir(
+    adapter_dir: Path,
+    base_model: str | None,
+    out: Path,
+    quantized_base: str = "original",
+    base_16bit: str | None = None,
+) -> Path:
     """Merge with the lead's exporter (same code as the merged_model asset, same choices for a 4-bit base)."""
     from kto_pipeline.export.merge import MergeError, merge_adapter, plan_merge
 
@@ -113,25 +130,41 @@ def _save_4bit(src: Path, dst: Path) -> dict:
 
     import torch
 
-    missing = [what for what, ok in (("a CUDA GPU", torch.cuda.is_available()),
-                                     ("bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None)) if not ok]
+    missing = [
+        what
+        for what, ok in (
+            ("a CUDA GPU", torch.cuda.is_available()),
+            ("bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None),
+        )
+        if not ok
+    ]
     if missing:
         raise ReleaseError(
             f"save method merged_4bit needs CUDA and bitsandbytes; missing here: {', '.join(missing)}. "
-            "Install the gpu extra (pip install '.[gpu]') on a CUDA machine, or use --save-method merged_16bit.")
+            "Install the gpu extra (pip install '.[gpu]') on a CUDA machine, or use --save-method merged_16bit."
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
     model = AutoModelForCausalLM.from_pretrained(str(src), quantization_config=quant, device_map={"": 0})
     model.save_pretrained(str(dst), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(dst))
     return {"dtype": "nf4", "quantization": "bitsandbytes-nf4-double-quant"}
 
 
-def stage_release(source: str | Path, out_dir: str | Path, save_method: str = "merged_16bit",
-                  gguf_files: list[str | Path] = (), base_model: str | None = None,
-                  dtype: str = "bfloat16") -> dict:
+def stage_release(
+    source: str | Path,
+    out_dir: str | Path,
+    save_method: str = "merged_16bit",
+    gguf_files: list[str | Path] = (),
+    base_model: str | None = None,
+    dtype: str = "bfloat16",
+) -> dict:
     """Fill out_dir (empty or absent) with the release's weight files; return facts for the model card.
 
     source: a merged model folder, or a LoRA adapter folder (adapter_config.json). GGUF files are copied
@@ -150,8 +183,10 @@ def stage_release(source: str | Path, out_dir: str | Path, save_method: str = "m
 
     if save_method == "lora":
         if not adapter:
-            raise ReleaseError(f"save method 'lora' publishes a LoRA adapter, but {src} holds a full model "
-                               "(no adapter_config.json); pass the adapter folder or use merged_16bit")
+            raise ReleaseError(
+                f"save method 'lora' publishes a LoRA adapter, but {src} holds a full model "
+                "(no adapter_config.json); pass the adapter folder or use merged_16bit"
+            )
         _check_safetensors_only(src)
         for f in _pick(src, ADAPTER_FILES + TOKENIZER_FILES):
             _copy(f, out / f.name)

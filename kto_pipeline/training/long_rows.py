@@ -19,14 +19,17 @@ token-length histogram; dropped rows are listed by id.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kto_pipeline.config import LONG_ROWS as POLICIES
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
-TRL_BEHAVIOUR = ("TRL alone keeps the start: it cuts the end of the completion and drops rows whose prompt "
-                 "alone fills max_seq_length")
+TRL_BEHAVIOUR = (
+    "TRL alone keeps the start: it cuts the end of the completion and drops rows whose prompt "
+    "alone fills max_seq_length"
+)
 
 
 def check_policy(policy: str) -> None:
@@ -55,10 +58,10 @@ def trl_lengths(tokenizer: Any, prompt: Any, completion: Any) -> tuple[int, int]
 
 @dataclass
 class RowFit:
-    status: str             # "whole", "prompt_cut" or "dropped"
-    prompt: Any             # what training sees as the prompt (the original when whole or dropped)
-    tokens: int             # prompt + completion tokens before any cut
-    prompt_tokens: int      # after the cut
+    status: str  # "whole", "prompt_cut" or "dropped"
+    prompt: Any  # what training sees as the prompt (the original when whole or dropped)
+    tokens: int  # prompt + completion tokens before any cut
+    prompt_tokens: int  # after the cut
     completion_tokens: int
     turns_removed: int = 0
     reason: str = ""
@@ -72,10 +75,10 @@ def _shorter_prompts(prompt: Any) -> list[Callable[[], Any]]:
     if isinstance(prompt, str):
         return [lambda s=s: prompt[s:] for s in _cut_points(prompt)]
     system = prompt[:1] if prompt and prompt[0].get("role") == "system" else []
-    body = prompt[len(system):]
+    body = prompt[len(system) :]
     starts = [i for i in range(1, len(body)) if body[i].get("role") == "user"]
     out: list[Callable[[], Any]] = [lambda i=i: system + body[i:] for i in starts]
-    last = body[starts[-1] if starts else 0:]
+    last = body[starts[-1] if starts else 0 :]
     text = last[0].get("content") if last else None
     if isinstance(text, str):
         out += [lambda s=s: system + [{**last[0], "content": text[s:]}] + last[1:] for s in _cut_points(text)]
@@ -98,8 +101,9 @@ def fit_row(tokenizer: Any, prompt: Any, completion: Any, max_length: int, polic
     if p + c <= max_length:
         return RowFit("whole", prompt, p + c, p, c)
     if policy == "drop":
-        return RowFit("dropped", prompt, p + c, p, c,
-                      reason=f"{p + c} tokens > max_seq_length={max_length} (long_rows=drop)")
+        return RowFit(
+            "dropped", prompt, p + c, p, c, reason=f"{p + c} tokens > max_seq_length={max_length} (long_rows=drop)"
+        )
     candidates = _shorter_prompts(prompt)
     sizes: dict[int, tuple[int, int]] = {}
 
@@ -111,9 +115,17 @@ def fit_row(tokenizer: Any, prompt: Any, completion: Any, max_length: int, polic
     # Binary search for the longest prompt that fits (lengths shrink along the list); the answer itself is measured.
     if not candidates or not fits(len(candidates) - 1):
         shortest = sizes[len(candidates) - 1][0] if candidates else p
-        return RowFit("dropped", prompt, p + c, p, c, reason=(
-            f"completion does not fit: {c} completion tokens + {shortest} for the shortest prompt > "
-            f"max_seq_length={max_length}"))
+        return RowFit(
+            "dropped",
+            prompt,
+            p + c,
+            p,
+            c,
+            reason=(
+                f"completion does not fit: {c} completion tokens + {shortest} for the shortest prompt > "
+                f"max_seq_length={max_length}"
+            ),
+        )
     lo, hi = -1, len(candidates) - 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -125,8 +137,10 @@ def fit_row(tokenizer: Any, prompt: Any, completion: Any, max_length: int, polic
 def histogram(tokens: list[int], max_length: int) -> list[dict[str, Any]]:
     """Rows per token-length bin; the bins are quarters of max_seq_length up to it, then 2x and 4x beyond."""
     edges = [0, max_length // 4, max_length // 2, 3 * max_length // 4, max_length, 2 * max_length, 4 * max_length]
-    bins = [{"tokens": f"{lo + 1}-{hi}", "rows": sum(lo < t <= hi for t in tokens), "fits": hi <= max_length}
-            for lo, hi in zip(edges, edges[1:])]
+    bins = [
+        {"tokens": f"{lo + 1}-{hi}", "rows": sum(lo < t <= hi for t in tokens), "fits": hi <= max_length}
+        for lo, hi in zip(edges, edges[1:])
+    ]
     return bins + [{"tokens": f">{edges[-1]}", "rows": sum(t > edges[-1] for t in tokens), "fits": False}]
 
 
@@ -160,8 +174,13 @@ def fit_split(ds: Any, tokenizer: Any, max_length: int, policy: str) -> tuple[An
     rows = list(ds)  # as TRL will read them: through Arrow
     fits = [fit_row(tokenizer, r["prompt"], r["completion"], max_length, policy) for r in rows]
     kept = [(f, r) for f, r in zip(fits, rows) if f.status != "dropped"]
-    fitted = Dataset.from_dict({"prompt": [f.prompt for f, _ in kept], "completion": [r["completion"] for _, r in kept],
-                                "label": [r["label"] for _, r in kept]})
+    fitted = Dataset.from_dict(
+        {
+            "prompt": [f.prompt for f, _ in kept],
+            "completion": [r["completion"] for _, r in kept],
+            "label": [r["label"] for _, r in kept],
+        }
+    )
     return fitted, fits
 
 
@@ -178,32 +197,48 @@ def check_trained(name: str, ds: Any, expected_rows: int, max_length: int) -> in
         raise RuntimeError(
             f"{name}: TRL kept {rows} rows ({over} longer than max_seq_length={max_length}) where the long-row "
             f"accounting expected {expected_rows}, all fitting: its tokenization differs from "
-            "kto_pipeline.training.long_rows.trl_lengths")
+            "kto_pipeline.training.long_rows.trl_lengths"
+        )
     return rows
 
 
 def dropped_records(fits: list[RowFit], ids: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
     """One record per dropped row: its id and provenance (from the split's parquet) and why."""
-    return [{"row_id": i.get("row_id"), "split": split, "source": i.get("source"), "line": i.get("line"),
-             "tokens": f.tokens, "prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens,
-             "reason": f.reason} for f, i in zip(fits, ids) if f.status == "dropped"]
+    return [
+        {
+            "row_id": i.get("row_id"),
+            "split": split,
+            "source": i.get("source"),
+            "line": i.get("line"),
+            "tokens": f.tokens,
+            "prompt_tokens": f.prompt_tokens,
+            "completion_tokens": f.completion_tokens,
+            "reason": f.reason,
+        }
+        for f, i in zip(fits, ids)
+        if f.status == "dropped"
+    ]
 
 
 def report_text(report: dict[str, Any]) -> str:
     """The accounting as a few lines, for logs and `kto train --dry-run`."""
-    lines = [f"Long rows (max_seq_length={report['max_seq_length']}, long_rows={report['policy']}; "
-             f"{report['tokenizer']}):"]
+    lines = [
+        f"Long rows (max_seq_length={report['max_seq_length']}, long_rows={report['policy']}; {report['tokenizer']}):"
+    ]
     for split, s in report["splits"].items():
         need = s["tokens_needed"]
-        lines.append(f"  {split:<5} {s['rows']} rows: {s['whole']} whole, {s['prompt_cut']} prompt cut "
-                     f"({s['turns_removed']} turns, {s['prompt_tokens_cut']} tokens removed), {s['dropped']} dropped; "
-                     f"tokens p50={need['0.5']} p95={need['0.95']} max={need['1.0']}")
+        lines.append(
+            f"  {split:<5} {s['rows']} rows: {s['whole']} whole, {s['prompt_cut']} prompt cut "
+            f"({s['turns_removed']} turns, {s['prompt_tokens_cut']} tokens removed), {s['dropped']} dropped; "
+            f"tokens p50={need['0.5']} p95={need['0.95']} max={need['1.0']}"
+        )
         lines.append("        tokens: " + ", ".join(f"{b['tokens']}: {b['rows']}" for b in s["histogram"]))
     return "\n".join(lines)
 
 
-def account(dataset_dir: Any, tokenizer: Any, max_length: int, policy: str, chat: bool,
-            load: Callable[..., Any]) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+def account(
+    dataset_dir: Any, tokenizer: Any, max_length: int, policy: str, chat: bool, load: Callable[..., Any]
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """Fit both splits of a kto_dataset folder: (fitted datasets by split, report, dropped-row records)."""
     import pandas as pd
 
@@ -215,7 +250,12 @@ def account(dataset_dir: Any, tokenizer: Any, max_length: int, policy: str, chat
         if any(f.status == "dropped" for f in fits):
             ids = pd.read_parquet(dataset_dir / f"{split}.parquet", columns=["row_id", "source", "line"])
             dropped += dropped_records(fits, ids.to_dict("records"), split)
-    report = {"policy": policy, "max_seq_length": max_length, "chat_template": chat,
-              "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
-              "trl_alone": TRL_BEHAVIOUR, "splits": splits}
+    report = {
+        "policy": policy,
+        "max_seq_length": max_length,
+        "chat_template": chat,
+        "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+        "trl_alone": TRL_BEHAVIOUR,
+        "splits": splits,
+    }
     return datasets, report, dropped

@@ -25,38 +25,94 @@ KNOWN; a local model folder or config.json path works for anything else.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kto_pipeline.config import ALL_LINEAR, ATTENTION, Config
 
 GiB = 2**30
-CUDA_CONTEXT_GIB = 0.5   # CUDA context + cuBLAS workspace: outside PyTorch's allocator, but on the card
+CUDA_CONTEXT_GIB = 0.5  # CUDA context + cuBLAS workspace: outside PyTorch's allocator, but on the card
 DEFAULT_BUDGET_GIB = 24.0  # the seed's RTX 3090
-HEADROOM_GIB = 1.0       # the desktop, fragmentation: plan to leave this free
+HEADROOM_GIB = 1.0  # the desktop, fragmentation: plan to leave this free
 
 # config.json fields of the presets' architectures (and Llama-3.1-8B, the benchmark's), from their Hub repos
 KNOWN: dict[str, dict[str, Any]] = {
-    "qwen2.5-3b": dict(model_type="qwen2", hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                       num_attention_heads=16, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=8, vocab_size=32768, tie_word_embeddings=False),
-    "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                         tie_word_embeddings=False),
-    "llama-2-13b": dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                        num_attention_heads=40, num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
-    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
-    "gpt-oss-20b": dict(model_type="gpt_oss", hidden_size=2880, intermediate_size=2880, num_hidden_layers=24,
-                        num_attention_heads=64, num_key_value_heads=8, head_dim=64, vocab_size=201088,
-                        num_local_experts=32, num_experts_per_tok=4, tie_word_embeddings=False),
+    "qwen2.5-3b": dict(
+        model_type="qwen2",
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "mistral-7b": dict(
+        model_type="mistral",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32768,
+        tie_word_embeddings=False,
+    ),
+    "llama-3.1-8b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+    ),
+    "llama-2-13b": dict(
+        model_type="llama",
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "smollm2-135m": dict(
+        model_type="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "gpt-oss-20b": dict(
+        model_type="gpt_oss",
+        hidden_size=2880,
+        intermediate_size=2880,
+        num_hidden_layers=24,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=201088,
+        num_local_experts=32,
+        num_experts_per_tok=4,
+        tie_word_embeddings=False,
+    ),
 }
 # Hub-id fragments (lower case) -> KNOWN key; the first match wins
-ALIASES = [("qwen2.5-3b", "qwen2.5-3b"), ("mistral-7b", "mistral-7b"), ("llama-3.1-8b", "llama-3.1-8b"),
-           ("meta-llama-3.1-8b", "llama-3.1-8b"), ("llama-2-13b", "llama-2-13b"), ("gpt-oss-20b", "gpt-oss-20b"),
-           ("smollm2-135m", "smollm2-135m")]
+ALIASES = [
+    ("qwen2.5-3b", "qwen2.5-3b"),
+    ("mistral-7b", "mistral-7b"),
+    ("llama-3.1-8b", "llama-3.1-8b"),
+    ("meta-llama-3.1-8b", "llama-3.1-8b"),
+    ("llama-2-13b", "llama-2-13b"),
+    ("gpt-oss-20b", "gpt-oss-20b"),
+    ("smollm2-135m", "smollm2-135m"),
+]
 
 # Fitted on the H100 measurements (see the module docstring)
 PER_TOKEN = {"unsloth": 13.65, "transformers": 35.0}
@@ -71,7 +127,7 @@ PACKED_GRAD_SHARE = {"unsloth": 0.65, "transformers": 1.0}
 PACKED_FUSED_REF_SHARE = {"unsloth": 0.505, "transformers": 1.0}
 PACKED_FIXED_GIB = {"unsloth": 0.65, "transformers": 0.0}
 RESERVED_FACTOR = 1.05  # PyTorch's caching allocator holds a little more than it hands out
-FIXED_GIB = 0.35        # RoPE caches, cuBLAS handles, Unsloth's buffers (fitted with PER_TOKEN)
+FIXED_GIB = 0.35  # RoPE caches, cuBLAS handles, Unsloth's buffers (fitted with PER_TOKEN)
 
 
 @dataclass(frozen=True)
@@ -93,26 +149,38 @@ class Arch:
         c = c.get("text_config", c)  # multimodal configs nest the language model's
         try:
             hidden, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
-            return cls(name=name, hidden=hidden, intermediate=int(c.get("moe_intermediate_size")
-                                                                  or c["intermediate_size"]),
-                       layers=int(c["num_hidden_layers"]), heads=heads,
-                       kv_heads=int(c.get("num_key_value_heads") or heads),
-                       head_dim=int(c.get("head_dim") or hidden // heads), vocab=int(c["vocab_size"]),
-                       tied=bool(c.get("tie_word_embeddings", False)),
-                       experts=int(c.get("num_local_experts") or c.get("num_experts") or 0),
-                       experts_per_token=int(c.get("num_experts_per_tok") or c.get("experts_per_token") or 0))
+            return cls(
+                name=name,
+                hidden=hidden,
+                intermediate=int(c.get("moe_intermediate_size") or c["intermediate_size"]),
+                layers=int(c["num_hidden_layers"]),
+                heads=heads,
+                kv_heads=int(c.get("num_key_value_heads") or heads),
+                head_dim=int(c.get("head_dim") or hidden // heads),
+                vocab=int(c["vocab_size"]),
+                tied=bool(c.get("tie_word_embeddings", False)),
+                experts=int(c.get("num_local_experts") or c.get("num_experts") or 0),
+                experts_per_token=int(c.get("num_experts_per_tok") or c.get("experts_per_token") or 0),
+            )
         except KeyError as e:
-            raise ValueError(f"{name}: config has no {e.args[0]!r}; is this a causal language model's config.json?")
+            raise ValueError(
+                f"{name}: config has no {e.args[0]!r}; is this a causal language model's config.json?"
+            ) from None
 
     # parameter counts ----------------------------------------------------------------------------------------
     def linear_shapes(self) -> dict[str, tuple[int, int, int]]:
         """name -> (in, out, copies per layer) of every linear layer in a decoder block."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         mlp_copies = max(self.experts, 1)
-        return {"q_proj": (self.hidden, q, 1), "k_proj": (self.hidden, kv, 1), "v_proj": (self.hidden, kv, 1),
-                "o_proj": (q, self.hidden, 1), "gate_proj": (self.hidden, self.intermediate, mlp_copies),
-                "up_proj": (self.hidden, self.intermediate, mlp_copies),
-                "down_proj": (self.intermediate, self.hidden, mlp_copies)}
+        return {
+            "q_proj": (self.hidden, q, 1),
+            "k_proj": (self.hidden, kv, 1),
+            "v_proj": (self.hidden, kv, 1),
+            "o_proj": (q, self.hidden, 1),
+            "gate_proj": (self.hidden, self.intermediate, mlp_copies),
+            "up_proj": (self.hidden, self.intermediate, mlp_copies),
+            "down_proj": (self.intermediate, self.hidden, mlp_copies),
+        }
 
     @property
     def block_params(self) -> int:
@@ -131,13 +199,22 @@ class Arch:
         fused gate_up (hidden -> 2 x intermediate) and on down: Unsloth 2026.10 attaches them whenever an MLP
         projection is targeted (measured: 1,479,278,592 trainable at r=128, exactly this count)."""
         shapes = self.linear_shapes()
-        dense = sum(r * (shapes[t][0] + shapes[t][1]) for t in targets
-                    if t in shapes and (shapes[t][2] == 1 or not self.experts))
+        dense = sum(
+            r * (shapes[t][0] + shapes[t][1])
+            for t in targets
+            if t in shapes and (shapes[t][2] == 1 or not self.experts)
+        )
         experts = 0
         if self.experts:
             h, i = self.hidden, self.intermediate
-            experts = self.experts * r * (((h + 2 * i) if {"gate_proj", "up_proj"} & set(targets) else 0)
-                                          + ((i + h) if "down_proj" in targets else 0))
+            experts = (
+                self.experts
+                * r
+                * (
+                    ((h + 2 * i) if {"gate_proj", "up_proj"} & set(targets) else 0)
+                    + ((i + h) if "down_proj" in targets else 0)
+                )
+            )
         return self.layers * (dense + experts)
 
     @property
@@ -167,7 +244,8 @@ def arch_for(model_name: str) -> Arch:
             return Arch.from_config(arch, KNOWN[arch])
     raise ValueError(
         f"no architecture known for {model_name!r}: without network access only these are built in: "
-        f"{', '.join(KNOWN)}. Pass a local model folder or the path of its config.json instead.")
+        f"{', '.join(KNOWN)}. Pass a local model folder or the path of its config.json instead."
+    )
 
 
 @dataclass(frozen=True)
@@ -209,26 +287,31 @@ def backend_for(config: Config) -> str:
 
     if config.model.use_unsloth == "never":
         return "transformers"
-    if (config.model.use_unsloth == "auto" and torch.cuda.is_available()
-            and importlib.util.find_spec("unsloth") is None):
+    if config.model.use_unsloth == "auto" and torch.cuda.is_available() and importlib.util.find_spec("unsloth") is None:
         return "transformers"
     return "unsloth"
 
 
-def packed_tokens(row_tokens: list[int], micro_batch: int, max_seq_length: int,
-                  order: list[int] | None = None) -> int:
+def packed_tokens(row_tokens: list[int], micro_batch: int, max_seq_length: int, order: list[int] | None = None) -> int:
     """Tokens of the worst packed micro-batch (each row at most max_seq_length). With `order`, the row order
     training will walk (TRL's KTO samples sequentially), the largest run of `micro_batch` consecutive rows in it;
     without, its `micro_batch` longest rows: a bound for any order."""
     tokens = [min(t, max_seq_length) for t in row_tokens]
     if order is None:
         return sum(sorted(tokens, reverse=True)[:micro_batch])
-    return max((sum(tokens[i] for i in order[s:s + micro_batch]) for s in range(0, len(order), micro_batch)),
-               default=0)
+    return max(
+        (sum(tokens[i] for i in order[s : s + micro_batch]) for s in range(0, len(order), micro_batch)), default=0
+    )
 
 
-def estimate(config: Config, arch: Arch | None = None, backend: str | None = None,
-             micro_batch: int | None = None, seq: int | None = None, tokens: int | None = None) -> Estimate:
+def estimate(
+    config: Config,
+    arch: Arch | None = None,
+    backend: str | None = None,
+    micro_batch: int | None = None,
+    seq: int | None = None,
+    tokens: int | None = None,
+) -> Estimate:
     """Planned peak of one micro-batch: `tokens` packed tokens, or micro_batch x seq (every row at max length)."""
     arch = arch or arch_for(config.model.model_name)
     backend = backend or backend_for(config)
@@ -257,13 +340,26 @@ def estimate(config: Config, arch: Arch | None = None, backend: str | None = Non
         activations = activations * share + PACKED_FIXED_GIB[backend] * GiB
         if backend == "transformers":  # SDPA's block-diagonal mask: one bool per (query, key) pair
             activations += (2 * n if config.training.fuse_reference else n) ** 2
-    return Estimate(arch, backend, b, t, weights_gib=(block_bytes + emb_bytes) / GiB, lora_gib=lora / GiB,
-                    activations_gib=activations / GiB, fixed_gib=FIXED_GIB, tokens=n)
+    return Estimate(
+        arch,
+        backend,
+        b,
+        t,
+        weights_gib=(block_bytes + emb_bytes) / GiB,
+        lora_gib=lora / GiB,
+        activations_gib=activations / GiB,
+        fixed_gib=FIXED_GIB,
+        tokens=n,
+    )
 
 
-def pick_micro_batch(config: Config, budget_gib: float, arch: Arch | None = None,
-                     row_tokens: list[int] | None = None,
-                     order: Callable[[int], list[int]] | None = None) -> tuple[int, int]:
+def pick_micro_batch(
+    config: Config,
+    budget_gib: float,
+    arch: Arch | None = None,
+    row_tokens: list[int] | None = None,
+    order: Callable[[int], list[int]] | None = None,
+) -> tuple[int, int]:
     """Largest micro-batch (a divisor of the effective batch, at least 2 for KTO's KL term) whose planned peak
     fits the budget, and the accumulation that keeps the effective batch; unchanged if none fits.
 
@@ -276,19 +372,25 @@ def pick_micro_batch(config: Config, budget_gib: float, arch: Arch | None = None
     packed = t.packing and row_tokens
 
     def tokens(b: int) -> int | None:
-        return (packed_tokens(row_tokens, b, config.model.max_seq_length, order(b) if order else None)
-                if packed else None)
+        return (
+            packed_tokens(row_tokens, b, config.model.max_seq_length, order(b) if order else None) if packed else None
+        )
 
-    fitting = [b for b in range(2, effective + 1)  # the accumulation must still split among the processes
-               if effective % b == 0 and (effective // b) % t.num_processes == 0
-               and estimate(config, arch, micro_batch=b, tokens=tokens(b)).fits(budget_gib)]
+    fitting = [
+        b
+        for b in range(2, effective + 1)  # the accumulation must still split among the processes
+        if effective % b == 0
+        and (effective // b) % t.num_processes == 0
+        and estimate(config, arch, micro_batch=b, tokens=tokens(b)).fits(budget_gib)
+    ]
     if not fitting:
         return t.per_device_train_batch_size, t.gradient_accumulation_steps
     return max(fitting), effective // max(fitting)
 
 
-def with_budget(config: Config, row_tokens: list[int] | None = None,
-                order: Callable[[int], list[int]] | None = None) -> Config:
+def with_budget(
+    config: Config, row_tokens: list[int] | None = None, order: Callable[[int], list[int]] | None = None
+) -> Config:
     """config with the micro-batch chosen by the planner when training.memory_budget_gib is set (by the rows' real
     tokens when packing and row_tokens are given; `order` as in pick_micro_batch)."""
     budget = config.training.memory_budget_gib
@@ -316,12 +418,16 @@ def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend:
     arch = arch_for(config.model.model_name)
     e = estimate(config, arch, backend)
     t = config.training
-    targets = ("all linear layers" if set(config.lora.target_modules) >= set(ALL_LINEAR)
-               else "/".join(config.lora.target_modules))
+    targets = (
+        "all linear layers"
+        if set(config.lora.target_modules) >= set(ALL_LINEAR)
+        else "/".join(config.lora.target_modules)
+    )
     lines = [
         f"Memory plan for {config.model.model_name} ({arch.name}: {arch.params / 1e9:.2f}B parameters, "
         f"{arch.layers} layers, hidden {arch.hidden}, vocab {arch.vocab}"
-        + (f", {arch.experts} experts / {arch.experts_per_token} per token" if arch.experts else "") + ")",
+        + (f", {arch.experts} experts / {arch.experts_per_token} per token" if arch.experts else "")
+        + ")",
         f"  backend {e.backend}, {'4-bit NF4' if config.model.load_in_4bit else '16-bit'} weights, "
         f"LoRA r={config.lora.r} on {targets}, micro-batch {e.micro_batch} x {e.seq} tokens "
         f"(every row at max_seq_length), "
@@ -333,27 +439,36 @@ def plan_report(config: Config, budget_gib: float = DEFAULT_BUDGET_GIB, backend:
         f"  peak allocated {e.peak_allocated_gib:6.2f} GiB, reserved ~{e.peak_reserved_gib:.2f} GiB, "
         f"on the card with the CUDA context ~{e.on_card_gib:.2f} GiB",
     ]
-    experts_lora = arch.lora_params(config.lora.r, config.lora.target_modules) \
-        - arch.lora_params(config.lora.r, [m for m in config.lora.target_modules if m in ATTENTION])
+    experts_lora = arch.lora_params(config.lora.r, config.lora.target_modules) - arch.lora_params(
+        config.lora.r, [m for m in config.lora.target_modules if m in ATTENTION]
+    )
     if arch.experts and experts_lora:
-        lines.append(f"  LoRA on each of the {arch.experts} experts' MLPs: {experts_lora * 10 / GiB:.2f} GiB of the "
-                     f"{e.lora_gib:.2f}; attention only (--lora-target-modules {' '.join(ATTENTION)}) leaves "
-                     f"{e.peak_allocated_gib - experts_lora * 10 / GiB:.2f} GiB allocated")
+        lines.append(
+            f"  LoRA on each of the {arch.experts} experts' MLPs: {experts_lora * 10 / GiB:.2f} GiB of the "
+            f"{e.lora_gib:.2f}; attention only (--lora-target-modules {' '.join(ATTENTION)}) leaves "
+            f"{e.peak_allocated_gib - experts_lora * 10 / GiB:.2f} GiB allocated"
+        )
     if e.fits(budget_gib):
         lines.append(f"  fits {budget_gib:g} GiB (with {HEADROOM_GIB:g} GiB to spare)")
     else:
-        lines.append(f"  does NOT fit {budget_gib:g} GiB: lower --batch-size (and raise --gradient-accumulation "
-                     f"to keep the effective batch), or --max-seq-length")
+        lines.append(
+            f"  does NOT fit {budget_gib:g} GiB: lower --batch-size (and raise --gradient-accumulation "
+            f"to keep the effective batch), or --max-seq-length"
+        )
     if t.packing:
-        lines.append(f"  packed (training.packing): a micro-batch may hold up to "
-                     f"{tokens_that_fit(config, budget_gib, arch, backend):,} real tokens in {budget_gib:g} GiB; "
-                     "planned here at its worst (every row at max_seq_length); with memory_budget_gib, training "
-                     "picks the micro-batch by the largest one it will train on")
+        lines.append(
+            f"  packed (training.packing): a micro-batch may hold up to "
+            f"{tokens_that_fit(config, budget_gib, arch, backend):,} real tokens in {budget_gib:g} GiB; "
+            "planned here at its worst (every row at max_seq_length); with memory_budget_gib, training "
+            "picks the micro-batch by the largest one it will train on"
+        )
     micro, accum = pick_micro_batch(config, budget_gib, arch)
     if micro != t.per_device_train_batch_size:
-        lines.append(f"  largest micro-batch that fits {budget_gib:g} GiB at the same effective batch "
-                     f"({t.per_device_train_batch_size * t.gradient_accumulation_steps}): "
-                     f"--batch-size {micro} --gradient-accumulation {accum} (faster: fewer, bigger steps)")
+        lines.append(
+            f"  largest micro-batch that fits {budget_gib:g} GiB at the same effective batch "
+            f"({t.per_device_train_batch_size * t.gradient_accumulation_steps}): "
+            f"--batch-size {micro} --gradient-accumulation {accum} (faster: fewer, bigger steps)"
+        )
     if config.model.model_name == "tiny":
         lines.append("  (the tiny preset trains on the CPU by default; the GPU numbers are for reference)")
     return "\n".join(lines)

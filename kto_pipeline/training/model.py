@@ -17,8 +17,8 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     peft_config: Any  # None when the model already carries its LoRA adapters (Unsloth)
-    backend: str      # "unsloth" or "transformers"
-    model_path: str   # what was loaded: a local path or a Hub id
+    backend: str  # "unsloth" or "transformers"
+    model_path: str  # what was loaded: a local path or a Hub id
 
 
 # Base models built locally (no hub), once, under the artifact cache: name -> builder(out_dir) -> out_dir.
@@ -69,12 +69,20 @@ def _load_unsloth(config: Config, path: str) -> LoadedModel:
     from unsloth import FastLanguageModel  # must be imported before transformers patches apply
 
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=path, max_seq_length=config.model.max_seq_length, dtype=compute_dtype(config),
-        load_in_4bit=config.model.load_in_4bit, trust_remote_code=config.model.trust_remote_code,
+        model_name=path,
+        max_seq_length=config.model.max_seq_length,
+        dtype=compute_dtype(config),
+        load_in_4bit=config.model.load_in_4bit,
+        trust_remote_code=config.model.trust_remote_code,
     )
     model = FastLanguageModel.get_peft_model(
-        model, r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules, bias="none", random_state=config.training.seed,
+        model,
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        bias="none",
+        random_state=config.training.seed,
         use_gradient_checkpointing="unsloth" if config.lora.gradient_checkpointing else False,
     )
     if config.training.packing:  # one flash kernel per packed sequence, not one SDPA call per row (torch 2.11)
@@ -95,8 +103,11 @@ def _load_transformers(config: Config, path: str) -> LoadedModel:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype(config))
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype(config),
+        )
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
     if tokenizer.pad_token is None:
@@ -105,9 +116,13 @@ def _load_transformers(config: Config, path: str) -> LoadedModel:
     if quantized:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.lora.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.lora.gradient_checkpointing)
     peft_config = PeftLoraConfig(
-        r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules, bias="none", task_type="CAUSAL_LM")
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return LoadedModel(model, tokenizer, peft_config, "transformers", path)

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # Forward kwargs whose rows packing cannot place (vision inputs, per-row token types): refuse rather than guess.
 _UNPACKABLE = ("pixel_values", "token_type_ids", "mm_token_type_ids", "image_grid_thw", "inputs_embeds")
@@ -84,22 +85,36 @@ def packed_forward(forward: Callable, stats: PackStats) -> Callable:
     """Wrap the fused-LM-head forward TRL installed on the model: same call, same output shapes, packed inside."""
 
     @functools.wraps(forward)
-    def packed(*args: Any, fused_lm_head: bool = False, labels=None, input_ids=None, attention_mask=None,
-               **kwargs: Any):
-        if (not stats.enabled or not fused_lm_head or attention_mask is None or args
-                or attention_mask.dim() != 2):
-            return forward(*args, fused_lm_head=fused_lm_head, labels=labels, input_ids=input_ids,
-                           attention_mask=attention_mask, **kwargs)
+    def packed(
+        *args: Any, fused_lm_head: bool = False, labels=None, input_ids=None, attention_mask=None, **kwargs: Any
+    ):
+        if not stats.enabled or not fused_lm_head or attention_mask is None or args or attention_mask.dim() != 2:
+            return forward(
+                *args,
+                fused_lm_head=fused_lm_head,
+                labels=labels,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                **kwargs,
+            )
         extra = [k for k in _UNPACKABLE if kwargs.get(k) is not None]
         if extra or kwargs.get("shift_labels") is not None or kwargs.get("position_ids") is not None:
-            raise ValueError(f"training.packing supports text-only batches; this forward also got "
-                             f"{extra or 'shift_labels/position_ids'}: set training.packing=false")
+            raise ValueError(
+                f"training.packing supports text-only batches; this forward also got "
+                f"{extra or 'shift_labels/position_ids'}: set training.packing=false"
+            )
         kwargs.pop("shift_labels", None)
         kwargs.pop("position_ids", None)
         ids, positions, shift_labels, where = pack(input_ids, attention_mask, labels)
         stats.add(ids.shape[1], input_ids.numel())
-        out = forward(input_ids=ids, position_ids=positions, attention_mask=None, shift_labels=shift_labels,
-                      fused_lm_head=True, **kwargs)
+        out = forward(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=None,
+            shift_labels=shift_labels,
+            fused_lm_head=True,
+            **kwargs,
+        )
         for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask"):
             setattr(out, name, unpack(getattr(out, name), where, input_ids.shape))
         return out
@@ -162,12 +177,18 @@ def packed_trainer_class(base: type) -> type:
             if self.ref_model is None and hasattr(self.model, "peft_config"):
                 unwrapped = self.accelerator.unwrap_model(self.model)
                 adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-            ids, am, labels = stack_rows({k: v.to(self.accelerator.device) for k, v in batch.items()
-                                          if isinstance(v, torch.Tensor)}, self._tokenizer.pad_token_id)
-            with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-                  adapter, self.accelerator.autocast()):
+            ids, am, labels = stack_rows(
+                {k: v.to(self.accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)},
+                self._tokenizer.pad_token_id,
+            )
+            with (
+                torch.no_grad(),
+                disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+                adapter,
+                self.accelerator.autocast(),
+            ):
                 out = model(input_ids=ids, attention_mask=am, labels=labels, use_cache=False, fused_lm_head=True)
-            logps = out.log_probs[:, -(ids.shape[1] - 1):].sum(-1)
+            logps = out.log_probs[:, -(ids.shape[1] - 1) :].sum(-1)
             n = batch["input_ids"].shape[0]
             return logps[:n], logps[n:]
 
@@ -183,8 +204,9 @@ def packed_trainer_class(base: type) -> type:
             # TRL's own path for precomputed reference log-probs: read from the batch instead of scored in the step
             self.precompute_ref_logps = True
             try:
-                return super()._compute_loss(model, {**inputs, "ref_logps": ref, "ref_KL_logps": ref_kl},
-                                             return_outputs)
+                return super()._compute_loss(
+                    model, {**inputs, "ref_logps": ref, "ref_KL_logps": ref_kl}, return_outputs
+                )
             finally:
                 self.precompute_ref_logps = False
 

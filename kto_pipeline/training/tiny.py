@@ -72,7 +72,10 @@ def build_tokenizer(out_dir: Path) -> None:
         byte_fallback=True,
         character_coverage=1.0,
         num_threads=1,  # multi-threaded training is not deterministic
-        unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=3,
         user_defined_symbols=SPECIAL,
         split_digits=True,
         minloglevel=2,

@@ -39,16 +39,35 @@ class TorchChunkedLogProb:
     final_logit_softcapping, logit_scale, outputs)` -> (log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1)."""
 
     @staticmethod
-    def apply(hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
-              logit_scale=1.0, outputs=()):
+    def apply(
+        hidden,
+        weight,
+        bias,
+        targets,
+        temperature,
+        chunk_size,
+        final_logit_softcapping=None,
+        logit_scale=1.0,
+        outputs=(),
+    ):
         parts = []
         for s in range(0, hidden.shape[0], TOKEN_CHUNK):
-            args = (hidden[s:s + TOKEN_CHUNK], weight, bias, targets[s:s + TOKEN_CHUNK], 1.0 / temperature,
-                    final_logit_softcapping, logit_scale, tuple(outputs))
+            args = (
+                hidden[s : s + TOKEN_CHUNK],
+                weight,
+                bias,
+                targets[s : s + TOKEN_CHUNK],
+                1.0 / temperature,
+                final_logit_softcapping,
+                logit_scale,
+                tuple(outputs),
+            )
             needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
             parts.append(checkpoint(_chunk, *args, use_reentrant=False) if needs_grad else _chunk(*args))
         if not parts:  # no scored token in this micro-batch
             empty = hidden.new_zeros(0, dtype=torch.float32) + hidden.sum() * 0
-            return (empty, *(empty if k in outputs else None
-                             for k in ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")))
+            return (
+                empty,
+                *(empty if k in outputs else None for k in ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")),
+            )
         return tuple(None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in range(5))

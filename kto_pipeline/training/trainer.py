@@ -22,8 +22,9 @@ import json
 import math
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -38,10 +39,13 @@ def load_split(dataset_dir: Path, split: str, chat: bool):
 
     df = pd.read_parquet(dataset_dir / f"{split}.parquet", columns=["prompt", "completion", "label", "messages"])
     if not chat:
-        return Dataset.from_dict({"prompt": df.prompt.tolist(), "completion": df.completion.tolist(),
-                                  "label": df.label.tolist()})
-    prompts = [json.loads(m) if isinstance(m, str) else [{"role": "user", "content": p}]
-               for p, m in zip(df.prompt, df.messages)]
+        return Dataset.from_dict(
+            {"prompt": df.prompt.tolist(), "completion": df.completion.tolist(), "label": df.label.tolist()}
+        )
+    prompts = [
+        json.loads(m) if isinstance(m, str) else [{"role": "user", "content": p}]
+        for p, m in zip(df.prompt, df.messages)
+    ]
     completions = [[{"role": "assistant", "content": c}] for c in df.completion]
     return Dataset.from_dict({"prompt": prompts, "completion": completions, "label": df.label.tolist()})
 
@@ -58,8 +62,9 @@ def row_lengths(ds, tokenizer) -> list[tuple[int, int]]:
     return list(zip(count([text(p) for p in ds["prompt"]]), count([text(c) for c in ds["completion"]])))
 
 
-def length_grouped_order(lengths: list[tuple[int, int]], batch_size: int, seed: int,
-                         megabatch: int = 64, window: int = 4) -> list[int]:
+def length_grouped_order(
+    lengths: list[tuple[int, int]], batch_size: int, seed: int, megabatch: int = 64, window: int = 4
+) -> list[int]:
     """Row order in which consecutive `batch_size` rows have similar lengths; `lengths` are (prompt, completion).
 
     Rows are shuffled and cut into megabatches of `megabatch` micro-batches; inside each, rows are sorted by total
@@ -78,10 +83,10 @@ def length_grouped_order(lengths: list[tuple[int, int]], batch_size: int, seed: 
     size, win = batch_size * megabatch, batch_size * window
     ranked: list[int] = []
     for s in range(0, len(order), size):
-        by_total = sorted(order[s:s + size], key=lambda i: -total[i])
+        by_total = sorted(order[s : s + size], key=lambda i: -total[i])
         for w in range(0, len(by_total), win):
-            ranked += sorted(by_total[w:w + win], key=lambda i: -lengths[i][0])
-    batches = [ranked[s:s + batch_size] for s in range(0, len(ranked), batch_size)]
+            ranked += sorted(by_total[w : w + win], key=lambda i: -lengths[i][0])
+    batches = [ranked[s : s + batch_size] for s in range(0, len(ranked), batch_size)]
     tail = batches.pop() if batches and len(batches[-1]) < batch_size else []
     if not batches:
         return tail
@@ -102,9 +107,9 @@ def per_process(config: Config, processes: int) -> Config:
         return config
     accum = max(1, round(config.training.gradient_accumulation_steps / processes))
     # This process's share of the run: one process's accumulation (the others run the same config).
-    return dataclasses.replace(config, training=dataclasses.replace(config.training,
-                                                                    gradient_accumulation_steps=accum,
-                                                                    num_processes=1))
+    return dataclasses.replace(
+        config, training=dataclasses.replace(config.training, gradient_accumulation_steps=accum, num_processes=1)
+    )
 
 
 def wants_precompute(config: Config, train_rows: int) -> bool:
@@ -120,8 +125,7 @@ def wants_precompute(config: Config, train_rows: int) -> bool:
         return t.precompute_ref_log_probs
     if world_size() > 1:  # TRL hands the scores to the other ranks in a file they cannot find (TrainingConfig)
         return False
-    per_epoch = math.ceil(train_rows / (t.per_device_train_batch_size * t.gradient_accumulation_steps
-                                        * world_size()))
+    per_epoch = math.ceil(train_rows / (t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()))
     steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * per_epoch)
     return steps > per_epoch
 
@@ -183,8 +187,7 @@ def kto_weights(config: Config, train_labels: list[bool]) -> tuple[float, float]
     return dw, uw
 
 
-def kto_args(config: Config, output_dir: Path, weights: tuple[float, float], has_eval: bool,
-             precompute: bool = False):
+def kto_args(config: Config, output_dir: Path, weights: tuple[float, float], has_eval: bool, precompute: bool = False):
     import torch
     from trl import KTOConfig
 
@@ -231,25 +234,32 @@ def kto_args(config: Config, output_dir: Path, weights: tuple[float, float], has
     )
 
 
-def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Path,
-                  callbacks: list[Any]) -> tuple[Any, dict[str, Any]]:
+def build_trainer(
+    config: Config, loaded: Any, dataset_dir: Path, output_dir: Path, callbacks: list[Any]
+) -> tuple[Any, dict[str, Any]]:
     from trl import KTOTrainer
 
-    from kto_pipeline.training.memory import with_budget
     from kto_pipeline.patches import install_torch_chunked_logprob
+    from kto_pipeline.training.memory import with_budget
     from kto_pipeline.training.packing import packed_trainer_class
 
     install_torch_chunked_logprob()
     chat = bool(getattr(loaded.tokenizer, "chat_template", None))
     max_length = config.model.max_seq_length
     # Rows longer than max_seq_length are fitted (or dropped) and counted here, so TRL drops and cuts nothing.
-    fitted, long_rows, dropped = account(dataset_dir, loaded.tokenizer, max_length, config.model.long_rows, chat,
-                                         load_split)
+    fitted, long_rows, dropped = account(
+        dataset_dir, loaded.tokenizer, max_length, config.model.long_rows, chat, load_split
+    )
     train_ds, eval_ds = fitted["train"], fitted["eval"]
     if len(train_ds) == 0:
-        raise ValueError(f"{dataset_dir / 'train.parquet'}: no training rows"
-                         + (f" left: all {long_rows['splits']['train']['rows']} are longer than max_seq_length="
-                            f"{max_length}" if long_rows["splits"]["train"]["rows"] else ""))
+        raise ValueError(
+            f"{dataset_dir / 'train.parquet'}: no training rows"
+            + (
+                f" left: all {long_rows['splits']['train']['rows']} are longer than max_seq_length={max_length}"
+                if long_rows["splits"]["train"]["rows"]
+                else ""
+            )
+        )
     t = config.training
     lengths, seed = (row_lengths(train_ds, loaded.tokenizer) if t.group_by_length else None), t.seed
 
@@ -264,23 +274,37 @@ def build_trainer(config: Config, loaded: Any, dataset_dir: Path, output_dir: Pa
     weights = kto_weights(config, train_ds["label"])
     t = config.training
     train_ds = train_ds.select(order(t.per_device_train_batch_size))
-    args = kto_args(config, output_dir, weights, has_eval=len(eval_ds) > 0,
-                    precompute=wants_precompute(config, len(train_ds)))
+    args = kto_args(
+        config, output_dir, weights, has_eval=len(eval_ds) > 0, precompute=wants_precompute(config, len(train_ds))
+    )
     trainer_cls = packed_trainer_class(KTOTrainer)
     with fast_reference_pass(trainer_cls):
         trainer = trainer_cls(
-            model=loaded.model, args=args, train_dataset=train_ds,
-            eval_dataset=eval_ds if len(eval_ds) else None, processing_class=loaded.tokenizer,
-            peft_config=loaded.peft_config, callbacks=callbacks, packing=t.packing, fuse_reference=t.fuse_reference,
+            model=loaded.model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds if len(eval_ds) else None,
+            processing_class=loaded.tokenizer,
+            peft_config=loaded.peft_config,
+            callbacks=callbacks,
+            packing=t.packing,
+            fuse_reference=t.fuse_reference,
         )
     drop_reference_adapter(trainer.model)
     # The rows TRL will train on, counted on its own tokenized datasets (not on our estimate).
     train_rows = check_trained("train", trainer.train_dataset, len(train_ds), max_length)
     eval_rows = check_trained("eval", trainer.eval_dataset, len(eval_ds), max_length) if len(eval_ds) else 0
-    info = {"train_rows": train_rows, "eval_rows": eval_rows, "desirable_weight": weights[0],
-            "undesirable_weight": weights[1], "chat_format": chat,
-            "processes": world_size(), "long_rows": long_rows, "dropped_rows": dropped,
-            "kl_pairs_same_completion": same_completion_share(train_ds["completion"], t.per_device_train_batch_size)}
+    info = {
+        "train_rows": train_rows,
+        "eval_rows": eval_rows,
+        "desirable_weight": weights[0],
+        "undesirable_weight": weights[1],
+        "chat_format": chat,
+        "processes": world_size(),
+        "long_rows": long_rows,
+        "dropped_rows": dropped,
+        "kl_pairs_same_completion": same_completion_share(train_ds["completion"], t.per_device_train_batch_size),
+    }
     return trainer, info
 
 
@@ -296,7 +320,7 @@ def same_completion_share(completions: list[Any], batch_size: int) -> float:
     of row i-1 within each block of `batch_size` rows (its add_kl_completion_ids), in the dataset's order."""
     same = total = 0
     for s in range(0, len(completions), batch_size):
-        block = completions[s:s + batch_size]
+        block = completions[s : s + batch_size]
         same += sum(block[i] == block[i - 1] for i in range(len(block)))
         total += len(block)
     return same / total if total else 0.0
