@@ -1,7 +1,7 @@
 # The image of every Ray node (head and workers) when lora_adapter trains with training.launcher=ray on KubeRay
 # (deploy/kuberay/): Ray's own GPU image, with this project and its gpu and ray extras on top.
 #   docker build -t registry.example.com/kto-pipeline:0.1.0 .
-# Not built or run in this repository's CI (no Docker, no GPU there): see "Past one machine: Ray" in the README.
+# Not built or run in this repository's CI (no Docker, no GPU there): see "Past one machine: Ray" in docs/training.md.
 FROM rayproject/ray:2.60.0-py311-gpu
 
 # llama-cpp-python (part of the base install) compiles llama.cpp from source.
