@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from kto_pipeline.training.arch import arch_for
+
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LONG_ROWS = ("cut_prompt", "drop")  # policies for rows longer than max_seq_length (training/long_rows.py)
@@ -195,8 +197,6 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.training.memory_budget_gib is not None:  # the planner needs the architecture: fail now, not later
-            from kto_pipeline.training.memory import arch_for
-
             try:
                 arch_for(self.model.model_name)
             except ValueError as e:

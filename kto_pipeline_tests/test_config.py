@@ -167,3 +167,53 @@ def test_ray_launcher_without_an_address_says_what_is_missing(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(ValueError, match="ray_cluster.address is empty and RAY_ADDRESS is not set"):
         RayCluster().run(context=None, extras={}, entrypoint=["python"])
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """kto_pipeline module -> the kto_pipeline modules it imports, anywhere in it (a function-level import is
+    still an edge: a circle hidden inside a function is a circle)."""
+    import ast
+    from pathlib import Path
+
+    import kto_pipeline
+
+    root = Path(kto_pipeline.__file__).parent
+    files = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def module_of(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        names: list[str] = []
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                names += [f"{base}.{a.name}" for a in node.names]
+        graph[module] = {m for m in map(module_of, names) if m and m != module}
+    return graph
+
+
+def test_no_import_circle_in_kto_pipeline():
+    import graphlib
+
+    graph = _import_graph()
+    assert "kto_pipeline.config" in graph["kto_pipeline.training.memory"]  # the graph sees real edges
+    try:
+        list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        raise AssertionError(f"import circle: {' -> '.join(e.args[1])}") from None
+    # the architecture table stands alone: config and the planner both read it, it reads neither
+    assert "kto_pipeline.training.arch" in graph["kto_pipeline.config"]
+    assert not graph["kto_pipeline.training.arch"] & {"kto_pipeline.config", "kto_pipeline.training.memory"}
