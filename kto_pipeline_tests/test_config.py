@@ -217,3 +217,23 @@ def test_no_import_circle_in_kto_pipeline():
     # the architecture table stands alone: config and the planner both read it, it reads neither
     assert "kto_pipeline.training.arch" in graph["kto_pipeline.config"]
     assert not graph["kto_pipeline.training.arch"] & {"kto_pipeline.config", "kto_pipeline.training.memory"}
+
+
+def test_default_gguf_types_are_defined_once():
+    import argparse
+    import inspect
+
+    from kto_pipeline.cli.upload import add_parser
+    from kto_pipeline.defs.export import GGUFConfig
+    from kto_pipeline.defs.release import ReleaseConfig
+    from kto_pipeline.export.gguf import DEFAULT_QUANTIZATIONS, QUANT_TYPES, export_gguf
+
+    assert set(DEFAULT_QUANTIZATIONS) <= set(QUANT_TYPES)
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers(dest="cmd"))
+    upload = p.parse_args(["upload", "path", "me/repo"]).gguf_quantizations
+    built = GGUFConfig().quantizations
+    assert built == ReleaseConfig().gguf_types == upload == list(DEFAULT_QUANTIZATIONS)
+    assert tuple(inspect.signature(export_gguf).parameters["quantizations"].default) == DEFAULT_QUANTIZATIONS
+    built.append("Q2_K")  # a list per config object: editing one leaves the default alone
+    assert GGUFConfig().quantizations == list(DEFAULT_QUANTIZATIONS)
