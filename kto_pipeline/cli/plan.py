@@ -5,6 +5,7 @@
     kto plan --model-name ./my-model/config.json --budget-gib 16
     kto plan --model-size 7b --packing                # packed micro-batches: how many real tokens fit
     kto plan --model-size 7b --packing --fuse-reference
+    kto plan --model-size 20b --lora-target-modules q_proj,v_proj --set lora.r=64   # any kto train config flag
 
 Exit status 0 when the run fits the budget, 1 when it does not, 2 on bad input.
 """
@@ -39,6 +40,7 @@ def add_parser(sub) -> None:
         "--budget-gib",
         type=float,
         default=None,
+        metavar="GIB",
         help=f"GPU memory to fit in (default: --memory-budget-gib where given, else {DEFAULT_BUDGET_GIB:g}: an "
         "RTX 3090)",
     )
@@ -58,7 +60,8 @@ def run(args) -> int:
         if args.backend == "transformers":
             given.setdefault("model", {}).setdefault("use_unsloth", "never")
         config = get_config(args.model_size, given)
-        budget = args.budget_gib or config.training.memory_budget_gib or DEFAULT_BUDGET_GIB
+        budgets = (args.budget_gib, config.training.memory_budget_gib, DEFAULT_BUDGET_GIB)
+        budget = next(b for b in budgets if b is not None)
         print(plan_report(config, budget, args.backend))
         arch = arch_for(config.model.model_name)
     except ValueError as e:

@@ -3,6 +3,7 @@
 kto train                              # the whole graph on the tiny preset and data/raw
 kto train --model-size 7b --local-file my_data.jsonl --wandb
 kto train --select kto_dataset         # just validate the data
+kto train --training-warmup-ratio 0.2 --set lora.dropout=0.05   # any config field: kto train --help
 """
 
 from __future__ import annotations
