@@ -73,7 +73,7 @@ def preset_config(preset: str, backend: str, model_dir: Path, overrides: dict):
 
 def arch_of(spec: str) -> str:
     from kto_pipeline.config import get_config
-    from kto_pipeline.training.memory import arch_for
+    from kto_pipeline.training.arch import arch_for
 
     preset = parse_spec(spec)[0]
     return "smoke" if preset == "tiny-smoke" else arch_for(get_config(preset).model.model_name).name

@@ -155,7 +155,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # ----------------------------------------------------------------------------------------------- model + data
 def arch_config(arch: str) -> dict[str, Any]:
     """config.json fields of `arch`: the benchmark's own (ARCHS) or a preset's architecture (the planner's KNOWN)."""
-    from kto_pipeline.training.memory import KNOWN
+    from kto_pipeline.training.arch import KNOWN
 
     return dict(ARCHS[arch]) if arch in ARCHS else dict(KNOWN[arch])
 

@@ -16,11 +16,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from kto_pipeline.training.arch import arch_for
+
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
-LONG_ROWS = ("cut_prompt", "drop")  # policies for rows longer than max_seq_length (training/long_rows.py)
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-UNSLOTH = ("auto", "always", "never")
+LongRows = Literal["cut_prompt", "drop"]  # policies for rows longer than max_seq_length (training/long_rows.py)
+LONG_ROWS: tuple[str, ...] = get_args(LongRows)
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
+Unsloth = Literal["auto", "always", "never"]
+UNSLOTH: tuple[str, ...] = get_args(Unsloth)
 Launcher = Literal["local", "torchrun", "ray"]
 LAUNCHERS: tuple[str, ...] = get_args(Launcher)
 
@@ -49,15 +54,17 @@ class ModelConfig:
         "Longest prompt+completion in tokens (the model's tokenizer and chat template); "
         "longer rows are handled by long_rows.",
     )
-    long_rows: str = _f(
+    long_rows: LongRows = _f(
         "cut_prompt",
         "Rows longer than max_seq_length: 'cut_prompt' drops the prompt's oldest turns "
         "(then the start of its latest one) and keeps the whole completion; 'drop' "
         "leaves them out. Either way they are counted, and dropped rows are listed.",
     )
     load_in_4bit: bool = _f(True, "Load the base model in 4-bit NF4 (QLoRA); CUDA only, ignored on CPU.")
-    dtype: str = _f("auto", "Compute dtype: auto (bf16 where supported, else fp32 on CPU), bfloat16, float16, float32.")
-    use_unsloth: str = _f("auto", "auto: use Unsloth when CUDA and unsloth are present; 'always' or 'never'.")
+    dtype: Dtype = _f(
+        "auto", "Compute dtype: auto (bf16 where supported, else fp32 on CPU), bfloat16, float16, float32."
+    )
+    use_unsloth: Unsloth = _f("auto", "auto: use Unsloth when CUDA and unsloth are present; 'always' or 'never'.")
     trust_remote_code: bool = _f(False, "Run model code shipped in the Hub repo. Off unless you trust it.")
 
     def __post_init__(self) -> None:
@@ -195,8 +202,6 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.training.memory_budget_gib is not None:  # the planner needs the architecture: fail now, not later
-            from kto_pipeline.training.memory import arch_for
-
             try:
                 arch_for(self.model.model_name)
             except ValueError as e:

@@ -147,3 +147,29 @@ def test_next_commands_offer_chat_only_for_the_latest_adapters_merge(project):
     lines = commands("r2")
     assert not any(line.startswith("  kto chat") for line in lines), lines
     assert any(line.startswith("  kto train --select merged_model") for line in lines)
+
+
+def test_generated_config_flags_reach_the_training_run(project):
+    """`--lora-*`, `--training-*` and `--set` travel kto train -> Dagster run config -> the training process."""
+    argv = [*KTO, "train", "--select", "raw_preferences,kto_dataset,lora_adapter", "--training-max-steps", "2"]
+    argv += ["--lora-r", "4", "--lora-target-modules", "q_proj,v_proj"]
+    argv += ["--set", "training.per_device_train_batch_size=4"]
+    code, out = Terminal(argv).read_to_end()
+    assert code == 0, out[-4000:]
+    adapter = Path(project.latest("lora_adapter")["path"])
+    lora = json.loads((adapter / "adapter_config.json").read_text())
+    assert lora["r"] == 4 and set(lora["target_modules"]) == {"q_proj", "v_proj"}
+    metrics = json.loads((adapter / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["micro_batch"] == 4
+
+
+def test_kto_train_dry_run_shows_generated_flags_and_refuses_unknown_fields(project):
+    argv = [*KTO, "train", "--dry-run", "--training-warmup-ratio", "0.25", "--set", "model.long_rows=drop"]
+    code, out = Terminal([*argv, "--no-training-group-by-length"]).read_to_end()
+    assert code == 0, out[-4000:]
+    resolved = out[out.index("Resolved config:") :]
+    assert '"warmup_ratio": 0.25' in resolved and '"long_rows": "drop"' in resolved
+    assert '"group_by_length": false' in resolved and f'"max_steps": {TINY_STEPS}' in resolved  # the preset's
+    code, out = Terminal([*KTO, "train", "--dry-run", "--set", "training.warmup=0.2"]).read_to_end()
+    assert code == 2 and "argument --set: unknown field training.warmup; fields of training: " in out
+    assert "warmup_ratio" in out and "Full Dagster log" not in out  # refused before any Dagster run

@@ -6,7 +6,8 @@ import pytest
 
 from kto_pipeline.cli import main
 from kto_pipeline.config import ALL_LINEAR, ATTENTION, get_config
-from kto_pipeline.training.memory import KNOWN, Arch, arch_for, dry_run_report, estimate, pick_micro_batch, with_budget
+from kto_pipeline.training.arch import KNOWN, Arch, arch_for
+from kto_pipeline.training.memory import dry_run_report, estimate, pick_micro_batch, with_budget
 
 # Peaks measured on an H100 (benchmarks/RESULTS.md): Llama-3.1-8B shape, 4-bit, LoRA r=16 on all linear layers
 MEASURED = [
@@ -139,7 +140,7 @@ def test_planner_plans_for_the_backend_that_will_run(monkeypatch):
 
     import torch
 
-    from kto_pipeline.training.memory import backend_for
+    from kto_pipeline.training.model import backend_for, use_unsloth
 
     auto, never = get_config("7b"), get_config("7b", {"model": {"use_unsloth": "never"}})
     real_find_spec = importlib.util.find_spec
@@ -147,9 +148,16 @@ def test_planner_plans_for_the_backend_that_will_run(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "unsloth" else real_find_spec(name, *a)
     )
-    assert backend_for(auto) == "transformers" and backend_for(never) == "transformers"
+    assert backend_for(auto, planning=True) == "transformers" and backend_for(never, planning=True) == "transformers"
+    assert estimate(auto).backend == "transformers"
+    assert not use_unsloth(auto)  # and loading agrees: the same decision
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # planning ahead on a CPU machine
-    assert backend_for(auto) == "unsloth"
+    assert backend_for(auto, planning=True) == "unsloth" and estimate(auto).backend == "unsloth"
+    assert backend_for(auto) == "transformers"  # while loading here runs transformers
+    always = get_config("7b", {"model": {"use_unsloth": "always"}})
+    assert backend_for(always, planning=True) == "unsloth"
+    with pytest.raises(RuntimeError, match="use_unsloth='always' needs a CUDA GPU"):
+        use_unsloth(always)
 
 
 def test_packed_micro_batches_are_planned_by_their_real_tokens(capsys):

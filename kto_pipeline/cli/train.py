@@ -3,142 +3,98 @@
 kto train                              # the whole graph on the tiny preset and data/raw
 kto train --model-size 7b --local-file my_data.jsonl --wandb
 kto train --select kto_dataset         # just validate the data
+kto train --training-warmup-ratio 0.2 --set lora.dropout=0.05   # any config field: kto train --help
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import types
-import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
+from kto_pipeline.cli.flags import add_config_flags, overrides
 from kto_pipeline.cli.home import DAGSTER, child_env, dagster_home
 from kto_pipeline.cli.materialize import log_path, materialize
 from kto_pipeline.cli.report import failure_text, success_text
 from kto_pipeline.cli.view import RunView
-from kto_pipeline.config import PRESETS, SECTIONS, get_config
+from kto_pipeline.config import PRESETS, get_config
 
-# seed flag -> (config section, field); the help text comes from the field's own documentation.
-FLAGS: dict[str, tuple[str, str]] = {
-    "model_name": ("model", "model_name"),
-    "max_seq_length": ("model", "max_seq_length"),
-    "long_rows": ("model", "long_rows"),  # not in the seed: rows longer than max_seq_length
-    "batch_size": ("training", "per_device_train_batch_size"),
-    "gradient_accumulation": ("training", "gradient_accumulation_steps"),
-    "learning_rate": ("training", "learning_rate"),
-    "num_epochs": ("training", "num_train_epochs"),
-    "max_steps": ("training", "max_steps"),
-    "memory_budget_gib": ("training", "memory_budget_gib"),  # not in the seed: the planner's micro-batch
-    "num_processes": ("training", "num_processes"),  # not in the seed: data-parallel GPUs
-    "launcher": ("training", "launcher"),  # not in the seed: local, torchrun or a Ray cluster
-    "packing": ("training", "packing"),  # not in the seed: padding-free passes
-    "fuse_reference": ("training", "fuse_reference"),  # not in the seed: one reference forward per step
-    "wandb": ("training", "wandb"),
-    "wandb_project": ("training", "wandb_project"),
-    "wandb_run_name": ("training", "wandb_run_name"),
-}
 MODULE = "kto_pipeline.definitions"
-
-
-def _field(section: str, name: str) -> dataclasses.Field:
-    return next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
-
-
-def _argument(section: str, name: str) -> dict[str, Any]:
-    """argparse keywords for a config field, from its resolved type hint: bool -> a switch, Literal -> choices,
-    int/float (or Optional of them) -> that type."""
-    hint = typing.get_type_hints(SECTIONS[section])[name]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if hint is bool:
-        return {"action": "store_true"}
-    if typing.get_origin(hint) is typing.Literal:
-        return {"choices": list(typing.get_args(hint))}
-    return {"type": hint if hint in (int, float) else str}
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="materialize the pipeline (validate data, train, merge, export)",
+        usage="%(prog)s [--model-size PRESET] [data, run and merge options] [config flags] [--set SECTION.FIELD=VALUE]",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model-size", default="tiny", choices=sorted(PRESETS), help="preset (default: tiny)")
-    for flag, (section, name) in FLAGS.items():
-        opt = "--" + flag.replace("_", "-")
-        p.add_argument(opt, default=None, help=_field(section, name).metadata["help"], **_argument(section, name))
-    p.add_argument("--raw-dir", default=None, help="folder of raw feedback files (default: data/raw)")
-    p.add_argument(
+    data = p.add_argument_group("data")
+    data.add_argument("--raw-dir", default=None, help="folder of raw feedback files (default: data/raw)")
+    data.add_argument(
         "--local-file",
         default=None,
         help="train on this one file (.jsonl, .json, .csv, .tsv, .parquet; .gz/.bz2/.zst for text)",
     )
-    p.add_argument(
+    data.add_argument(
         "--dataset-name",
         default=None,
         help="Hugging Face dataset: a Hub id (from the cache when HF_HUB_OFFLINE=1) or a local dataset folder",
     )
-    p.add_argument("--dataset-file", default=None, help="one data file inside --dataset-name")
-    p.add_argument(
+    data.add_argument("--dataset-file", default=None, help="one data file inside --dataset-name")
+    data.add_argument(
         "--split-dataset",
         action="store_true",
         default=None,
         help="hold out an eval split (on by default; needed by the eval_loss check)",
     )
-    p.add_argument(
+    data.add_argument(
         "--no-split-dataset",
         dest="split_dataset",
         action="store_false",
         help="train on every row, no eval split (the eval_loss check then fails)",
     )
-    p.add_argument(
-        "--quantized-base",
-        choices=["original", "dequantize"],
-        default=None,
-        help="merged_model, when the base is a pre-quantized 4-bit checkpoint: merge into its 16-bit "
-        "original (default) or into the dequantized 4-bit weights (offline)",
-    )
-    p.add_argument(
-        "--base-16bit",
-        default=None,
-        metavar="MODEL",
-        help="that 16-bit original (Hub id or folder), where the checkpoint's name does not tell",
-    )
-    p.add_argument("--output-dir", default=None, help="artifact root (default: $KTO_ARTIFACT_ROOT or ./artifacts)")
-    p.add_argument(
+    launch = p.add_argument_group("run")
+    launch.add_argument("--output-dir", default=None, help="artifact root (default: $KTO_ARTIFACT_ROOT or ./artifacts)")
+    launch.add_argument(
         "--hf-token",
         default=None,
         help="Hugging Face token (prefer the HF_TOKEN environment variable: flags end up in shell history)",
     )
-    p.add_argument("--select", default="*", help="Dagster asset selection (default: the whole graph)")
-    p.add_argument(
+    launch.add_argument("--select", default="*", help="Dagster asset selection (default: the whole graph)")
+    launch.add_argument(
         "--verbose",
         "-v",
         action="store_true",
         help="print Dagster's full log as it is written (stack traces included), as `dagster asset "
         "materialize` does; by default it goes to a file under DAGSTER_HOME/logs",
     )
-    p.add_argument(
+    launch.add_argument(
         "--dry-run",
         action="store_true",
         help="set up without training: validate the data and print the config and memory plan",
     )
+    merge = p.add_argument_group("merge (merged_model)")
+    merge.add_argument(
+        "--quantized-base",
+        choices=["original", "dequantize"],
+        default=None,
+        help="merged_model, when the base is a pre-quantized 4-bit checkpoint: merge into its 16-bit "
+        "original (default) or into the dequantized 4-bit weights (offline)",
+    )
+    merge.add_argument(
+        "--base-16bit",
+        default=None,
+        metavar="MODEL",
+        help="that 16-bit original (Hub id or folder), where the checkpoint's name does not tell",
+    )
+    add_config_flags(p)
     p.set_defaults(func=run)
-
-
-def overrides(args) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for flag, (section, name) in FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            out.setdefault(section, {})[name] = value
-    return out
 
 
 def selected_assets(select: str) -> set[str]:

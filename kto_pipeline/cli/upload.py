@@ -20,10 +20,10 @@ from pathlib import Path
 
 from kto_pipeline.cli.figures import gguf_file_line
 
-DEFAULT_QUANTS = ["Q4_K_M", "Q5_K_M", "Q8_0"]
-
 
 def add_parser(sub) -> None:
+    from kto_pipeline.export.gguf import DEFAULT_QUANTIZATIONS
+
     p = sub.add_parser(
         "upload",
         help="release a model (local registry by default, or the Hugging Face Hub)",
@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--gguf-quantizations",
         nargs="+",
-        default=DEFAULT_QUANTS,
+        default=list(DEFAULT_QUANTIZATIONS),
         metavar="TYPE",
         help="GGUF types to release (default: %(default)s); F16/BF16 adds the unquantized file",
     )

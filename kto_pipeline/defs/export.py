@@ -11,6 +11,7 @@ import pydantic
 from kto_pipeline.artifacts import dir_digest, version_of
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
+from kto_pipeline.export.gguf import DEFAULT_QUANTIZATIONS
 from kto_pipeline.export.merge import MergeError, merge_adapter, plan_merge
 from kto_pipeline.training.model import local_model_name, resolve_model_path
 
@@ -86,7 +87,7 @@ class GGUFConfig(dg.Config):
     """Which GGUF files to build from merged_model, and how close to it each must stay."""
 
     quantizations: list[str] = pydantic.Field(
-        default=["Q4_K_M", "Q5_K_M", "Q8_0"],
+        default=list(DEFAULT_QUANTIZATIONS),
         description="llama.cpp quantization types built from the F16/BF16 file (the seed's --gguf-quantizations).",
     )
     base: str = pydantic.Field(default="F16", description="Unquantized file the converter writes: F16 or BF16.")

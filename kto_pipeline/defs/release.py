@@ -12,6 +12,7 @@ import pydantic
 
 from kto_pipeline.defs.lineage import Upstream, upstream
 from kto_pipeline.defs.resources import ArtifactStore
+from kto_pipeline.export.gguf import DEFAULT_QUANTIZATIONS
 from kto_pipeline.release import HubTarget, LocalRegistry, ReleaseError, release_model
 from kto_pipeline.release.content import repo_id_problem
 
@@ -85,7 +86,7 @@ class ReleaseConfig(dg.Config):
     tag: Optional[str] = pydantic.Field(default=None, description="Version tag; default release-<content hash>.")
     include_gguf: bool = pydantic.Field(default=True, description="Add the verified GGUF files when built.")
     gguf_types: list[str] = pydantic.Field(
-        default=["Q4_K_M", "Q5_K_M", "Q8_0"],
+        default=list(DEFAULT_QUANTIZATIONS),
         description="GGUF types to release when gguf_quantizations built them; add F16/BF16 for the unquantized "
         "file (as large as the merged weights).",
     )

@@ -53,6 +53,7 @@ QUANT_TYPES = (
     "IQ4_XS",
 )
 BASE_TYPES = ("F16", "BF16")  # what the converter writes; every quantization starts from it
+DEFAULT_QUANTIZATIONS = ("Q4_K_M", "Q5_K_M", "Q8_0")  # the seed's --gguf-quantizations: built and released
 
 # Pass/fail limits per file type; measured and justified in benchmarks/GGUF.md.
 #   max_rel_error: ||logits_gguf - logits_hf|| / ||logits_hf|| over all positions
@@ -658,7 +659,7 @@ def recheck_files(out_dir: str | os.PathLike, expected: dict[str, str] | None = 
 def export_gguf(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    quantizations: Sequence[str] = ("Q4_K_M", "Q5_K_M", "Q8_0"),
+    quantizations: Sequence[str] = DEFAULT_QUANTIZATIONS,
     thresholds: dict[str, dict[str, float]] | None = None,
     *,
     base: str = "F16",

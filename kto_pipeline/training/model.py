@@ -38,14 +38,32 @@ def local_model_name(path: str) -> str | None:
     return path if path in LOCAL_MODELS else p.name if p.name in LOCAL_MODELS and p.parent.name == "cache" else None
 
 
-def use_unsloth(config: Config) -> bool:
+def backend_for(config: Config, planning: bool = False) -> str:
+    """'unsloth' or 'transformers': the one Unsloth-or-not decision, for loading and for the memory planner.
+
+    Unsloth runs where model.use_unsloth allows it and this machine has CUDA and unsloth installed. Planning
+    (`planning=True`) may be for another machine: from a CPU one it assumes the GPU install (Unsloth), and
+    'always' plans for Unsloth; but on a CUDA machine without unsloth, 'auto' trains with transformers + PEFT at
+    ~2.5x Unsloth's memory, so that is what gets planned (else the plan would promise a fit that runs out of
+    memory). Loading with 'always' where Unsloth cannot run fails rather than silently using transformers.
+    """
     import torch
 
     choice = config.model.use_unsloth
-    available = torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None
-    if choice == "always" and not available:
+    if choice == "never":
+        return "transformers"
+    cuda = torch.cuda.is_available()
+    if cuda and importlib.util.find_spec("unsloth") is not None:
+        return "unsloth"
+    if planning and (choice == "always" or not cuda):
+        return "unsloth"
+    if choice == "always":
         raise RuntimeError("use_unsloth='always' needs a CUDA GPU and `pip install .[gpu]`")
-    return choice != "never" and available
+    return "transformers"
+
+
+def use_unsloth(config: Config) -> bool:
+    return backend_for(config) == "unsloth"
 
 
 def compute_dtype(config: Config):

@@ -33,12 +33,12 @@ class NonFiniteLoss(RuntimeError):
 OOM_ADVICE = """CUDA ran out of memory. Troubleshooting (as in the seed's README):
   - Reduce batch size:        kto train --model-size 7b --batch-size 2 --gradient-accumulation 16
   - Reduce sequence length:   kto train --model-size 7b --max-seq-length 1024
-  - Enable gradient checkpointing (for 13B+): lora.gradient_checkpointing = true (on in every preset)
+  - Enable gradient checkpointing (for 13B+): --lora-gradient-checkpointing (on in the 3b to 20b presets)
 See what fits first: kto plan --model-size 7b --batch-size 2 (peak VRAM from the model config, no download)."""
 
 NAN_ADVICE = (
     "Reduce the learning rate (--learning-rate 1e-7) or increase warmup "
-    "(training.warmup_ratio = 0.2), as the seed's README suggests for NaN loss."
+    "(--training-warmup-ratio 0.2), as the seed's README suggests for NaN loss."
 )
 
 
