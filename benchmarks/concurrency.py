@@ -50,6 +50,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from kto_pipeline.reports import DatasetReport  # noqa: E402
 from kto_pipeline_tests.postgres import InstanceHomes  # noqa: E402 - the throwaway PostgreSQL cluster
 from kto_pipeline_tests.procs import free_ports  # noqa: E402
 
@@ -366,7 +367,7 @@ def data_trial(session: DataSession, trial: int, n_cli: int, n_graphql: int, row
     dataset = next(iter(new["kto_dataset"])) if len(new["kto_dataset"]) == 1 else None
     raw_folder = next(iter(new["raw_preferences"])) if len(new["raw_preferences"]) == 1 else None
     problem = dataset_problem(dataset, raw) if dataset else f"{len(new['kto_dataset'])} new kto_dataset folders"
-    report = json.loads((dataset / "report.json").read_text()) if dataset and not problem else {}
+    report = DatasetReport.read(dataset).to_dict() if dataset and not problem else {}
     mislabelled = sum(
         f["dataset_path"] is not None
         and (
@@ -475,7 +476,7 @@ def dataset_problem(folder: Path, raw: Path) -> str:
     if missing:
         return f"{folder.name}: missing {missing}"
     try:
-        report = json.loads((folder / "report.json").read_text())
+        report = DatasetReport.read(folder).to_dict()
         n = {s: pq.read_table(folder / f"{s}.parquet").num_rows for s in ("train", "eval", "quarantine")}
     except Exception as e:  # noqa: BLE001 - unreadable is what corrupt means
         return f"{folder.name}: unreadable: {type(e).__name__}: {e}"

@@ -39,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from kto_pipeline.reports import GGUFFile, TrainingMetrics  # noqa: E402
 from kto_pipeline_tests.procs import parents  # noqa: E402
 
 UPSTREAM = {
@@ -190,7 +191,7 @@ def whole(folder: Path) -> list[str]:
                 pq.read_table(f)
             elif f.suffix == ".gguf" and "checkpoints" not in f.parts:
                 side = f.with_name(f.name + ".verified.json")
-                if side.is_file() and json.loads(side.read_text()).get("sha256") not in (None, file_sha256(f)):
+                if side.is_file() and GGUFFile.read(side).sha256 != file_sha256(f):
                     bad.append(f"{f}: sha256 differs from its verification record")
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the finding
             bad.append(f"{f}: {type(exc).__name__}: {str(exc)[:120]}")
@@ -330,8 +331,8 @@ def kill_trials(
                 problems += verify_remote(api, repo, tag)
         resumed = None
         if asset == "lora_adapter" and again:
-            metrics = json.loads((Path(again[0]) / "metrics.json").read_text())
-            resumed = int(metrics["resumed_from"].rsplit("-", 1)[1]) if metrics.get("resumed_from") else 0
+            metrics = TrainingMetrics.read(Path(again[0]))
+            resumed = int(metrics.resumed_from.rsplit("-", 1)[1]) if metrics.resumed_from else 0
         row = {
             "asset": asset,
             "trial": trial + 1,

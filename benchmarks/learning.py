@@ -277,7 +277,9 @@ def train_seed(base: str, seed: int, data: Path, run_dir: Path, cache: Path, arg
         raise RuntimeError(
             f"training seed {seed} failed; see {run_dir / 'train.log'}:\n" + (run_dir / "train.log").read_text()[-3000:]
         )
-    m = json.loads((adapter / "metrics.json").read_text())
+    from kto_pipeline.reports import TrainingMetrics
+
+    m = TrainingMetrics.read(adapter).to_dict()
     ev = m.get("eval") or {}
     return {
         "steps": m["steps"],

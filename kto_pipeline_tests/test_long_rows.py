@@ -271,11 +271,29 @@ def test_same_completion_share_follows_trls_kl_pairs():
     assert same_completion_share(["a", "b", "a", "b"], 4) == 0.0
 
 
+# A training's metrics.json with neutral values: each test sets the fields its check reads.
+NEUTRAL_METRICS = {
+    **dict.fromkeys(("resumed_from", "train_loss", "final_loss", "eval_loss", "champion", "peak_vram_gib")),
+    **dict.fromkeys(("rewards_chosen", "rewards_rejected", "rewards_margins", "kl", "tokens_per_s")),
+    **dict.fromkeys(("steps", "steps_this_run", "tokens", "train_rows", "eval_rows", "gradient_accumulation"), 0),
+    **dict.fromkeys(("train_runtime_s", "wall_s", "started_at", "finished_at"), 0.0),
+    **dict.fromkeys(("desirable_weight", "undesirable_weight"), 1.0),
+    "backend": "transformers",
+    "base_model": "tiny",
+    "eval": {},
+    "precomputed_reference": False,
+    "chat_format": False,
+    "history": [],
+}
+
+
 def _adapter(instance, folder: Path, metrics: dict) -> None:
     import dagster as dg
 
+    from kto_pipeline.reports import TrainingMetrics
+
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(metrics))
+    TrainingMetrics.of({**NEUTRAL_METRICS, **metrics}).write(folder)
     (folder / ".complete").write_text("")  # finished, as the artifact store leaves it
     instance.report_runless_asset_event(
         dg.AssetMaterialization("lora_adapter", metadata={"path": str(folder), "data_version": folder.name})
@@ -352,7 +370,14 @@ def test_kl_health_warns_with_the_advice_that_fits(tmp_path):
     import dagster as dg
 
     history = {"kl_logged_steps": 10, "kl_zero_steps": 8, "kl_zero_share": 0.8}
-    long_rows = {"policy": "cut_prompt", "max_seq_length": 128, "splits": {}}
+    long_rows = {
+        "policy": "cut_prompt",
+        "max_seq_length": 128,
+        "chat_template": False,
+        "tokenizer": "tiny",
+        "trl_alone": "",
+        "splits": {},
+    }
     with dg.DagsterInstance.ephemeral() as instance:
         _adapter(
             instance,

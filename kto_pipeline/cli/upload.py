@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kto_pipeline.cli.figures import gguf_file_line
+from kto_pipeline.reports import MergeInfo
 
 
 def add_parser(sub) -> None:
@@ -101,9 +102,10 @@ def _card_info(path: Path, args) -> dict:
 
             raise ReleaseError(f"cannot read --card-info {args.card_info}: {exc}") from None
     base = args.base_model
-    for name, key in (("merge_info.json", "base_model"), ("adapter_config.json", "base_model_name_or_path")):
-        if not base and (path / name).is_file():
-            base = json.loads((path / name).read_text()).get(key)
+    if not base and (path / MergeInfo.FILE).is_file():  # a merged_model folder
+        base = MergeInfo.read(path).base_model
+    if not base and (path / "adapter_config.json").is_file():  # PEFT's own file, in an adapter folder
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if base:
         info.setdefault("base_model", base)
     return info

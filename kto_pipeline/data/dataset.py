@@ -35,6 +35,7 @@ from kto_pipeline.data.validate import (
     read_rows,
     row_ids,
 )
+from kto_pipeline.reports import DatasetReport
 
 DEFAULT_MAX_CHARS = 50_000
 # train.parquet / eval.parquet: what training reads (prompt, completion, label, messages) plus provenance.
@@ -203,8 +204,8 @@ def build_from_validated(
     reasons: Counter[str] = Counter()
     samples: list[dict[str, Any]] = []
     for rep in reports:
-        reasons.update(rep["reasons"])
-        samples.extend(rep["samples"])
+        reasons.update(rep.reasons)
+        samples.extend(rep.samples)
     offset = 0
     text = dict(use_dictionary=["source", "split"], write_statistics=["label", "line", "prompt_id"])
     with (
@@ -238,9 +239,9 @@ def build_from_validated(
     is_train, is_eval = code == TRAIN, code == EVAL
     valid = is_train | is_eval
     report: dict[str, Any] = {
-        "records_in": sum(r["records_in"] for r in reports),
+        "records_in": sum(r.records_in for r in reports),
         "valid": int(valid.sum()),
-        "quarantined": sum(r["quarantined"] for r in reports) + int(((code == TOO_LONG) | (code == CONFLICT)).sum()),
+        "quarantined": sum(r.quarantined for r in reports) + int(((code == TOO_LONG) | (code == CONFLICT)).sum()),
         "duplicates_dropped": int((code == DUPLICATE).sum()),
         "train_rows": int(is_train.sum()),
         "eval_rows": int(is_eval.sum()),
@@ -256,13 +257,15 @@ def build_from_validated(
         "eval_fraction": eval_fraction,
         "seed": seed,
         "max_chars": max_chars,
-        "sources": [{k: r.get(k) for k in ("source", "digest", "records_in", "valid", "quarantined")} for r in reports],
+        "sources": [
+            {k: getattr(r, k) for k in ("source", "digest", "records_in", "valid", "quarantined")} for r in reports
+        ],
     }
     # What training will use unless the user sets the weights (trainer.kto_weights: same rule, train rows).
     report["recommended_weights"] = label_balance(report["train_desirable"], report["train_undesirable"])
     if report["records_in"] != report["valid"] + report["quarantined"] + report["duplicates_dropped"]:
         raise AssertionError(f"row accounting broke: {report}")  # never silently lose a row
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    DatasetReport.of(report).write(out_dir)
     return report
 
 

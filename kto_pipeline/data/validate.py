@@ -10,7 +10,6 @@ a byte-for-byte copy of the original, so a file is validated once however often 
 
 from __future__ import annotations
 
-import json
 import queue
 import shutil
 import threading
@@ -37,6 +36,7 @@ from kto_pipeline.data.normalize import (
     reason_category,
 )
 from kto_pipeline.data.readers import Batch, DataFileError, NeedExactCsv, Part, chat_column, read_batches
+from kto_pipeline.reports import FileReport
 
 VERSION = 3  # bump when a rule or the cache format changes: older cached validations are then redone
 SAMPLES_PER_REASON = 3
@@ -440,7 +440,7 @@ def _validate(path: Path, out_dir: Path, source: str, exact_csv: bool) -> dict[s
         "samples": tally.samples,
     }
     assert report["records_in"] == report["valid"] + report["quarantined"], report
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    FileReport.of(report).write(out_dir)
     return report
 
 
@@ -448,7 +448,8 @@ def _validate(path: Path, out_dir: Path, source: str, exact_csv: bool) -> dict[s
 
 
 def validated_dir_name(digest: str, source: str) -> str:
-    return f"{digest[:16]}-{xxhash.xxh3_64_hexdigest(source.encode())[:8]}-v{VERSION}"
+    # the report's schema too: a folder is reused as long as it exists, so a new schema needs a new folder
+    return f"{digest[:16]}-{xxhash.xxh3_64_hexdigest(source.encode())[:8]}-v{VERSION}r{FileReport.SCHEMA_VERSION}"
 
 
 def ingest_file(
@@ -473,17 +474,17 @@ def ingest_file(
     def build(tmp: Path) -> None:
         report = validate_file(path, tmp, source=source)
         report.update(digest=digest, size_bytes=path.stat().st_size, file=path.name)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        FileReport.of(report).write(tmp)
         if keep_original:
             shutil.copyfile(path, tmp / ("original" + "".join(path.suffixes)))
 
     build_once(folder, build, holder=f"validating {path}")
-    report = json.loads((folder / "report.json").read_text())
+    report = FileReport.read(folder).to_dict()
     if report["records_in"] == 0:  # else it would add 0 rows without a word
         what = "an empty file" if report["size_bytes"] == 0 else "only a header or blank lines"
         raise DataFileError(f"{path}: no records in it ({what}): add rows or remove the file")
     return folder, report
 
 
-def read_reports(folders: Iterable[Path]) -> list[dict[str, Any]]:
-    return [json.loads((Path(f) / "report.json").read_text()) for f in folders]
+def read_reports(folders: Iterable[Path]) -> list[FileReport]:
+    return [FileReport.read(Path(f)) for f in folders]

@@ -1,6 +1,5 @@
 """Blocking quality gates: a failed check stops everything downstream of its asset."""
 
-import json
 import math
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import dagster as dg
 from kto_pipeline.data import label_balance as balance_of
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import QualityGates
+from kto_pipeline.reports import DatasetReport, LongRowsReport, SplitLengths, TrainingMetrics
 
 
 @dg.asset_check(
@@ -18,19 +18,18 @@ from kto_pipeline.defs.resources import QualityGates
     "desirable/undesirable weights training will use (KTO paper: w_d*n_d/(w_u*n_u) in [1, 4/3]).",
 )
 def label_balance(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
-    path = upstream(context, "kto_dataset").path
-    report = json.loads((path / "report.json").read_text())
-    n_d, n_u = report["n_desirable"], report["n_undesirable"]
+    report = upstream(context, "kto_dataset", DatasetReport).report
+    n_d, n_u = report.n_desirable, report.n_undesirable
     b = balance_of(n_d, n_u)
     # The weights are computed on the train rows, as training does (trainer.kto_weights).
-    weights = report.get("recommended_weights") or b
+    weights = report.recommended_weights or b
     lo, hi = quality_gates.min_desirable_share, quality_gates.max_desirable_share
     passed = n_d > 0 and n_u > 0 and lo <= b["desirable_share"] <= hi
     share = b["desirable_share"]
     # The description is what `kto train` prints on failure: the numbers, the gate, and what to do about it.
     if n_d + n_u == 0:
         problem = (
-            f"no valid rows ({report.get('quarantined', 0)} quarantined): nothing to train on. Fix the rows "
+            f"no valid rows ({report.quarantined} quarantined): nothing to train on. Fix the rows "
             "the quarantine lists (kto_dataset's quarantine_sample) or add feedback files."
         )
     elif n_d == 0 or n_u == 0:
@@ -74,9 +73,8 @@ def label_balance(context: dg.AssetCheckExecutionContext, quality_gates: Quality
     "than max_regression) than the released adapter's on the same eval rows.",
 )
 def eval_loss(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
-    path = upstream(context, "lora_adapter").path
-    metrics = json.loads((path / "metrics.json").read_text())
-    loss = metrics.get("eval_loss")
+    metrics = upstream(context, "lora_adapter", TrainingMetrics).report
+    loss = metrics.eval_loss
     limit = quality_gates.max_eval_loss
     if loss is None:
         return dg.AssetCheckResult(
@@ -94,18 +92,18 @@ def eval_loss(context: dg.AssetCheckExecutionContext, quality_gates: QualityGate
             "(--max-steps, --num-epochs), lower --learning-rate if the loss diverged, or raise the gate for this model"
         ]
     )
-    champion = metrics.get("champion") or {}
-    if "eval_loss" in champion:
-        bar = champion["eval_loss"] + quality_gates.max_regression
-        meta.update(released_eval_loss=float(champion["eval_loss"]), released_adapter=Path(champion["adapter"]).name)
+    champion = metrics.champion
+    if champion is not None and champion.eval_loss is not None:
+        bar = champion.eval_loss + quality_gates.max_regression
+        meta.update(released_eval_loss=float(champion.eval_loss), released_adapter=Path(champion.adapter).name)
         if not loss <= bar:
             problems.append(
-                f"eval loss {loss:.4f} is worse than the released adapter's {champion['eval_loss']:.4f} "
+                f"eval loss {loss:.4f} is worse than the released adapter's {champion.eval_loss:.4f} "
                 f"on the same eval rows (allowed: +{quality_gates.max_regression}); the released "
                 "adapter stays the release: add feedback or change the training settings"
             )
-    elif champion.get("skipped"):
-        meta["released_adapter"] = f"not compared: {champion['skipped']}"
+    elif champion is not None and champion.skipped:
+        meta["released_adapter"] = f"not compared: {champion.skipped}"
     return dg.AssetCheckResult(
         passed=not problems,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -137,16 +135,16 @@ def gguf_files_intact(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckRe
     )
 
 
-def _long_row_share(s: dict) -> float:
-    return (s["dropped"] + s["prompt_cut"]) / s["rows"] if s["rows"] else 0.0
+def _long_row_share(s: SplitLengths) -> float:
+    return (s.dropped + s.prompt_cut) / s.rows if s.rows else 0.0
 
 
-def suggested_max_seq_length(report: dict, limit: float) -> tuple[int, float]:
+def suggested_max_seq_length(report: LongRowsReport, limit: float) -> tuple[int, float]:
     """The max_seq_length that keeps at least 1 - limit of every split's rows whole (the smallest recorded quantile
     that is enough), rounded up to a multiple of 64; and that quantile."""
-    quantiles = sorted(float(q) for q in next(iter(report["splits"].values()))["tokens_needed"])
+    quantiles = sorted(float(q) for q in next(iter(report.splits.values())).tokens_needed)
     q = next((q for q in quantiles if q >= 1 - limit), 1.0)
-    need = max(s["tokens_needed"][str(q)] for s in report["splits"].values())
+    need = max(s.tokens_needed[str(q)] for s in report.splits.values())
     return -(-need // 64) * 64, q
 
 
@@ -158,42 +156,34 @@ def suggested_max_seq_length(report: dict, limit: float) -> tuple[int, float]:
     "be dropped or have their prompt cut.",
 )
 def long_rows(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
-    path = upstream(context, "lora_adapter").path
-    report = json.loads((path / "metrics.json").read_text()).get("long_rows")
-    if report is None:
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description="metrics.json has no long-row accounting: train the adapter again",
-        )
+    report = upstream(context, "lora_adapter", TrainingMetrics).report.long_rows
     limit = quality_gates.max_long_row_share
-    meta = {"max_long_row_share": limit, "max_seq_length": report["max_seq_length"], "long_rows": report["policy"]}
+    meta = {"max_long_row_share": limit, "max_seq_length": report.max_seq_length, "long_rows": report.policy}
     problems = []
-    for split, s in report["splits"].items():
+    for split, s in report.splits.items():
         share = _long_row_share(s)
         meta.update(
             {
                 f"{split}_long_row_share": share,
-                f"{split}_rows_dropped": s["dropped"],
-                f"{split}_rows_prompt_cut": s["prompt_cut"],
+                f"{split}_rows_dropped": s.dropped,
+                f"{split}_rows_prompt_cut": s.prompt_cut,
             }
         )
         if share > limit:
             problems.append(
-                f"{split}: {s['dropped']} of {s['rows']} rows dropped and {s['prompt_cut']} with their "
-                f"prompt cut ({share:.1%})"
+                f"{split}: {s.dropped} of {s.rows} rows dropped and {s.prompt_cut} with their prompt cut ({share:.1%})"
             )
     description = None
     if problems:
         length, q = suggested_max_seq_length(report, limit)
         description = (
             f"{'; '.join(problems)}: more than quality_gates.max_long_row_share={limit:.1%} of the rows "
-            f"are longer than max_seq_length={report['max_seq_length']} tokens. Raise model.max_seq_length "
+            f"are longer than max_seq_length={report.max_seq_length} tokens. Raise model.max_seq_length "
             f"(--max-seq-length {length} keeps {q:.0%} of the rows whole; `kto plan` shows whether it "
             f"fits in memory) or shorten the rows."
         )
-        if report.get("dropped_rows_file"):
-            description += f" Dropped rows: {report['dropped_rows_file']}"
+        if report.dropped_rows_file:
+            description += f" Dropped rows: {report.dropped_rows_file}"
     return dg.AssetCheckResult(
         passed=not problems, severity=dg.AssetCheckSeverity.ERROR, description=description, metadata=meta
     )
@@ -206,15 +196,15 @@ MIN_KL_PAIRS = 8
 MAX_SAME_COMPLETION = 0.25
 
 
-def kl_advice(metrics: dict) -> str:
+def kl_advice(metrics: TrainingMetrics) -> str:
     """What to change, for the causes the run's own numbers point to."""
-    pairs = metrics["micro_batch"] * metrics.get("processes", 1)
-    same = metrics.get("kl_pairs_same_completion") or 0.0
+    pairs = metrics.micro_batch * metrics.processes
+    same = metrics.kl_pairs_same_completion
     advice = []
     if pairs < MIN_KL_PAIRS:
         advice.append(
             f"per-device batch too small: each KL estimate averages only {pairs} mismatched pairs (micro-"
-            f"batch {metrics['micro_batch']} x {metrics.get('processes', 1)} process(es)) and a negative "
+            f"batch {metrics.micro_batch} x {metrics.processes} process(es)) and a negative "
             f"mean is clamped to 0; raise training.per_device_train_batch_size (--batch-size) to at least "
             f"{MIN_KL_PAIRS} and lower --gradient-accumulation to keep the effective batch (`kto plan` "
             "shows what fits)"
@@ -240,16 +230,15 @@ def kl_advice(metrics: dict) -> str:
     "quality_gates.max_kl_zero_share; severity quality_gates.kl_health_severity (WARN).",
 )
 def kl_health(context: dg.AssetCheckExecutionContext, quality_gates: QualityGates) -> dg.AssetCheckResult:
-    path = upstream(context, "lora_adapter").path
-    metrics = json.loads((path / "metrics.json").read_text())
-    share, limit = metrics.get("kl_zero_share"), quality_gates.max_kl_zero_share
+    metrics = upstream(context, "lora_adapter", TrainingMetrics).report
+    share, limit = metrics.kl_zero_share, quality_gates.max_kl_zero_share
     severity = dg.AssetCheckSeverity(quality_gates.kl_health_severity)
     meta = {
         "max_kl_zero_share": limit,
-        "kl_logged_steps": metrics.get("kl_logged_steps", 0),
-        "micro_batch": metrics["micro_batch"],
-        "processes": metrics.get("processes", 1),
-        "kl_pairs_same_completion": metrics.get("kl_pairs_same_completion") or 0.0,
+        "kl_logged_steps": metrics.kl_logged_steps,
+        "micro_batch": metrics.micro_batch,
+        "processes": metrics.processes,
+        "kl_pairs_same_completion": metrics.kl_pairs_same_completion,
     }
     if share is None:
         return dg.AssetCheckResult(
@@ -264,7 +253,7 @@ def kl_health(context: dg.AssetCheckExecutionContext, quality_gates: QualityGate
         None
         if passed
         else (
-            f"the KL estimate was 0 on {metrics['kl_zero_steps']} of {metrics['kl_logged_steps']} logged steps "
+            f"the KL estimate was 0 on {metrics.kl_zero_steps} of {metrics.kl_logged_steps} logged steps "
             f"({share:.0%} > {limit:.0%}), so KTO's reference point was 0 rather than an estimate. Likely cause: "
             f"{kl_advice(metrics)}."
         )

@@ -12,7 +12,6 @@ itself, through the same content-addressed cache. So a fresh instance without a 
 each file is validated once however it arrives.
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from kto_pipeline.data.hf import snapshot
 from kto_pipeline.defs.config import SourceConfig, SplitConfig, raw_dir
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
+from kto_pipeline.reports import DatasetReport, FileReport, RawManifest
 
 GROUP = "data"
 raw_files = dg.DynamicPartitionsDefinition(name="raw_files")
@@ -135,7 +135,7 @@ def collect_sources(
     for source, folder in sorted(_ingested_partitions(context.instance, raw).items()):
         if source not in on_disk:  # ingested earlier, gone from disk since: still part of the union
             context.log.info(f"{source}: no longer on disk, using its ingested copy {folder}")
-            found.append((folder, json.loads((folder / "report.json").read_text())))
+            found.append((folder, FileReport.read(folder).to_dict()))
     if not found:
         raise dg.Failure(
             description=f"no input files in {raw}: add .jsonl/.json/.csv/.tsv/.parquet files, "
@@ -172,12 +172,8 @@ def raw_preferences(
         {"folder": str(f), **{k: r.get(k) for k in ("source", "digest", "records_in", "valid", "quarantined")}}
         for f, r in unique.values()
     ]
-    version = version_of(validated_files=sorted(unique))
-    out = artifacts.get_or_build(
-        "raw_preferences",
-        version,
-        lambda tmp: (tmp / "manifest.json").write_text(json.dumps({"files": entries}, indent=2)),
-    ).path
+    version = version_of(validated_files=sorted(unique), report=RawManifest.SCHEMA_VERSION)
+    out = artifacts.get_or_build("raw_preferences", version, lambda tmp: RawManifest(files=entries).write(tmp)).path
     reasons: dict[str, int] = {}
     for _, r in unique.values():
         for k, v in r["reasons"].items():
@@ -207,8 +203,8 @@ def raw_preferences(
 def kto_dataset(
     context: dg.AssetExecutionContext, config: SplitConfig, artifacts: ArtifactStore
 ) -> dg.MaterializeResult:
-    raw = upstream(context, "raw_preferences")
-    folders = [Path(e["folder"]) for e in json.loads((raw.path / "manifest.json").read_text())["files"]]
+    raw = upstream(context, "raw_preferences", RawManifest)
+    folders = [Path(e["folder"]) for e in raw.report.files]
     fraction = config.eval_fraction if config.split_dataset else 0.0
     version = version_of(
         raw_preferences=raw.version,
@@ -216,6 +212,7 @@ def kto_dataset(
         seed=config.seed,
         max_chars=config.max_chars,
         validator=validation.VERSION,
+        report=DatasetReport.SCHEMA_VERSION,
     )
     built = artifacts.get_or_build(
         "kto_dataset",
@@ -227,15 +224,15 @@ def kto_dataset(
     out = built.path
     if not built.built:
         context.log.info(f"already built: {out}")
-    report = json.loads((out / "report.json").read_text())
-    overall = label_balance(report["n_desirable"], report["n_undesirable"])
-    weights = report["recommended_weights"]
+    report = DatasetReport.read(out)
+    overall = label_balance(report.n_desirable, report.n_undesirable)
+    weights = report.recommended_weights
     return dg.MaterializeResult(
         metadata={
             "path": str(out),
-            "data_version": report["data_version"],
+            "data_version": report.data_version,
             **{
-                k: report[k]
+                k: getattr(report, k)
                 for k in (
                     "records_in",
                     "valid",
@@ -251,9 +248,11 @@ def kto_dataset(
             # what training uses unless the user sets the weights (the paper's rule on the train rows)
             "desirable_weight": weights["desirable_weight"],
             "undesirable_weight": weights["undesirable_weight"],
-            "quarantine_reasons": dg.MetadataValue.json(report["reasons"]),
-            "quarantine_sample": dg.MetadataValue.md(_table(report["samples"], ["reason", "source", "line", "raw"])),
-            "sources": dg.MetadataValue.md(_table(report["sources"], ["source", "records_in", "valid", "quarantined"])),
+            "quarantine_reasons": dg.MetadataValue.json(report.reasons),
+            "quarantine_sample": dg.MetadataValue.md(_table(report.samples, ["reason", "source", "line", "raw"])),
+            "sources": dg.MetadataValue.md(
+                _table(report.to_dict()["sources"], ["source", "records_in", "valid", "quarantined"])
+            ),
         },
-        data_version=dg.DataVersion(report["data_version"]),
+        data_version=dg.DataVersion(report.data_version),
     )

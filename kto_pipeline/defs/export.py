@@ -13,6 +13,7 @@ from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore
 from kto_pipeline.export.gguf import DEFAULT_QUANTIZATIONS
 from kto_pipeline.export.merge import MergeError, merge_adapter, plan_merge
+from kto_pipeline.reports import GGUFFile, GGUFResults, MergeInfo, TrainingMetrics
 from kto_pipeline.training.model import local_model_name, resolve_model_path
 
 
@@ -44,10 +45,9 @@ class MergeConfig(dg.Config):
 def merged_model(
     context: dg.AssetExecutionContext, config: MergeConfig, artifacts: ArtifactStore
 ) -> dg.MaterializeResult:
-    adapter = upstream(context, "lora_adapter")
+    adapter = upstream(context, "lora_adapter", TrainingMetrics)
     adapter_dir = adapter.path
-    metrics = json.loads((adapter_dir / "metrics.json").read_text())
-    base = metrics["base_model"]
+    base = adapter.report.base_model
     local = local_model_name(base)
     if local:  # built locally: this artifact root's copy (built again if it is missing)
         base = resolve_model_path(local, artifacts.cache_dir)
@@ -55,7 +55,8 @@ def merged_model(
         plan = plan_merge(base, config.quantized_base, config.base_16bit)
     except MergeError as e:
         raise dg.Failure(description=str(e)) from None
-    version = version_of(lora_adapter=adapter.version, merged_into=plan.key)  # plan.key: what it goes into
+    # plan.key: what it goes into
+    version = version_of(lora_adapter=adapter.version, merged_into=plan.key, report=MergeInfo.SCHEMA_VERSION)
 
     def merge(tmp: Path) -> None:
         context.log.info(f"merging {adapter_dir} into {plan.describe()}")
@@ -65,7 +66,7 @@ def merged_model(
     out = merged.path
     if not merged.built:
         context.log.info(f"already merged: {out}")
-    info = json.loads((out / "merge_info.json").read_text())
+    info = MergeInfo.read(out)
     digest = dir_digest(out, "*.safetensors")
     return dg.MaterializeResult(
         # lora_adapter: which adapter these weights hold; hub_release refuses to pair them with another's metrics
@@ -73,10 +74,10 @@ def merged_model(
             "path": str(out),
             "data_version": version,
             "lora_adapter": adapter.version,
-            "base_model": info["base_model"],
-            "merged_into": info.get("merged_into", info["base_model"]),
-            "dtype": info["dtype"],
-            "parameters": info["parameters"],
+            "base_model": info.base_model,
+            "merged_into": info.merged_into,
+            "dtype": info.dtype,
+            "parameters": info.parameters,
             **digest,
         },
         data_version=dg.DataVersion(version),
@@ -107,10 +108,7 @@ class GGUFConfig(dg.Config):
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-RESULTS = "results.json"  # export_gguf's figures per file, kept so a finished folder is only ever read
-
-
-def gguf_table(results: list[dict]) -> dg.TableMetadataValue:
+def gguf_table(results: list[GGUFFile]) -> dg.TableMetadataValue:
     def pct(x):
         return None if x is None else round(100 * x, 2)
 
@@ -130,17 +128,17 @@ def gguf_table(results: list[dict]) -> dg.TableMetadataValue:
     records = [
         dg.TableRecord(
             {
-                "file": r["file"],
-                "type": r["type"],
-                "size_mb": round(r["size_bytes"] / 2**20, 3),
-                "bits_per_weight": r["bits_per_weight"],
-                "rel_error": float(f"{r['verification']['rel_error']:.4g}"),
-                "top1_pct": pct(r["verification"]["top1_agreement"]),
-                "decisive_positions": r["verification"]["decisive_positions"],
-                "mean_kl": float(f"{r['verification']['mean_kl']:.4g}"),
-                "tokenization_match": r["verification"]["tokenization_match"],
-                "passed": r["passed"],
-                "sha256": r["sha256"],
+                "file": r.file,
+                "type": r.type,
+                "size_mb": round(r.size_bytes / 2**20, 3),
+                "bits_per_weight": r.bits_per_weight,
+                "rel_error": float(f"{r.verification['rel_error']:.4g}"),
+                "top1_pct": pct(r.verification["top1_agreement"]),
+                "decisive_positions": r.verification["decisive_positions"],
+                "mean_kl": float(f"{r.verification['mean_kl']:.4g}"),
+                "tokenization_match": r.verification["tokenization_match"],
+                "passed": r.passed,
+                "sha256": r.sha256,
             }
         )
         for r in results
@@ -164,7 +162,9 @@ def gguf_quantizations(
     from kto_pipeline.export.llama import NativeCrash
 
     merged = upstream(context, "merged_model")
-    version = version_of(merged_model=merged.version, gguf=config.fingerprint(llama_cpp_version()))
+    version = version_of(
+        merged_model=merged.version, gguf=config.fingerprint(llama_cpp_version()), report=GGUFResults.SCHEMA_VERSION
+    )
 
     def export(scratch: Path) -> None:
         try:
@@ -181,11 +181,12 @@ def gguf_quantizations(
             )
         except GGUFVerificationError as e:
             raise dg.Failure(
-                description=str(e), metadata={"path": str(scratch), "files": gguf_table(e.results)}
+                description=str(e),
+                metadata={"path": str(scratch), "files": gguf_table([GGUFFile.of(r) for r in e.results])},
             ) from None
         except (GGUFExportError, NativeCrash, ValueError) as e:
             raise dg.Failure(description=str(e)) from None
-        (scratch / RESULTS).write_text(json.dumps(results, indent=2, default=str))
+        GGUFResults(files=[GGUFFile.of(r) for r in results]).write(scratch)
 
     # resumable: files already verified in a failed attempt are not built again (their sidecars say so), and
     # the rejected ones stay for inspection.
@@ -193,26 +194,23 @@ def gguf_quantizations(
     out = built.path
     if not built.built:
         context.log.info(f"already built and verified: {out}")
-    results = json.loads((out / RESULTS).read_text())
-    for r in results:  # built in the scratch folder: point at where the files are now
-        r["path"] = str(out / r["file"])
-        if "modelfile" in r:
-            r["modelfile"]["path"] = str(out / Path(r["modelfile"]["path"]).name)
-    modelfile = next(r["modelfile"] for r in results if "modelfile" in r)
+    results = GGUFResults.read(out).files
+    modelfile = next(r.modelfile for r in results if r.modelfile is not None)
     base = results[0]
     meta = {
         "path": str(out),
         "data_version": version,
         "merged_model": merged.version,
         "files": gguf_table(results),
-        "total_size_bytes": sum(r["size_bytes"] for r in results),
-        "llama_cpp_version": base["llama_cpp_version"],
-        "thresholds": {r["type"]: r["thresholds"] for r in results},
-        "modelfile": dg.MetadataValue.md(f"```\n{Path(modelfile['path']).read_text()}```"),
+        "total_size_bytes": sum(r.size_bytes for r in results),
+        "llama_cpp_version": base.llama_cpp_version,
+        "thresholds": {r.type: r.thresholds for r in results},
+        # built in the scratch folder: the Modelfile is read from where it is now
+        "modelfile": dg.MetadataValue.md(f"```\n{(out / Path(modelfile['path']).name).read_text()}```"),
         "chat_format": modelfile["chat_format"] or "not recognised (Ollama reads the GGUF's template)",
     }
-    if "transformers_loadback" in base:
-        tf = base["transformers_loadback"]
+    if base.transformers_loadback is not None:
+        tf = base.transformers_loadback
         meta.update(
             {"transformers_rel_error": tf["rel_error"], "transformers_tokenization_match": tf["tokenization_match"]}
         )

@@ -7,15 +7,20 @@ merged_model would merge whichever adapter finished last, not the one its own ru
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import dagster as dg
 
 from kto_pipeline.artifacts import COMPLETE, is_complete
+from kto_pipeline.reports import Report, ReportError
+
+R = TypeVar("R", bound=Report)
 
 
 @dataclass(frozen=True)
-class Upstream:
+class Upstream(Generic[R]):
+    """An upstream artifact as this run consumes it: folder, version, materialization, and its typed report."""
+
     key: str
     path: Path
     version: str
@@ -23,6 +28,7 @@ class Upstream:
     run_id: str  # of the run that materialized it: which check evaluations apply to it (one materialization per
     #             run for an unpartitioned asset; storage ids differ between SQLite's run and index shards)
     in_run: bool  # materialized by this run (or the run it re-executes), not taken as "the latest"
+    report: R = None  # type: ignore[assignment]  # its report file, read through kto_pipeline.reports (None: not asked)
 
 
 def _run_chain(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
@@ -47,8 +53,16 @@ def _in_run(instance: dg.DagsterInstance, run: dg.DagsterRun, key: str) -> dg.Ev
     return None
 
 
-def upstream(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, key: str) -> Upstream:
-    """The folder and version of `key` this run consumes; fails when it is missing or was never completed."""
+Context = dg.AssetExecutionContext | dg.AssetCheckExecutionContext
+
+
+@overload
+def upstream(context: Context, key: str) -> Upstream[Any]: ...
+@overload
+def upstream(context: Context, key: str, report: type[R]) -> Upstream[R]: ...
+def upstream(context: Context, key: str, report: type[R] | None = None) -> Upstream[Any]:
+    """The folder and version of `key` this run consumes, and with `report` its report read from that folder;
+    fails when it is missing, was never completed, or its report cannot be read (the message says why)."""
     instance = context.instance
     record = _in_run(instance, context.run, key)
     in_run = record is not None
@@ -61,4 +75,8 @@ def upstream(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, 
     path = Path(str(meta["path"]))
     if not is_complete(path):
         raise dg.Failure(f"{key}: its folder {path} is gone or incomplete (no {COMPLETE}): materialize {key} again.")
-    return Upstream(key, path, str(meta["data_version"]), meta, record.run_id, in_run)
+    try:
+        typed = report.read(path) if report is not None else None
+    except ReportError as e:
+        raise dg.Failure(description=str(e)) from None
+    return Upstream(key, path, str(meta["data_version"]), meta, record.run_id, in_run, typed)

@@ -15,6 +15,7 @@ from kto_pipeline.defs.resources import ArtifactStore
 from kto_pipeline.export.gguf import DEFAULT_QUANTIZATIONS
 from kto_pipeline.release import HubTarget, LocalRegistry, ReleaseError, release_model
 from kto_pipeline.release.content import repo_id_problem
+from kto_pipeline.reports import GGUFFile, ReportError
 
 # The quality gates a release needs: check name -> the asset it checks.
 GATES = {"label_balance": "kto_dataset", "eval_loss": "lora_adapter", "long_rows": "lora_adapter"}
@@ -168,8 +169,6 @@ def _training_config(instance, adapter: Upstream) -> dict:
 
 def _gguf_inputs(context, merged: Upstream, types: list[str]) -> tuple[Upstream | None, list, list[dict]]:
     """The verified GGUF files of the wanted types built from exactly this merged model, with their figures."""
-    import json
-
     try:
         gguf = upstream(context, GGUF_ASSET)
     except dg.Failure:  # none built (or gone): release without GGUF files
@@ -181,13 +180,16 @@ def _gguf_inputs(context, merged: Upstream, types: list[str]) -> tuple[Upstream 
     wanted = {t.upper() for t in types}
     files, figures = [], []
     for f in sorted(folder.glob("*.gguf")):
-        sidecar = f.with_name(f.name + ".verified.json")  # written only for files that passed verification
+        sidecar = GGUFFile.sidecar(f)  # written only for files that passed verification
         if not sidecar.is_file():
             continue
-        meta = json.loads(sidecar.read_text())
-        if str(meta.get("type", "")).upper() in wanted:
+        try:
+            meta = GGUFFile.read(sidecar)
+        except ReportError as e:
+            raise dg.Failure(description=str(e)) from None
+        if meta.type.upper() in wanted:
             files.append(f)
-            figures.append(meta)
+            figures.append(meta.to_dict())
     return gguf, files, figures
 
 

@@ -1,7 +1,6 @@
 """lora_adapter: KTO training in its own process (Dagster Pipes), one at a time (pool "gpu")."""
 
 import base64
-import json
 import os
 import sys
 import tempfile
@@ -13,6 +12,7 @@ from kto_pipeline.artifacts import exclusive, is_complete, version_of
 from kto_pipeline.defs.config import TrainConfig
 from kto_pipeline.defs.lineage import upstream
 from kto_pipeline.defs.resources import ArtifactStore, RayCluster
+from kto_pipeline.reports import LongRowsReport, TrainingMetrics
 from kto_pipeline.training.run import launch_command
 
 
@@ -22,35 +22,12 @@ def gpu_lock_path() -> Path:
     return Path(os.environ.get("KTO_GPU_LOCK") or Path(tempfile.gettempdir()) / "kto_pipeline-gpu.lock")
 
 
-NUMERIC = (
-    "steps",
-    "train_loss",
-    "final_loss",
-    "eval_loss",
-    "rewards_chosen",
-    "rewards_rejected",
-    "rewards_margins",
-    "kl",
-    "tokens",
-    "tokens_per_s",
-    "wall_s",
-    "train_rows",
-    "eval_rows",
-    "desirable_weight",
-    "undesirable_weight",
-    "processes",
-    "kl_zero_share",
-    "kl_logged_steps",
-    "kl_pairs_same_completion",
-    "peak_vram_gib",
-    "train_runtime_s",
-)
-
-
-def long_rows_metadata(report: dict) -> dict:
+def long_rows_metadata(report: LongRowsReport) -> dict:
     """Per split: rows kept whole, prompt cut, dropped (numbers, to chart across runs) and as tables."""
-    splits = report["splits"]
-    meta: dict = {f"{split}_rows_{k}": s[k] for split, s in splits.items() for k in ("whole", "prompt_cut", "dropped")}
+    splits = report.splits
+    meta: dict = {
+        f"{split}_rows_{k}": getattr(s, k) for split, s in splits.items() for k in ("whole", "prompt_cut", "dropped")
+    }
     cols = [
         ("split", "string"),
         ("rows", "int"),
@@ -67,21 +44,24 @@ def long_rows_metadata(report: dict) -> dict:
         dg.TableRecord(
             {
                 "split": split,
-                **{k: s[k] for k in ("rows", "whole", "prompt_cut", "dropped", "turns_removed", "prompt_tokens_cut")},
-                "tokens_p50": s["tokens_needed"]["0.5"],
-                "tokens_p95": s["tokens_needed"]["0.95"],
-                "tokens_max": s["tokens_needed"]["1.0"],
+                **{
+                    k: getattr(s, k)
+                    for k in ("rows", "whole", "prompt_cut", "dropped", "turns_removed", "prompt_tokens_cut")
+                },
+                "tokens_p50": s.tokens_needed["0.5"],
+                "tokens_p95": s.tokens_needed["0.95"],
+                "tokens_max": s.tokens_needed["1.0"],
             }
         )
         for split, s in splits.items()
     ]
-    bins = [b["tokens"] for b in splits["train"]["histogram"]]
+    bins = [b.tokens for b in splits["train"].histogram]
     hist = [
         dg.TableRecord(
             {
                 "tokens": b,
-                "fits": splits["train"]["histogram"][i]["fits"],
-                **{split: s["histogram"][i]["rows"] for split, s in splits.items()},
+                "fits": splits["train"].histogram[i].fits,
+                **{split: s.histogram[i].rows for split, s in splits.items()},
             }
         )
         for i, b in enumerate(bins)
@@ -95,27 +75,27 @@ def long_rows_metadata(report: dict) -> dict:
             "token_lengths": dg.MetadataValue.table(
                 hist, dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in hist_cols])
             ),
-            "long_rows_policy": (
-                f"{report['policy']} at max_seq_length={report['max_seq_length']} ({report['trl_alone']})"
-            ),
+            "long_rows_policy": (f"{report.policy} at max_seq_length={report.max_seq_length} ({report.trl_alone})"),
         }
     )
-    if report.get("dropped_rows_file"):
-        meta["dropped_rows"] = dg.MetadataValue.path(report["dropped_rows_file"])
+    if report.dropped_rows_file:
+        meta["dropped_rows"] = dg.MetadataValue.path(report.dropped_rows_file)
     return meta
 
 
 def adapter_metadata(out: Path, version: str) -> dict:
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = TrainingMetrics.read(out)
     meta: dict = {
         "path": str(out),
         "data_version": version,
-        "backend": metrics["backend"],
-        "base_model": metrics["base_model"],
+        "backend": metrics.backend,
+        "base_model": metrics.base_model,
     }
-    meta.update({k: float(metrics[k]) for k in NUMERIC if metrics.get(k) is not None})
-    if "long_rows" in metrics:
-        meta.update(long_rows_metadata(metrics["long_rows"]))
+    # the fields reports.TrainingMetrics marks as metadata, as numbers to chart across runs
+    for k in TrainingMetrics.metadata_fields():
+        if getattr(metrics, k) is not None:
+            meta[k] = float(getattr(metrics, k))
+    meta.update(long_rows_metadata(metrics.long_rows))
     plot = out / "training_curves.png"
     if plot.exists():
         b64 = base64.b64encode(plot.read_bytes()).decode()
@@ -151,7 +131,9 @@ def lora_adapter(
 ) -> dg.MaterializeResult:
     dataset = upstream(context, "kto_dataset")
     train_config = config.resolve()
-    version = version_of(kto_dataset=dataset.version, training=train_config.fingerprint())
+    version = version_of(
+        kto_dataset=dataset.version, training=train_config.fingerprint(), report=TrainingMetrics.SCHEMA_VERSION
+    )
     champion = released_adapter(context, artifacts, version)
     reported: dict = {}
 

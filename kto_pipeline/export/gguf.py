@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from typing import Any
 from kto_pipeline.artifacts import file_sha256
 from kto_pipeline.export import llama
 from kto_pipeline.export.llama import isolated
+from kto_pipeline.reports import GGUFFile, ReportError
 
 # Quantization types llama.cpp can produce from an F16/BF16 file (name -> LLAMA_FTYPE_MOSTLY_<name>).
 QUANT_TYPES = (
@@ -111,7 +112,7 @@ VERIFY_CHATS = (
     ],
 )
 
-SIDECAR = ".verified.json"  # next to each accepted file: its metadata and the inputs it was verified for
+SIDECAR = GGUFFile.SIDECAR  # next to each accepted file: its metadata and the inputs it was verified for
 REJECTED = ".rejected"  # a file that failed verification is renamed to *.gguf.rejected
 
 
@@ -610,18 +611,18 @@ def _resolve_thresholds(
 
 def _load_sidecar(path: Path, inputs: dict[str, Any]) -> dict[str, Any] | None:
     """The stored metadata if `path` was already verified for exactly these inputs and is unchanged."""
-    sidecar = path.with_name(path.name + SIDECAR)
+    sidecar = GGUFFile.sidecar(path)
     if not (path.is_file() and sidecar.is_file()):
         return None
     try:
-        meta = json.loads(sidecar.read_text())
-    except json.JSONDecodeError:
+        meta = GGUFFile.read(sidecar)
+    except (json.JSONDecodeError, ReportError):  # damaged, or from another schema: verify the file again
         return None
-    if meta.get("inputs") != inputs or meta.get("size_bytes") != path.stat().st_size:
+    if meta.inputs != inputs or meta.size_bytes != path.stat().st_size:
         return None
-    if meta.get("sha256") != file_sha256(path):
+    if meta.sha256 != file_sha256(path):
         return None
-    return meta
+    return meta.to_dict()
 
 
 def recheck_files(out_dir: str | os.PathLike, expected: dict[str, str] | None = None) -> list[str]:
@@ -629,13 +630,14 @@ def recheck_files(out_dir: str | os.PathLike, expected: dict[str, str] | None = 
     file (name -> sha256; default: every sidecar) is present, unchanged and recorded as passed, and
     no .gguf file lacks a passing sidecar."""
     out_dir = Path(out_dir)
-    sidecars = {p.name[: -len(SIDECAR)]: p for p in out_dir.glob(f"*.gguf{SIDECAR}")}
-    expected = (
-        expected
-        if expected is not None
-        else {name: json.loads(p.read_text()).get("sha256", "") for name, p in sidecars.items()}
-    )
     problems = []
+    sidecars: dict[str, GGUFFile] = {}
+    for p in out_dir.glob(f"*.gguf{SIDECAR}"):
+        try:
+            sidecars[p.name[: -len(SIDECAR)]] = GGUFFile.read(p)
+        except (json.JSONDecodeError, ReportError) as e:
+            problems.append(f"{p.name}: unreadable verification record ({e})")
+    expected = expected if expected is not None else {name: meta.sha256 for name, meta in sidecars.items()}
     if not expected:
         problems.append(f"{out_dir}: no verified GGUF files")
     for name, sha in sorted(expected.items()):
@@ -643,17 +645,116 @@ def recheck_files(out_dir: str | os.PathLike, expected: dict[str, str] | None = 
         if not path.is_file():
             problems.append(f"{name}: missing")
             continue
-        meta = json.loads(sidecars[name].read_text()) if name in sidecars else {}
-        if not meta.get("passed"):
+        meta = sidecars.get(name)
+        if meta is None or not meta.passed:
             problems.append(f"{name}: no passing verification record ({name}{SIDECAR})")
         actual = file_sha256(path)
-        if actual != sha or actual != meta.get("sha256"):
+        if actual != sha or meta is None or actual != meta.sha256:
             problems.append(
                 f"{name}: content changed since verification (sha256 {actual[:12]}…, "
-                f"verified {str(meta.get('sha256', sha))[:12]}…)"
+                f"verified {(meta.sha256 if meta else sha)[:12]}…)"
             )
     problems += [f"{p.name}: not verified" for p in sorted(out_dir.glob("*.gguf")) if p.name not in sidecars]
     return problems
+
+
+def _plan_types(
+    quantizations: Sequence[str], base: str, thresholds: dict[str, dict[str, float]] | None
+) -> tuple[str, list[str], dict[str, dict[str, float]]]:
+    """(base type, quantization types, limits per type), every name and limit checked before any work."""
+    base = base.upper()
+    if base not in BASE_TYPES:
+        raise ValueError(f"base must be one of {BASE_TYPES}, not {base!r}")
+    quants = [q for q in dict.fromkeys(q.upper() for q in quantizations) if q != base]
+    for q in quants:
+        if q in BASE_TYPES:
+            raise ValueError(f"{q} is a base type: set base={q!r} instead of listing it as a quantization")
+        _ftype(q)
+    return base, quants, _resolve_thresholds([base, *quants], thresholds)
+
+
+def _build_and_verify(
+    out_dir: Path,
+    name: str,
+    qtype: str,
+    base: str,
+    model_dir: Path,
+    inputs: dict[str, Any],
+    limits: dict[str, float],
+    reference: Callable[[], Reference],
+    log,
+) -> dict[str, Any]:
+    """Convert (the base type) or quantize one file, verify it, and record the outcome: a `.verified.json`
+    sidecar when it passed, else the file renamed *.rejected with its figures beside it."""
+    path, base_path = out_dir / f"{name}-{qtype}.gguf", out_dir / f"{name}-{base}.gguf"
+    t0 = time.perf_counter()
+    if qtype == base:
+        convert_to_gguf(model_dir, out_dir, base.lower(), name)
+    else:
+        quantize(base_path, path, qtype)
+    build_s = time.perf_counter() - t0
+    ref = reference()
+    figures = verify_gguf(path, model_dir, reference=ref, what=f"verifying {path.name} ({qtype})")
+    failures = check_thresholds(figures, limits)
+    meta: dict[str, Any] = {
+        "file": path.name,
+        "path": str(path),
+        "type": qtype,
+        "size_bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+        **tensor_stats(path),
+        "llama_cpp_version": inputs["llama_cpp"],
+        "build_seconds": round(build_s, 3),
+        "verification": figures,
+        "thresholds": limits,
+    }
+    if inputs["transformers_check"]:
+        tf = verify_transformers_loadback(path, ref)
+        meta["transformers_loadback"] = tf
+        failures += [
+            f"transformers load-back: {f}" for f in check_thresholds(tf, limits, who="transformers (gguf_file=)")
+        ]
+    if not figures["tokenization_match"]:
+        failures += [f"hint: {h}" for h in tokenizer_hints(model_dir)]
+    meta.update(passed=not failures, failures=failures, inputs=inputs)
+    if failures:
+        rejected = path.with_name(path.name + REJECTED)
+        path.replace(rejected)
+        meta["path"] = str(rejected)
+        GGUFFile.of(meta).write(rejected.with_name(rejected.name + ".json"))
+        GGUFFile.sidecar(path).unlink(missing_ok=True)
+        log(f"{path.name}: FAILED verification: {'; '.join(failures)}")
+    else:
+        GGUFFile.of(meta).write(GGUFFile.sidecar(path))
+        log(
+            f"{path.name}: verified (rel. error {figures['rel_error']:.3g}, top-1 "
+            f"{figures['top1_agreement']:.2%} over {figures['decisive_positions']} decisive positions)"
+        )
+    return meta
+
+
+def _raise_failures(results: list[dict[str, Any]], out_dir: Path, model_dir: Path) -> None:
+    failed = [r for r in results if not r["passed"]]
+    if failed:
+        (out_dir / "Modelfile").unlink(missing_ok=True)  # it may point at a rejected file
+        lines = [f"  {r['file']}: {'; '.join(r['failures'])}" for r in failed]
+        raise GGUFVerificationError(
+            f"{len(failed)} GGUF file(s) in {out_dir} failed verification against {model_dir} "
+            f"and were renamed *{REJECTED}:\n" + "\n".join(lines),
+            results,
+        )
+
+
+def _add_modelfile(
+    results: list[dict[str, Any]], out_dir: Path, model_dir: Path, modelfile_from: str | None, system: str | None
+) -> None:
+    """The Ollama Modelfile, pointing at `modelfile_from` (else the smallest file); its summary goes to that file."""
+    from kto_pipeline.export.modelfile import write_modelfile
+
+    target = next(
+        (r for r in results if r["type"] == (modelfile_from or "").upper()), min(results, key=lambda r: r["size_bytes"])
+    )
+    target["modelfile"] = write_modelfile(out_dir, target["file"], model_dir, system=system)
 
 
 def export_gguf(
@@ -680,29 +781,24 @@ def export_gguf(
     its summary added to that file's dict under "modelfile".
     """
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir)
-    base = base.upper()
-    if base not in BASE_TYPES:
-        raise ValueError(f"base must be one of {BASE_TYPES}, not {base!r}")
-    quants = [q for q in dict.fromkeys(q.upper() for q in quantizations) if q != base]
-    for q in quants:
-        if q in BASE_TYPES:
-            raise ValueError(f"{q} is a base type: set base={q!r} instead of listing it as a quantization")
-        _ftype(q)
-    limits = _resolve_thresholds([base, *quants], thresholds)
+    base, quants, limits = _plan_types(quantizations, base, thresholds)
     _check_model_dir(model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    version = llama_cpp_version()
     texts = list(prompts) if prompts is not None else verification_texts(model_dir)
     common = {
         "source": _model_fingerprint(model_dir),
-        "llama_cpp": version,
+        "llama_cpp": llama_cpp_version(),
         "prompts": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16],
     }
-    reference: Reference | None = None
-    results: list[dict[str, Any]] = []
-    base_path = out_dir / f"{name}-{base}.gguf"
+    cached: list[Reference] = []
 
+    def reference() -> Reference:  # the HF model's logits, computed once and only when a file needs checking
+        if not cached:
+            cached.append(reference_logits(model_dir, texts))
+        return cached[0]
+
+    results: list[dict[str, Any]] = []
     for qtype in [base, *quants]:
         path = out_dir / f"{name}-{qtype}.gguf"
         inputs = {
@@ -718,69 +814,9 @@ def export_gguf(
             log(f"{path.name}: already built and verified, skipping")
             results.append(done)
             continue
-        t0 = time.perf_counter()
-        if qtype == base:
-            convert_to_gguf(model_dir, out_dir, base.lower(), name)
-        else:
-            quantize(base_path, path, qtype)
-        build_s = time.perf_counter() - t0
-        if reference is None:
-            reference = reference_logits(model_dir, texts)
-        figures = verify_gguf(path, model_dir, reference=reference, what=f"verifying {path.name} ({qtype})")
-        failures = check_thresholds(figures, limits[qtype])
-        meta: dict[str, Any] = {
-            "file": path.name,
-            "path": str(path),
-            "type": qtype,
-            "size_bytes": path.stat().st_size,
-            "sha256": file_sha256(path),
-            **tensor_stats(path),
-            "llama_cpp_version": version,
-            "build_seconds": round(build_s, 3),
-            "verification": figures,
-            "thresholds": limits[qtype],
-        }
-        if inputs["transformers_check"]:
-            tf = verify_transformers_loadback(path, reference)
-            meta["transformers_loadback"] = tf
-            failures += [
-                f"transformers load-back: {f}"
-                for f in check_thresholds(tf, limits[qtype], who="transformers (gguf_file=)")
-            ]
-        if not figures["tokenization_match"]:
-            failures += [f"hint: {h}" for h in tokenizer_hints(model_dir)]
-        meta.update(passed=not failures, failures=failures, inputs=inputs)
-        if failures:
-            rejected = path.with_name(path.name + REJECTED)
-            path.replace(rejected)
-            meta["path"] = str(rejected)
-            rejected.with_name(rejected.name + ".json").write_text(json.dumps(meta, indent=2))
-            path.with_name(path.name + SIDECAR).unlink(missing_ok=True)
-            log(f"{path.name}: FAILED verification: {'; '.join(failures)}")
-        else:
-            path.with_name(path.name + SIDECAR).write_text(json.dumps(meta, indent=2))
-            log(
-                f"{path.name}: verified (rel. error {figures['rel_error']:.3g}, top-1 "
-                f"{figures['top1_agreement']:.2%} over {figures['decisive_positions']} decisive positions)"
-            )
-        results.append(meta)
-        if failures and qtype == base:
+        results.append(_build_and_verify(out_dir, name, qtype, base, model_dir, inputs, limits[qtype], reference, log))
+        if not results[-1]["passed"] and qtype == base:
             break  # quantizing a broken base file would only repeat its failure
-
-    failed = [r for r in results if not r["passed"]]
-    if failed:
-        (out_dir / "Modelfile").unlink(missing_ok=True)  # it may point at a rejected file
-        lines = [f"  {r['file']}: {'; '.join(r['failures'])}" for r in failed]
-        raise GGUFVerificationError(
-            f"{len(failed)} GGUF file(s) in {out_dir} failed verification against {model_dir} "
-            f"and were renamed *{REJECTED}:\n" + "\n".join(lines),
-            results,
-        )
-
-    from kto_pipeline.export.modelfile import write_modelfile
-
-    target = next(
-        (r for r in results if r["type"] == (modelfile_from or "").upper()), min(results, key=lambda r: r["size_bytes"])
-    )
-    target["modelfile"] = write_modelfile(out_dir, target["file"], model_dir, system=system_prompt)
+    _raise_failures(results, out_dir, model_dir)
+    _add_modelfile(results, out_dir, model_dir, modelfile_from, system_prompt)
     return results

@@ -21,6 +21,7 @@ from typing import Any
 
 from kto_pipeline.artifacts import dir_digest
 from kto_pipeline.patches import drop_bnb_weight_conversions
+from kto_pipeline.reports import MergeInfo
 
 TOKENIZER_FILES = (
     "tokenizer.model",
@@ -212,5 +213,5 @@ def merge_adapter(
         "dtype": str(merged.dtype).removeprefix("torch."),
         "parameters": sum(p.numel() for p in merged.parameters()),
     }
-    (out_dir / "merge_info.json").write_text(json.dumps(info, indent=2))
+    MergeInfo.of(info).write(out_dir)
     return {**info, **dir_digest(out_dir, "*.safetensors")}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -12,6 +11,7 @@ from kto_pipeline.release.content import ReleaseError, ReleaseResult
 from kto_pipeline.release.hub import HubTarget
 from kto_pipeline.release.local import LocalRegistry
 from kto_pipeline.release.save import stage_release
+from kto_pipeline.reports import ReleaseRecord
 
 log = logging.getLogger("kto_pipeline.release")
 TARGETS = ("local", "hub")
@@ -36,7 +36,7 @@ def _merge_gguf_facts(staged: list[dict], given: list[dict]) -> list[dict]:
 def write_card(folder: Path, info: dict) -> None:
     (folder / "README.md").write_text(render_model_card(info), encoding="utf-8")
     # The same facts, machine-readable; sorted and timestamp-free so unchanged inputs give unchanged bytes.
-    (folder / "kto_release.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+    ReleaseRecord.of(info).write(folder)
 
 
 def release_model(

@@ -23,6 +23,7 @@ from typing import Any
 
 from kto_pipeline.artifacts import COMPLETE
 from kto_pipeline.config import Config
+from kto_pipeline.reports import TrainingMetrics
 from kto_pipeline.training.long_rows import report_text
 
 
@@ -250,39 +251,80 @@ def train(
     with oom_advice(config):  # loading, the reference pre-pass and training can each run out of memory
         loaded = load_for_training(config, cache_dir)
         trainer, info = build_trainer(config, loaded, dataset_dir, ckpt_dir, [_callback(log, history), *callbacks])
-        for line in report_text(info["long_rows"]).splitlines():
-            log(line)
-        dropped = info.pop("dropped_rows")
-        if rank() == 0:
-            info["long_rows"]["dropped_rows_file"] = str(write_dropped(dataset_dir, output_dir.name, dropped))
+        account_long_rows(info, dataset_dir, output_dir, log)
         resume = resume or last_checkpoint(ckpt_dir)
         log(
             f"backend={loaded.backend} model={loaded.model_path} rows={info['train_rows']} "
             f"micro-batch={trainer.args.per_device_train_batch_size}x{trainer.args.gradient_accumulation_steps}"
             + (f" resuming from {resume}" if resume else "")
         )
-        resumed = checkpoint_state(resume)  # read now: the Trainer's rotation may delete that checkpoint
-        start_step = resumed.get("global_step", 0)
-        # The logs of the steps before the checkpoint, so metrics.json and the loss plot describe the whole
-        # training (a resume at the last step trains nothing and would otherwise report no loss at all).
-        history.extend(numeric(h) for h in resumed.get("log_history", []))
-        if is_last_step(resumed):  # killed after its last checkpoint: take those weights (Trainer would train on)
-            load_checkpoint_adapter(trainer.model, resume)
-            trainer.state.global_step = start_step
-            log(f"{resume} is the last step ({start_step}): nothing left to train")
-            train_metrics: dict[str, Any] = {}
-        else:
-            train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
-    eval_metrics = trainer.evaluate() if info["eval_rows"] else {}
+        start_step, train_metrics = fit(trainer, resume, history, log)
+    eval_metrics, champ = evaluate(trainer, info["eval_rows"], output_dir, champion, loaded.model_path)
+    metrics = collect_metrics(
+        loaded, trainer, info, history, train_metrics, eval_metrics, champ, resume, start_step, started
+    )
+    if rank() == 0:
+        TrainingMetrics.of(metrics).write(output_dir)
+        plot_metrics(history, output_dir / "training_curves.png")
+    return metrics
+
+
+def account_long_rows(info: dict[str, Any], dataset_dir: Path, output_dir: Path, log: Callable[[str], None]) -> None:
+    """Log the long-row accounting; rank 0 lists the dropped rows next to the dataset and records where."""
+    for line in report_text(info["long_rows"]).splitlines():
+        log(line)
+    dropped = info.pop("dropped_rows")
+    if rank() == 0:
+        info["long_rows"]["dropped_rows_file"] = str(write_dropped(dataset_dir, output_dir.name, dropped))
+
+
+def fit(
+    trainer: Any, resume: str | None, history: list[dict[str, Any]], log: Callable[[str], None]
+) -> tuple[int, dict[str, Any]]:
+    """Train from `resume` (or from the start): (the step it started at, the Trainer's train metrics)."""
+    resumed = checkpoint_state(resume)  # read now: the Trainer's rotation may delete that checkpoint
+    start_step = resumed.get("global_step", 0)
+    # The logs of the steps before the checkpoint, so metrics.json and the loss plot describe the whole
+    # training (a resume at the last step trains nothing and would otherwise report no loss at all).
+    history.extend(numeric(h) for h in resumed.get("log_history", []))
+    if is_last_step(resumed):  # killed after its last checkpoint: take those weights (Trainer would train on)
+        load_checkpoint_adapter(trainer.model, resume)
+        trainer.state.global_step = start_step
+        log(f"{resume} is the last step ({start_step}): nothing left to train")
+        return start_step, {}
+    return start_step, trainer.train(resume_from_checkpoint=resume).metrics
+
+
+def evaluate(
+    trainer: Any, eval_rows: int, output_dir: Path, champion: Path | None, base_model: str
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Eval metrics of the trained adapter (saved into output_dir) and of the champion on the same rows."""
+    eval_metrics = trainer.evaluate() if eval_rows else {}
     trainer.save_model(str(output_dir))  # PEFT adapter (safetensors) + tokenizer; rank 0 only
-    champ = champion_eval(trainer, champion, loaded.model_path) if champion and info["eval_rows"] else None
+    champ = champion_eval(trainer, champion, base_model) if champion and eval_rows else None
+    return eval_metrics, champ
+
+
+def collect_metrics(
+    loaded: Any,
+    trainer: Any,
+    info: dict[str, Any],
+    history: list[dict[str, Any]],
+    train_metrics: dict[str, Any],
+    eval_metrics: dict[str, Any],
+    champ: dict[str, Any] | None,
+    resume: str | None,
+    start_step: int,
+    started: float,
+) -> dict[str, Any]:
+    """What metrics.json holds (kto_pipeline.reports.TrainingMetrics documents each key)."""
     finished = time.time()
     train_logs = [h for h in history if "loss" in h]
     last = train_logs[-1] if train_logs else {}
     # TRL counts tokens per process from 0: this process's are those logged after the resume point.
     tokens = max((h.get("num_tokens", 0) for h in history if h["step"] > start_step), default=0)
     runtime = train_metrics.get("train_runtime", finished - started)
-    metrics = {
+    return {
         "backend": loaded.backend,
         "base_model": loaded.model_path,
         "resumed_from": resume,
@@ -312,10 +354,6 @@ def train(
         **info,
         "history": history,
     }
-    if rank() == 0:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-        plot_metrics(history, output_dir / "training_curves.png")
-    return metrics
 
 
 def write_dropped(dataset_dir: Path, adapter_version: str, records: list[dict[str, Any]]) -> Path:
@@ -421,7 +459,7 @@ def main() -> None:
 
 
 def read_metrics(output_dir: Path) -> dict[str, Any]:
-    return json.loads((output_dir / "metrics.json").read_text())
+    return TrainingMetrics.read(output_dir).to_dict()
 
 
 def report_materialization(pipes: Any, metrics: dict[str, Any]) -> None:
