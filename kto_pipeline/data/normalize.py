@@ -228,3 +228,26 @@ def normalize(record: Any) -> dict[str, Any]:
         prompt, completion, turns = _text(record, "prompt"), _text(record, "completion"), None
     messages = _ENCODER.encode(turns) if turns is not None else None
     return {"prompt": prompt, "completion": completion, "label": label, "messages": messages}
+
+
+def normalize_prompt(record: Any) -> dict[str, Any]:
+    """A prompt without a completion or label (an evaluation prompt) -> {prompt, messages}.
+
+    The same shapes and message rules as `normalize`: `prompt` as text or a message list, or a
+    `conversations`/`messages` list; a conversation must end before the assistant's turn.
+    """
+    if not isinstance(record, dict):
+        raise BadRow(f"not an object: got {_type(record)}")
+    key = next((k for k in CONVERSATION_KEYS if record.get(k) is not None), None)
+    value = record[key] if key else record.get("prompt")
+    if key is None and not isinstance(value, (list, tuple)):
+        return {"prompt": _text(record, "prompt"), "messages": None}
+    name = key or "prompt"
+    turns = _messages(list(value) if isinstance(value, tuple) else value, name)
+    if turns[-1]["role"] == "assistant":
+        raise BadRow(
+            f"missing field: label ({name} ends with an assistant turn: label it, or end the prompt before that turn)"
+        )
+    if not any(t["content"].strip() for t in turns):
+        raise BadRow(f"empty field: {name} has no non-empty message")
+    return {"prompt": render_prompt(turns), "messages": _ENCODER.encode(turns)}
