@@ -135,8 +135,8 @@ def unsloth_flash_varlen(enabled: bool = True) -> bool:
 
     Unsloth 2026.10 takes a packed row in one flash kernel over all its segments (cu_seqlens) only where torch's
     public `varlen_attn` has `enable_gqa` (torch >= 2.12). On torch 2.11 (the CUDA hosts we measure on) it falls
-    back to one SDPA call per segment, each with copies in and out: 5,120 attention calls and ~55k small copy/fill
-    kernels per two micro-batches on the 8B shape (benchmarks/RESULTS.md, issue 20). The aten kernel under both
+    back to one SDPA call per segment, each with copies in and out (the profile is in benchmarks/RESULTS.md). The
+    aten kernel under both
     paths, `_flash_attention_forward`, takes cu_seqlens and grouped KV heads on torch 2.11 too, and Unsloth's own
     `_LeanFlashVarlen` calls exactly that kernel when `_LEAN_VARLEN` is set. So: `_LEAN_VARLEN` on, no cuDNN
     varlen (torch 2.11 has none), and `_TORCH_VARLEN_ATTN` (what Unsloth calls inside torch.compile) torch 2.11's

@@ -61,10 +61,9 @@ DEFAULT_QUANTIZATIONS = ("Q4_K_M", "Q5_K_M", "Q8_0")  # the seed's --gguf-quanti
 #   min_top1:      share of decisive positions (see TIE_MARGIN) where both pick the same next token
 #   max_mean_kl:   mean KL(HF || GGUF) per position (not used by default; available as an override)
 # F16/BF16 must match to rounding. A quantized file must keep the model's decisions: the limits sit below every
-# healthy file measured — tiny models and the real SmolLM2-135M-Instruct, which loses most (Q8_0 0.048 / 97.5%,
-# Q6_K 0.071 / 92.9%, Q5_K_M 0.19 / 86.1%, Q4_K_M 0.14 / 90.1%: its 576-wide rows are not a multiple of the
-# K-quant block, so llama.cpp falls back to other types there) — and above every broken file (wrong tensor,
-# other model: relative error >= 0.34, top-1 <= 46%). Other types need explicit limits.
+# healthy file measured (tiny models and the real SmolLM2-135M-Instruct, which loses most: its 576-wide rows are
+# not a multiple of the K-quant block, so llama.cpp falls back to other types there) and above every broken file
+# (a wrong tensor, another model); the figures are in benchmarks/GGUF.md. Other types need explicit limits.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "F16": {"max_rel_error": 1e-2, "min_top1": 0.99},
     "BF16": {"max_rel_error": 1e-2, "min_top1": 0.99},

@@ -157,7 +157,7 @@ class Arch:
     def lora_params(self, r: int, targets: list[str]) -> int:
         """LoRA A and B on each targeted linear layer. MoE experts (gpt-oss) get one adapter per expert, on the
         fused gate_up (hidden -> 2 x intermediate) and on down: Unsloth 2026.10 attaches them whenever an MLP
-        projection is targeted (measured: 1,479,278,592 trainable at r=128, exactly this count)."""
+        projection is targeted (this count matches Unsloth's trainable-parameter count exactly)."""
         shapes = self.linear_shapes()
         dense = sum(
             r * (shapes[t][0] + shapes[t][1])

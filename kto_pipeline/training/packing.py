@@ -9,7 +9,7 @@ Attention stays inside each row:
 - transformers (sdpa, eager, flex): `attention_mask=None` with restarting position ids makes its masking utilities
   build the block-diagonal causal mask (`find_packed_sequence_indices`); flash-attention reads the same position
   ids as varlen boundaries;
-- Unsloth honours the packed position ids in its own attention (measured on the H200, issue 20).
+- Unsloth honours the packed position ids in its own attention (test_gpu.py checks it against the padded path).
 The per-token log-probs (and entropy, mean logits) are scattered back into TRL's padded [B, L-1] layout, so TRL's
 loss, metrics and the precompute pass read them unchanged. The collator still pads (cheap, on the CPU): packing
 happens at the forward, for every pass at once.

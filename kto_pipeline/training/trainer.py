@@ -116,9 +116,8 @@ def wants_precompute(config: Config, train_rows: int) -> bool:
     """Precompute the reference log-probs when asked, or (None) when training sees the data more than once.
 
     The reference forwards are a third of a KTO step's compute. Precomputing does them once per row instead of
-    once per row and epoch. For a single epoch it is the same work in a separate pass, and measured slower
-    (H100, 256 rows: the pass took 14.2 s where the same forwards cost 10.8 s inside the steps;
-    benchmarks/RESULTS.md); from the second epoch on the reference costs nothing.
+    once per row and epoch. For a single epoch it is the same work in a separate pass, which is slower than the
+    same forwards inside the steps (benchmarks/RESULTS.md); from the second epoch on the reference costs nothing.
     """
     t = config.training
     if t.precompute_ref_log_probs is not None:
