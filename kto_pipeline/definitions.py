@@ -13,6 +13,7 @@ from kto_pipeline.defs.automation import build_raw_files_sensor, build_retrain_s
 from kto_pipeline.defs.checks import eval_loss, gguf_files_intact, kl_health, label_balance, long_rows
 from kto_pipeline.defs.data import ingest_raw_file, kto_dataset, raw_file, raw_preferences
 from kto_pipeline.defs.export import gguf_quantizations, merged_model
+from kto_pipeline.defs.progress import ProgressTempFileReader
 from kto_pipeline.defs.release import ReleaseTarget, hub_release
 from kto_pipeline.defs.resources import ArtifactStore, QualityGates, RayCluster
 from kto_pipeline.defs.training import lora_adapter
@@ -29,7 +30,7 @@ def build_defs() -> dg.Definitions:
         resources={
             "artifacts": ArtifactStore(),
             "quality_gates": QualityGates(),
-            "pipes_subprocess_client": dg.PipesSubprocessClient(),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(message_reader=ProgressTempFileReader()),
             "ray_cluster": RayCluster(),  # used only with training.launcher='ray'; address: $RAY_ADDRESS
             "release_target": ReleaseTarget(),
         },

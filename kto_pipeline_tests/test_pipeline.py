@@ -152,6 +152,7 @@ def test_data_parallel_training_through_torchrun(project):
             )
         )  # 6 steps x 8 rows stay inside one epoch of the 53 rows
         assert out.count("backend=transformers") == 1, "more than one rank reported through Pipes"
+        assert out.count("training 6 steps") == 1, "more than one rank sent its progress"
         meta = project.latest("lora_adapter")
         runs[processes] = json.loads(
             (project.artifacts / "lora_adapter" / meta["data_version"] / "metrics.json").read_text()

@@ -18,6 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from kto_pipeline import progress
 from kto_pipeline_tests.conftest import run_ok
 from kto_pipeline_tests.procs import descendants, free_ports
 
@@ -209,6 +210,12 @@ def test_two_ray_workers_on_two_nodes_train_like_one_process(project, ray_cluste
     out = run_ok(project.materialize_cli("lora_adapter", ray_run_config({"num_processes": 2, **shape})), timeout=600)
     assert out.count("backend=transformers") == 1, "more than one worker reported through Pipes"
     assert "step 6:" in out  # rank 0's log lines came back through the Ray job's log
+    # and its progress, as events of the run while it trained: one TrainingBegan, one StepLogged per step
+    with project.instance() as instance:
+        records = instance.fetch_observations(dg.AssetKey("lora_adapter"), limit=100).records
+    sent = [progress.from_message(r.asset_observation.metadata) for r in reversed(records)]
+    assert [p for p in sent if isinstance(p, progress.TrainingBegan)] == [progress.TrainingBegan(total_steps=6)]
+    assert [p.step for p in sent if isinstance(p, progress.StepLogged) and p.loss is not None] == [1, 2, 3, 4, 5, 6]
     ray_meta = project.latest("lora_adapter")
     assert ray_meta["processes"] == 2 and ray_meta["steps"] == 6
     assert "data:image/png;base64," in ray_meta["training_curves"] and eval_loss_passed(project)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kto_pipeline.config import Config, get_config
+from kto_pipeline.progress import StepLogged, TrainingBegan
 from kto_pipeline.training.run import NonFiniteLoss, last_checkpoint, train
 
 pytestmark = pytest.mark.slow  # real training runs, some in subprocesses
@@ -107,11 +108,17 @@ def test_metrics_plot_and_tensorboard(tmp_path, kto_data, cache):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "out"
-    lines: list[str] = []
-    m = train(tiny(max_steps=3), kto_data, out, cache, log=lines.append)
+    sent: list = []
+    m = train(tiny(max_steps=3), kto_data, out, cache, log=sent.append)
     assert m["steps"] == 3 and m["micro_batch"] == 8 and m["backend"] == "transformers"
     assert all(isinstance(m[k], float) for k in ("final_loss", "eval_loss", "kl", "tokens_per_s"))
-    assert sum(line.startswith("step ") for line in lines) >= 3  # streamed, one line per logged step
+    # streamed as it trains: the total first, then one message per logged step, with its figures
+    assert [p for p in sent if isinstance(p, TrainingBegan)] == [TrainingBegan(total_steps=3, resumed_from_step=0)]
+    steps = [p for p in sent if isinstance(p, StepLogged) and p.loss is not None]
+    assert [(p.step, p.total_steps) for p in steps] == [(1, 3), (2, 3), (3, 3)]
+    assert all(p.tokens_per_s > 0 and p.eta_s >= 0 and p.logs["loss"] == p.loss for p in steps)
+    assert steps[-1].eta_s == 0 and steps[-1].loss == m["final_loss"]
+    assert any(isinstance(p, StepLogged) and p.loss is None and "eval_loss" in p.logs for p in sent)
     assert json.loads((out / "metrics.json").read_text())["eval_loss"] == m["eval_loss"]
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     events = EventAccumulator(str(next((out / "tensorboard").rglob("events.out.tfevents.*")).parent))

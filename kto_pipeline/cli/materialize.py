@@ -3,14 +3,15 @@
 The child is Dagster's own CLI, so `kto train` behaves exactly like it; its whole output (DEBUG event lines,
 tracebacks, the training process's tqdm bars) goes to a log file under the instance. What the terminal shows
 comes from the run's events, read back from the instance's event log as they are written: structured
-(materialization metadata, check evaluations, errors), not scraped from text.
+(materialization metadata, check evaluations, training progress, errors), not scraped from text. Which run is
+the child's comes from the run too: its executor's first engine event names the process it runs in.
 """
 
 from __future__ import annotations
 
 import collections
+import datetime
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -19,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Every event line of Dagster's console logger: "<time> - dagster - <LEVEL> - <job> - <run id> - ...".
-RUN_ID = re.compile(r" - dagster - [A-Z]+ - \S+ - ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}) - ")
 POLL_S = 0.5
 
 
@@ -40,12 +39,11 @@ class Outcome:
 
 
 class _Output(threading.Thread):
-    """Copies the child's output to the log file (and the terminal with --verbose); spots the run id."""
+    """Copies the child's output to the log file (and the terminal with --verbose); keeps its last lines."""
 
     def __init__(self, stream, log, echo: bool):
         super().__init__(daemon=True)
         self.stream, self.log, self.echo = stream, log, echo
-        self.run_id: str | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=60)
 
     def run(self) -> None:
@@ -60,8 +58,6 @@ class _Output(threading.Thread):
             *lines, partial = (partial + chunk.decode(errors="replace")).split("\n")
             for line in lines:
                 self.tail.append(line.split("\r")[-1])  # a progress bar's last state
-                if self.run_id is None and (m := RUN_ID.search(line)):
-                    self.run_id = m.group(1)
         if partial:
             self.tail.append(partial)
 
@@ -70,9 +66,8 @@ def materialize(
     cmd: list[str], env: dict[str, str], log: Path, verbose: bool, on_event: Callable[[object], None]
 ) -> Outcome:
     """Run `cmd` (a `dagster asset materialize`), calling on_event with each EventLogEntry of its run in order."""
-    import dagster as dg
-
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]  # the instance the child writes to
+    started = datetime.datetime.now(datetime.UTC)
     with open(log, "wb") as sink:
         sink.write(f"$ {' '.join(cmd)}\n".encode())
         proc = subprocess.Popen(
@@ -80,17 +75,17 @@ def materialize(
         )
         output = _Output(proc.stdout, sink, verbose)
         output.start()
-        instance, cursor, interrupted = None, None, False
+        instance, run_id, cursor, interrupted = None, None, None, False
         while True:
             try:
                 finished = proc.poll() is not None
                 if finished:
-                    # The run id may sit in the last lines; a grandchild still holding the pipe must not hang us.
-                    output.join(timeout=10)
-                if output.run_id and instance is None:
-                    instance = dg.DagsterInstance.get()
-                if instance is not None:
-                    cursor = _drain(instance, output.run_id, cursor, on_event)
+                    output.join(timeout=10)  # a grandchild still holding the pipe must not hang us
+                instance = instance or _instance()
+                if instance is not None and run_id is None:
+                    run_id = run_of(instance, proc.pid, started)
+                if run_id is not None:
+                    cursor = _drain(instance, run_id, cursor, on_event)
                 if finished:
                     break
                 time.sleep(POLL_S)
@@ -100,7 +95,37 @@ def materialize(
                 proc.wait()
     if instance is not None:
         instance.dispose()
-    return Outcome(proc.returncode, output.run_id, log, list(output.tail), interrupted)
+    return Outcome(proc.returncode, run_id, log, list(output.tail), interrupted)
+
+
+def _instance():
+    """The instance, or None while it cannot be opened (a broken dagster.yaml: the child reports why and stops)."""
+    import dagster as dg
+
+    try:
+        return dg.DagsterInstance.get()
+    except Exception:  # noqa: BLE001 - the child's error is the one to show
+        return None
+
+
+def run_of(instance, pid: int, since: datetime.datetime) -> str | None:
+    """The run that process `pid` (a `dagster asset materialize`) executes, from the run's own events: the executor,
+    which runs in the CLI's process, names that process in its first engine event. Only runs created since the
+    child started are looked at (process ids are reused)."""
+    import dagster as dg
+
+    try:
+        records = instance.get_run_records(filters=dg.RunsFilter(created_after=since), limit=50)
+        for record in records:
+            run_id = record.dagster_run.run_id
+            events = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=5).records
+            for event in events:
+                pid_of = event.event_log_entry.dagster_event.engine_event_data.metadata.get("pid")
+                if pid_of is not None and pid_of.value == str(pid):
+                    return run_id
+    except Exception:  # noqa: BLE001 - SQLite busy while the run writes: look again next time
+        pass
+    return None
 
 
 def _drain(instance, run_id: str, cursor: str | None, on_event: Callable[[object], None]) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +17,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.text import Text
 
+from kto_pipeline import progress as messages
 from kto_pipeline.cli.failures import Failure, died_of_signal, root_message
 from kto_pipeline.cli.figures import asset_line, duration, figures_of, gguf_lines
+from kto_pipeline.progress import StepLogged, TrainingBegan, from_message, is_progress
 
-# Log lines of the training process (kto_pipeline.training.run): the total at train begin, then one per logged step.
-TRAINING_BEGIN = re.compile(r"^training (\d+) steps")
-STEP = re.compile(r"^step (\d+): (.*)$")
-RESUME = re.compile(r"resuming from \S*checkpoint-(\d+)")
 # Training-step lines printed on top of the bar: about this many per run (plus the first and the last).
 STEP_LINES = 10
 WIDTH = 20  # asset names, as in the results table
@@ -36,10 +33,7 @@ INTERRUPTED = (
 
 @dataclass
 class Training:
-    total: int | None = None
-    begin: float | None = None
-    first_step: int = 0
-    next_line: int = 0
+    next_line: int = 0  # the step from which the next step line is printed
 
 
 class RunView:
@@ -108,7 +102,7 @@ class RunView:
                 and entry.level >= logging.INFO
                 and not entry.user_message.startswith("Dependencies for step")
             ):
-                self.on_message(entry.step_key, entry.user_message, entry.timestamp)
+                self.on_message(entry.step_key, entry.user_message)
             return
         kind, data = event.event_type_value, event.event_specific_data
         if kind == "ASSET_MATERIALIZATION_PLANNED":
@@ -117,6 +111,8 @@ class RunView:
             self._task(entry.step_key)
             if not self.live:
                 self.say(entry.step_key, "running")
+        elif kind == "ASSET_OBSERVATION" and is_progress(meta := data.asset_observation.metadata):
+            self.on_progress(entry.step_key, from_message(meta))  # the training's progress (defs/progress.py)
         elif kind == "ASSET_MATERIALIZATION":
             self.on_materialization(event.asset_key.to_user_string(), figures_of(data.materialization.metadata))
         elif kind == "ASSET_CHECK_EVALUATION":
@@ -128,41 +124,34 @@ class RunView:
         elif kind in ("PIPELINE_FAILURE", "PIPELINE_CANCELED"):
             self.run_failure = entry.user_message
 
-    def on_message(self, step: str, message: str, at: float) -> None:
+    def on_message(self, step: str, message: str) -> None:
         if message.startswith("[pipes]"):
             return
-        if m := TRAINING_BEGIN.match(message):
-            self.training.total, self.training.begin = int(m.group(1)), at
-            self.say(step, message)
-            self._task(step, f"step 0/{self.training.total}", total=self.training.total)
-            return
-        if m := STEP.match(message):
-            metrics = dict(kv.split("=", 1) for kv in m.group(2).split(", ") if "=" in kv)
-            if "loss" in metrics:  # a training step (eval and end-of-training logs carry other keys)
-                self.on_step(step, int(m.group(1)), metrics, at)
-            return
-        if m := RESUME.search(message):
-            self.training.first_step = int(m.group(1))
         for line in message.splitlines():
             self.say(step, line)
 
-    def on_step(self, step: str, n: int, metrics: dict[str, str], at: float) -> None:
-        t = self.training
-        total = t.total or n
-        parts = [f"step {n}/{total}", f"loss {float(metrics['loss']):.4f}"]
-        if "rewards/margins" in metrics:
-            parts.append(f"margin {float(metrics['rewards/margins']):.3f}")
-        elapsed = at - t.begin if t.begin else 0.0
-        if elapsed > 0 and "num_tokens" in metrics:
-            parts.append(f"{float(metrics['num_tokens']) / elapsed:,.0f} tok/s")
-        done = n - t.first_step
-        if elapsed > 0 and done > 0:
-            parts.append(f"ETA {duration(elapsed / done * (total - n))}")
+    def on_progress(self, step: str, progress: messages.Progress) -> None:
+        if isinstance(progress, TrainingBegan):
+            self.training = Training()
+            self.say(step, progress.text())
+            self._task(step, f"step 0/{progress.total_steps}", total=progress.total_steps)
+        elif isinstance(progress, StepLogged) and progress.loss is not None:  # eval and end logs: the UI's
+            self.on_step(step, progress)
+
+    def on_step(self, step: str, p: StepLogged) -> None:
+        parts = [f"step {p.step}/{p.total_steps}", f"loss {p.loss:.4f}"]
+        if p.margin is not None:
+            parts.append(f"margin {p.margin:.3f}")
+        if p.tokens_per_s is not None:
+            parts.append(f"{p.tokens_per_s:,.0f} tok/s")
+        if p.eta_s is not None:
+            parts.append(f"ETA {duration(p.eta_s)}")
         stats = "  ".join(parts)
-        self._task(step, stats, total=total, completed=n)
-        if n >= t.next_line or n >= total:  # a line now and then, so the history stays on screen and in CI logs
+        self._task(step, stats, total=p.total_steps, completed=p.step)
+        t = self.training
+        if p.step >= t.next_line or p.step >= p.total_steps:  # a line now and then: the history stays in CI logs
             self.say(step, stats)
-            t.next_line = n + max(1, math.ceil(total / STEP_LINES))
+            t.next_line = p.step + max(1, math.ceil(p.total_steps / STEP_LINES))
 
     def on_materialization(self, asset: str, meta: dict[str, Any]) -> None:
         self._end_task(asset)

@@ -9,6 +9,7 @@ import dagster as dg
 import pydantic
 
 from kto_pipeline.artifacts import Artifact, Store
+from kto_pipeline.defs.progress import ray_job_reader
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -164,7 +165,7 @@ class RayCluster(dg.ConfigurableResource):
             from dagster_ray import PipesRayJobClient
         except ImportError:
             raise RuntimeError(RAY_EXTRA) from None
-        client = PipesRayJobClient(address=address, poll_interval=self.poll_interval_s)
+        client = PipesRayJobClient(address=address, poll_interval=self.poll_interval_s, message_reader=ray_job_reader())
         return client.run(context=context, extras=extras, submit_job_params=submit)
 
     def _run_rayjob(self, context: dg.AssetExecutionContext, extras: dict[str, Any], submit: dict[str, Any]) -> Any:
@@ -180,7 +181,7 @@ class RayCluster(dg.ConfigurableResource):
         manifest = Path(self.rayjob_manifest)
         if not manifest.is_file():
             raise ValueError(f"ray_cluster.rayjob_manifest: no such file {manifest}")
-        client = PipesKubeRayJobClient(poll_interval=self.poll_interval_s)
+        client = PipesKubeRayJobClient(poll_interval=self.poll_interval_s, message_reader=ray_job_reader())
         return client.run(
             context=context, submit_job_params=submit, ray_job=yaml.safe_load(manifest.read_text()), extras=extras
         )

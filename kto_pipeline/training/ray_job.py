@@ -4,9 +4,9 @@ This process is the job's driver: its stdout is the job log that the Pipes clien
 opens Dagster Pipes. It runs Ray Train's TorchTrainer with training.num_processes workers (gloo on CPUs, one GPU
 each with ray_cluster.gpus_per_worker=1); every worker runs the same `run.train` as the local launcher, with the
 accumulation divided among them (trainer.per_process reads WORLD_SIZE, which Ray Train sets). Rank 0's log lines
-travel to this driver through a Ray queue and leave as Pipes log messages; rank 0 writes the adapter,
-metrics.json and the plot into output_dir (which every node must reach: the artifact root), and this driver reports
-the materialization from metrics.json, exactly as run.main does.
+and progress (kto_pipeline.progress) travel to this driver through a Ray queue and leave as Pipes messages; rank 0
+writes the adapter, metrics.json and the plot into output_dir (which every node must reach: the artifact root), and
+this driver reports the materialization from metrics.json, exactly as run.main does.
 
 Fault tolerance is Ray Train's: each worker's Trainer saves checkpoints to a folder of its own node, reports them
 (ray.train.report), and Ray copies them to storage every node reaches; when a worker dies, Ray Train restarts the
@@ -109,7 +109,7 @@ def run_config(cluster: dict[str, Any], output_dir: Path, version: str):
 
 
 def fit(extras: dict[str, Any], log) -> None:
-    """Run the TorchTrainer, forwarding rank 0's log lines to `log` while it trains."""
+    """Run the TorchTrainer, forwarding rank 0's log lines and progress to `log` while it trains."""
     import ray
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -157,11 +157,11 @@ def main() -> None:
     from dagster_pipes import open_dagster_pipes
 
     from kto_pipeline.artifacts import COMPLETE
-    from kto_pipeline.training.run import read_metrics, report_materialization
+    from kto_pipeline.training.run import pipes_sink, read_metrics, report_materialization
 
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
-        fit(extras, pipes.log.info)
+        fit(extras, pipes_sink(pipes))
         output_dir = Path(extras["output_dir"])
         metrics = read_metrics(output_dir)  # rank 0 wrote it, on storage this driver reaches too
         (output_dir / COMPLETE).write_text("")

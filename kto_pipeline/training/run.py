@@ -1,8 +1,9 @@
 """KTO training as its own process: `python -m kto_pipeline.training.run`, launched through Dagster Pipes.
 
 The Dagster asset passes {config, dataset_dir, output_dir, cache_dir} as Pipes extras; this process
-trains, streams metrics back as log lines, writes the adapter + metrics.json into output_dir and reports
-the materialization. Checkpoints live in output_dir/checkpoints, so re-running a killed job resumes.
+trains, streams its progress back as Pipes messages (kto_pipeline.progress) and log lines, writes the adapter +
+metrics.json into output_dir and reports the materialization. Checkpoints live in output_dir/checkpoints, so
+re-running a killed job resumes.
 
 With training.num_processes > 1 the asset launches it through torchrun instead (`launch_command`). Every rank
 inherits the DAGSTER_PIPES_* variables; only rank 0 opens Pipes (one message stream, one report) and writes
@@ -23,6 +24,7 @@ from typing import Any
 
 from kto_pipeline.artifacts import COMPLETE
 from kto_pipeline.config import Config
+from kto_pipeline.progress import Progress, StepLogged, TrainingBegan, to_message
 from kto_pipeline.reports import TrainingMetrics
 from kto_pipeline.training.long_rows import report_text
 
@@ -43,28 +45,49 @@ NAN_ADVICE = (
 )
 
 
-def _callback(log: Callable[[str], None], history: list[dict[str, Any]]):
+def _callback(log: Callable[[str | Progress], None], history: list[dict[str, Any]]):
     from transformers import TrainerCallback
 
     class StreamMetrics(TrainerCallback):
-        """Send each log line to the caller; stop on a non-finite loss instead of training on garbage."""
+        """Send the progress to the caller; stop on a non-finite loss instead of training on garbage."""
+
+        began: float = 0.0
+        first_step: int = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
-            # The total is known only here; `kto train` reads this line for its progress bar and ETA.
-            log(f"training {state.max_steps} steps")
+            # The total is known only here; the state is already the checkpoint's when it resumes.
+            self.began, self.first_step = time.time(), state.global_step
+            log(TrainingBegan(total_steps=state.max_steps, resumed_from_step=state.global_step))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = numeric(logs or {})
             if not logs:
                 return
             history.append({"step": state.global_step, **logs})
-            log(f"step {state.global_step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(logs.items())))
+            log(self.progress(state, logs))
             for key in ("loss", "eval_loss", "grad_norm"):
                 if key in logs and not math.isfinite(logs[key]):
                     raise NonFiniteLoss(
                         f"{key} became {logs[key]} at step {state.global_step}: training stopped instead of "
                         f"training on garbage. {NAN_ADVICE}"
                     )
+
+        def progress(self, state, logs: dict[str, Any]) -> StepLogged:
+            step, total = state.global_step, state.max_steps
+            elapsed = time.time() - self.began if self.began else 0.0
+            done = step - self.first_step
+            everything = {k: float(v) for k, v in logs.items()}
+            if "loss" not in logs:  # eval and end-of-training logs carry other keys
+                return StepLogged(step=step, total_steps=total, logs=everything)
+            return StepLogged(
+                step=step,
+                total_steps=total,
+                loss=logs["loss"],
+                margin=logs.get("rewards/margins"),
+                tokens_per_s=logs["num_tokens"] / elapsed if elapsed > 0 and "num_tokens" in logs else None,
+                eta_s=elapsed / done * (total - step) if elapsed > 0 and done > 0 else None,
+                logs=everything,
+            )
 
     return StreamMetrics()
 
@@ -223,7 +246,7 @@ def train(
     dataset_dir: Path,
     output_dir: Path,
     cache_dir: Path,
-    log: Callable[[str], None] = print,
+    log: Callable[[str | Progress], None] = print,
     champion: Path | None = None,
     *,
     ckpt_dir: Path | None = None,
@@ -451,11 +474,24 @@ def main() -> None:
             Path(extras["dataset_dir"]),
             output_dir,
             Path(extras["cache_dir"]),
-            log=pipes.log.info,
+            log=pipes_sink(pipes),
             champion=_path(extras.get("champion")),
         )
         (output_dir / COMPLETE).write_text("")
         report_materialization(pipes, metrics)
+
+
+def pipes_sink(pipes: Any) -> Callable[[str | Progress], None]:
+    """Where rank 0's output goes: log lines as Pipes log messages, progress as Pipes custom messages (which the
+    lora_adapter asset turns into events of the run, kto_pipeline.progress)."""
+
+    def send(item: str | Progress) -> None:
+        if isinstance(item, str):
+            pipes.log.info(item)
+        else:
+            pipes.report_custom_message(to_message(item))
+
+    return send
 
 
 def read_metrics(output_dir: Path) -> dict[str, Any]:
