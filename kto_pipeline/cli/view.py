@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.text import Text
 
-from kto_pipeline import progress as messages
 from kto_pipeline.cli.failures import Failure, died_of_signal, root_message
 from kto_pipeline.cli.figures import asset_line, duration, figures_of, gguf_lines
 from kto_pipeline.progress import StepLogged, TrainingBegan, from_message, is_progress
@@ -130,12 +129,12 @@ class RunView:
         for line in message.splitlines():
             self.say(step, line)
 
-    def on_progress(self, step: str, progress: messages.Progress) -> None:
+    def on_progress(self, step: str, progress: TrainingBegan | StepLogged) -> None:
         if isinstance(progress, TrainingBegan):
             self.training = Training()
             self.say(step, progress.text())
             self._task(step, f"step 0/{progress.total_steps}", total=progress.total_steps)
-        elif isinstance(progress, StepLogged) and progress.loss is not None:  # eval and end logs: the UI's
+        elif progress.loss is not None:  # a training step's (eval and end-of-training logs are for the UI)
             self.on_step(step, progress)
 
     def on_step(self, step: str, p: StepLogged) -> None:
@@ -149,7 +148,7 @@ class RunView:
         stats = "  ".join(parts)
         self._task(step, stats, total=p.total_steps, completed=p.step)
         t = self.training
-        if p.step >= t.next_line or p.step >= p.total_steps:  # a line now and then: the history stays in CI logs
+        if p.step >= t.next_line or p.step >= p.total_steps:  # now and then: the history stays on screen and in CI logs
             self.say(step, stats)
             t.next_line = p.step + max(1, math.ceil(p.total_steps / STEP_LINES))
 

@@ -35,7 +35,11 @@ class _ObservingHandler:
 
 
 def observe(context: dg.AssetExecutionContext, payload: dict[str, Any]) -> None:
-    progress = from_message(payload)  # a message of another version fails here, naming both
+    try:
+        progress = from_message(payload)
+    except ValueError as e:  # another version: say so (an exception here would vanish in the reader's thread)
+        context.log.warning(f"training progress not shown: {e}")
+        return
     context.log_event(
         dg.AssetObservation(asset_key=context.asset_key, description=progress.text(), metadata=to_message(progress))
     )
