@@ -399,3 +399,102 @@ class ReleaseRecord(Report):
         blob = {SCHEMA: self.SCHEMA_VERSION, **self.to_dict()}
         file.write_text(json.dumps(blob, indent=2, sort_keys=True, default=str) + "\n")
         return file
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class AnswerFigures:
+    """Degeneration of one model's greedy answers (evaluation.metrics.degeneration)."""
+
+    answers: int = doc("answers measured (one per evaluation prompt)")
+    empty: float = doc("share of blank answers")
+    hit_limit: float = doc("share that ran into max_new_tokens without ending by themselves")
+    repeated_ngrams: float = doc("share of word n-grams repeating an earlier one of the same answer (pooled)")
+    mean_tokens: float = doc("mean answer length in tokens")
+
+
+@dataclass(frozen=True)
+class AccuracyFigures:
+    """Implicit-reward accuracy of a policy on the labelled rows, the base as pi_ref (evaluation.metrics)."""
+
+    accuracy: float = doc("share of labelled rows whose reward is on the label's side of the reference point")
+    low: float = doc("95% bootstrap interval of the accuracy (prompts resampled), low end")
+    high: float = doc("95% bootstrap interval of the accuracy, high end")
+    rows: int = doc("labelled rows scored")
+    reference_point: str = doc("kl (KTO's z0 = beta * KL) or zero")
+    kl: float = doc("the KL estimate of the reference point (0 with reference_point zero)")
+    reward_margin: float = doc("mean reward of desirable rows minus undesirable ones (NaN with one label only)")
+    logprob_margin: float = doc("mean per-token log-prob, desirable minus undesirable completions")
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    role: str = doc("base, champion or candidate")
+    source: str = doc("what was loaded: the adapter or model folder, or the base model")
+    answers: AnswerFigures = doc("degeneration of its answers")
+    accuracy: AccuracyFigures | None = doc("its reward accuracy (None for the base, or without labelled rows)")
+
+
+@dataclass(frozen=True)
+class Change:
+    diff: float = doc("candidate minus champion reward accuracy")
+    low: float = doc("95% paired bootstrap interval over prompts, low end")
+    high: float = doc("95% paired bootstrap interval over prompts, high end")
+
+
+@dataclass(frozen=True)
+class GGUFAgreement:
+    file: str = doc("the GGUF file answered with (llama.cpp)")
+    type: str = doc("its quantization type, e.g. Q4_K_M")
+    prompts: int = doc("prompts answered")
+    exact_match: float = doc("share of prompts where its answer is the candidate's, exactly")
+    token_agreement: float = doc("mean share of the answers' first gguf_agreement_tokens tokens that are equal")
+    answers: AnswerFigures = doc("degeneration of its answers")
+
+
+@dataclass(frozen=True)
+class JudgeFigures:
+    endpoint: str = doc("the judge's base_url (never its key)")
+    model: str = doc("the judge model asked")
+    prompts: int = doc("prompts judged, each in both orders")
+    win_rate: float = doc("the candidate's mean score against the champion (or the base), ties half")
+    low: float = doc("95% bootstrap interval of the win-rate, low end")
+    high: float = doc("95% bootstrap interval of the win-rate, high end")
+    ties: int = doc("prompts that ended in a tie")
+
+
+@dataclass(frozen=True)
+class LostPrompt:
+    prompt: str = doc("the evaluation prompt")
+    candidate: str = doc("the candidate's answer")
+    champion: str = doc("the champion's answer (the base's without a champion)")
+    score: float = doc("judge score (0 lost both orders) or candidate minus champion reward correctness on it")
+    reason: str = doc("the judge's reasons, or the reward figures of its labelled rows")
+
+
+@dataclass(frozen=True)
+class EvalReport(Report):
+    """model_eval/<version>/model_eval.json: the candidate, the champion and the base on the pinned evaluation set
+    (evaluation.run.evaluate writes it; the behaviour check reads it)."""
+
+    FILE: ClassVar[str] = "model_eval.json"
+    ASSET: ClassVar[str] = "model_eval"
+
+    base_model: str = doc("the training base, pi_ref of the rewards")
+    candidate: str = doc("the candidate's adapter or model folder")
+    champion: str | None = doc("the champion's (the current release), None for a first release")
+    champion_skipped: str | None = doc("why a champion given was not compared (another base model)")
+    eval_set: str = doc("the evaluation set file or folder")
+    eval_set_version: str = doc("its content version (evalset.load_eval_set)")
+    prompts: int = doc("evaluation prompts answered")
+    labelled_rows: int = doc("labelled rows scored")
+    settings: dict[str, Any] = doc("evaluation.run.EvalSettings used")
+    models: dict[str, ModelFigures] = doc("per role: base, champion (if any), candidate")
+    accuracy_change: Change | None = doc("candidate - champion accuracy; None without champion or labelled rows")
+    gguf: GGUFAgreement | None = doc("the candidate's GGUF file against the candidate")
+    judge: JudgeFigures | None = doc("the judge's pairwise win-rate of the candidate")
+    lost: list[LostPrompt] = doc("up to 3 prompts where the candidate lost most against the champion (or base)")
+    files: dict[str, str] = doc("name -> file in the folder: generations, labelled, verdicts (parquet)")
+    seconds: dict[str, float] = doc("wall time per phase: load, generate, score, gguf, judge")
