@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Writes the proof-of-learning feedback set: data/learning/train.jsonl and data/learning/heldout.jsonl.
+"""Writes the proof-of-learning feedback set: data/learning/train.jsonl, heldout.jsonl and eval.jsonl.
 
 The property is CONCISENESS, measurable on any generated text: a desirable completion is a correct, direct
 answer of one or two sentences (<= 35 words, written by hand below); an undesirable one states the same
@@ -1092,6 +1092,16 @@ def train_rows(rng: random.Random) -> list[dict]:
     return rows
 
 
+def eval_rows(held: list[dict]) -> list[dict]:
+    """The pinned evaluation set (quality_gates.eval_set): each held-out prompt twice, its concise answer
+    labelled desirable and its verbose variant undesirable, in the training data's format."""
+    return [
+        {"prompt": h["prompt"], "completion": h[kind], "label": kind == "concise"}
+        for h in held
+        for kind in ("concise", "verbose")
+    ]
+
+
 def check() -> None:
     prompts = [q for q, _ in TRAIN]
     held = [h[0] for h in HELDOUT]
@@ -1114,12 +1124,12 @@ def main() -> None:
     ]
     for r in rows:
         assert r["label"] or words(r["completion"]) >= VERBOSE_MIN_WORDS
-    for name, data in (("train.jsonl", rows), ("heldout.jsonl", held)):
+    for name, data in (("train.jsonl", rows), ("heldout.jsonl", held), ("eval.jsonl", eval_rows(held))):
         (OUT / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in data), encoding="utf-8")
     n_good = sum(r["label"] for r in rows)
     print(
         f"{len(TRAIN)} training prompts -> {len(rows)} rows ({n_good} desirable, {len(rows) - n_good} "
-        f"undesirable); {len(held)} held-out prompts -> {OUT}"
+        f"undesirable); {len(held)} held-out prompts (eval.jsonl: {2 * len(held)} labelled rows) -> {OUT}"
     )
 
 
