@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from kto_pipeline.evaluation.gate import BehaviourLimits
+
 DEFAULT_REPO = "kto-pipeline/kto-model"
 
 
@@ -50,6 +52,19 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--judge-format", default="json_schema", choices=["json_schema", "json_object", "text"], help="verdict format"
+    )
+    limits = BehaviourLimits()
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=limits.max_accuracy_drop,
+        help="quality_gates.max_accuracy_drop of the behaviour verdict",
+    )
+    p.add_argument(
+        "--max-degeneration-increase",
+        type=float,
+        default=limits.max_degeneration_increase,
+        help="quality_gates.max_degeneration_increase of the behaviour verdict",
     )
     p.set_defaults(func=run)
 
@@ -172,7 +187,7 @@ def report_text(report) -> str:
 
 def run(args) -> int:
     from kto_pipeline.data.readers import DataFileError
-    from kto_pipeline.evaluation.gate import BehaviourLimits, behaviour_verdict
+    from kto_pipeline.evaluation.gate import behaviour_verdict
     from kto_pipeline.evaluation.judge import JudgeError
     from kto_pipeline.evaluation.run import evaluate, side_by_side
 
@@ -186,7 +201,10 @@ def run(args) -> int:
     print(f"\n{report.prompts} prompts, {report.labelled_rows} labelled rows of {report.eval_set}")
     print(report_text(report))
     print(f"\n{side_by_side(job.output_dir, job.settings.table_rows)}\n")
-    verdict = behaviour_verdict(report, BehaviourLimits())
+    limits = BehaviourLimits(
+        max_accuracy_drop=args.max_accuracy_drop, max_degeneration_increase=args.max_degeneration_increase
+    )
+    verdict = behaviour_verdict(report, limits)
     print(verdict.description)
     print(f"\nreport: {Path(job.output_dir) / report.FILE}")
     return 0 if verdict.passed else 1
