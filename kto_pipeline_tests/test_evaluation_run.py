@@ -4,6 +4,7 @@ report agrees with its parquet files, pi_ref is scored once, and the GGUF, judge
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +227,20 @@ def test_gguf_answers_agree_with_the_candidate(tiny_model_dir, adapters, eval_se
     assert g.token_agreement == pytest.approx(np.mean(agree)) and g.token_agreement > 0.3
     assert g.answers.answers == 5
     assert "candidate Q4_K_M" in R.side_by_side(tmp_path / "e", 3).splitlines()[0]
+
+
+def test_kto_eval_on_two_adapter_folders(tiny_model_dir, adapters, eval_set, tmp_path, capsys, monkeypatch):
+    from kto_pipeline.cli import main
+
+    monkeypatch.setenv("KTO_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    good, bad = (shutil.copytree(a, tmp_path / a.name) for a in adapters)
+    common = ["--eval-set", str(eval_set), "--max-new-tokens", "8", "--output-dir"]
+    # the tiny model's answers are noise: only the accuracy rule is asked here
+    common = ["--max-degeneration-increase", "1", *common]
+    assert main(["eval", str(good), "--against", str(bad), *common, str(tmp_path / "1")]) == 0
+    out = capsys.readouterr().out
+    assert "candidate" in out and "1.000 [1.000, 1.000]" in out and "behaviour: passed" in out
+    assert "| prompt | base | champion | candidate |" in out
+    assert main(["eval", str(bad), "--against", str(good), *common, str(tmp_path / "2")]) == 1
+    out = capsys.readouterr().out
+    assert "behaviour: FAILED" in out and "the release stays where it was" in out

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["train", "ui", "upload", "chat", "plan", "verify"]
+SUBCOMMANDS = ["train", "ui", "upload", "chat", "eval", "plan", "verify"]
 
 
 def build_parser() -> argparse.ArgumentParser:
